@@ -1,0 +1,267 @@
+//! The `codex-auth-agent` command line: argument parsing, the one-shot commands, and
+//! the mapping of results to the contract's exit codes. The daemon arrives in a later
+//! issue and plugs in here as one more subcommand.
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, AccountSettings, Env, Settings};
+use crate::logging;
+use crate::outcome::{Failure, Report, exit};
+use crate::privsep::{self, Identity};
+use crate::seed;
+use crate::status;
+use crate::worker::Job;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "codex-auth-agent",
+    version,
+    about = "Keeps Codex CLI ChatGPT credentials (auth.json) alive: one writer per account"
+)]
+pub struct Cli {
+    /// Main config file (drop-ins are read from config.d/ beside it)
+    #[arg(long, global = true, value_name = "PATH", env = config::CONFIG_ENV)]
+    pub config: Option<PathBuf>,
+    /// More detailed logs
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate the configuration and print it resolved (exit 0, or 78 on errors)
+    CheckConfig,
+    /// Refresh the credentials that are due, in this process (no daemon needed)
+    Refresh(RefreshArgs),
+    /// Internal: one account's job as its user (job on stdin, report on stdout)
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("target").required(true).args(["account", "all", "codex_home"])))]
+pub struct RefreshArgs {
+    /// A configured account
+    #[arg(long, value_name = "NAME")]
+    pub account: Option<String>,
+    /// Every configured account (exit code: the worst)
+    #[arg(long)]
+    pub all: bool,
+    /// Single-user mode: this CODEX_HOME, as the invoking user, no config file needed
+    #[arg(long, value_name = "DIR")]
+    pub codex_home: Option<PathBuf>,
+    /// Refresh even when the credential is fresh
+    #[arg(long)]
+    pub force: bool,
+    /// Say what would happen; send and write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object per account and line
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
+    privsep::harden_process();
+    logging::init(cli.verbose);
+    let clock = SystemClock;
+    match cli.command {
+        Command::Worker => privsep::worker_main(&clock),
+        Command::CheckConfig => check_config(cli.config.as_deref()),
+        Command::Refresh(args) => refresh(cli.config.as_deref(), &args, &clock),
+    }
+}
+
+fn check_config(flag: Option<&Path>) -> i32 {
+    let path = config::config_path(flag);
+    match config::load(&path, &Env::from_process()) {
+        Ok(s) => {
+            for w in &s.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", s.render());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            exit::CONFIG
+        }
+    }
+}
+
+/// Where single-user mode keeps its status: `$XDG_STATE_HOME` or `~/.local/state`.
+fn user_state_dir(me: &Identity) -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| me.home.join(".local/state"))
+        .join("codex-auth-agent")
+}
+
+/// The settings and the accounts to work on, or an exit code.
+fn select(flag: Option<&Path>, args: &RefreshArgs) -> Result<(Settings, Vec<String>), i32> {
+    let env = Env::from_process();
+    if let Some(home) = &args.codex_home {
+        let me = Identity::current().map_err(|e| {
+            eprintln!("{e}");
+            exit::USAGE
+        })?;
+        let home = std::env::current_dir()
+            .map(|d| d.join(home))
+            .unwrap_or_else(|_| home.clone());
+        let s = config::single_user(&home, &me.user, user_state_dir(&me), &env).map_err(|e| {
+            eprintln!("{e}");
+            exit::CONFIG
+        })?;
+        return Ok((s, vec!["default".to_string()]));
+    }
+    let path = config::config_path(flag);
+    let settings = config::load(&path, &env).map_err(|e| {
+        eprintln!("{e}");
+        exit::CONFIG
+    })?;
+    for w in &settings.warnings {
+        eprintln!("warning: {w}");
+    }
+    let names: Vec<String> = match &args.account {
+        Some(name) if settings.accounts.contains_key(name) => vec![name.clone()],
+        Some(name) => {
+            let known: Vec<&str> = settings.accounts.keys().map(String::as_str).collect();
+            eprintln!(
+                "no account named {name:?} in {}; configured: {}",
+                path.display(),
+                known.join(", ")
+            );
+            return Err(exit::USAGE);
+        }
+        None => settings.accounts.keys().cloned().collect(),
+    };
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        for n in &names {
+            let user = &settings.accounts[n].user;
+            if Identity::lookup(user).map(|i| i.uid) != Ok(euid.as_raw()) {
+                eprintln!("account {n} belongs to user {user}: run as root or as {user}");
+                return Err(exit::USAGE);
+            }
+        }
+    }
+    Ok((settings, names))
+}
+
+fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
+    let (settings, names) = match select(flag, args) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if names.is_empty() {
+        eprintln!("no accounts configured; add [accounts.NAME] sections to the config");
+        return exit::OK;
+    }
+    let reports = run_parallel(&settings, &names, settings.agent.max_parallel, |a| {
+        run_account(&settings, a, args, clock)
+    });
+    let mut code = exit::OK;
+    for r in &reports {
+        println!(
+            "{}",
+            if args.json {
+                r.json_line()
+            } else {
+                r.human_line()
+            }
+        );
+        code = exit::worst(code, r.exit_code());
+    }
+    code
+}
+
+/// Run `f` for each named account with at most `parallel` at once; reports in order.
+fn run_parallel<F>(settings: &Settings, names: &[String], parallel: usize, f: F) -> Vec<Report>
+where
+    F: Fn(&AccountSettings) -> Report + Sync,
+{
+    let next = AtomicUsize::new(0);
+    let slots: Mutex<Vec<Option<Report>>> = Mutex::new(vec![None; names.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..parallel.clamp(1, names.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(name) = names.get(i) else { break };
+                    let r = f(&settings.accounts[name]);
+                    slots.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// One account: status and seed (as the caller, typically root) → job as the account's
+/// user → status and journal.
+fn run_account(
+    settings: &Settings,
+    acct: &AccountSettings,
+    args: &RefreshArgs,
+    clock: &dyn Clock,
+) -> Report {
+    let state_dir = &settings.agent.state_dir;
+    let id = match Identity::lookup(&acct.user) {
+        Ok(id) => id,
+        Err(e) => return Report::failed(&acct.name, Failure::permanent(e)),
+    };
+    let mut st = status::load(state_dir, &acct.name);
+    let seed = acct
+        .seed
+        .as_deref()
+        .and_then(|p| match seed::load(p, st.seed_sha256.as_deref()) {
+            Ok(s) => s,
+            Err(w) => {
+                tracing::warn!(account = %acct.name, "{w}");
+                None
+            }
+        });
+    let job = Job {
+        account: acct.name.clone(),
+        codex_home: acct.codex_home.clone(),
+        owner_uid: id.uid,
+        thresholds: acct.refresh.thresholds(),
+        token_url: acct.refresh.token_url.clone(),
+        request_timeout: acct.refresh.request_timeout,
+        force: args.force,
+        dry_run: args.dry_run,
+        seed,
+    };
+    let report = privsep::run_as(&id, &job, clock);
+    if !args.dry_run {
+        st.update(&report, clock.now());
+        if let Err(e) = status::save(state_dir, &st) {
+            tracing::warn!(account = %acct.name, "could not save status: {e}");
+        }
+        logging::log_report(&report);
+    }
+    report
+}

@@ -1,0 +1,28 @@
+//! codex-auth-agent keeps Codex CLI ChatGPT credentials (`$CODEX_HOME/auth.json`) alive
+//! with exactly one writer per account. Data flows one way: command/daemon → worker
+//! (as the account's user) → policy → refresher → authfile writer → status.
+
+/// auth.json model, JWT claims, and the safe directory I/O (locks, atomic write).
+pub mod authfile;
+/// The command line of `codex-auth-agent`: parses arguments, runs commands, maps exit codes.
+pub mod cli;
+/// The one place that reads the wall clock; everything else takes `now` as a parameter.
+pub mod clock;
+/// Config files: fragments → merged with defaults → validated settings.
+pub mod config;
+/// Journald/stderr logging, the contract's field names, and the redaction guard.
+pub mod logging;
+/// Outcomes, failure classes, reports and exit codes shared by every command.
+pub mod outcome;
+/// Pure refresh decision from (auth facts, settings, now).
+pub mod policy;
+/// Running one account's job as its Unix user: privilege drop and the worker child.
+pub mod privsep;
+/// Token refresh over OAuth and Codex's error classification.
+pub mod refresh;
+/// Local seeds: which seed to install and when.
+pub mod seed;
+/// status.json in state_dir and the seed-compatible sidecar in CODEX_HOME.
+pub mod status;
+/// One account's cycle as its own user: lock → read → decide → refresh → commit → report.
+pub mod worker;

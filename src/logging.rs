@@ -1,0 +1,253 @@
+//! Logging: journald (structured, with the contract's field names) when running under
+//! systemd, stderr otherwise. A redaction guard masks anything that looks like a JWT or an
+//! opaque token before it reaches stderr — defence in depth, since no code path logs
+//! token values in the first place.
+
+use crate::outcome::{Event, FailureClass, Report};
+use chrono::SecondsFormat;
+use std::borrow::Cow;
+use std::io::{self, Write};
+use tracing::Level;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, filter::LevelFilter};
+
+pub const SYSLOG_IDENTIFIER: &str = "codex-auth-agent";
+/// `journal`, `stderr` or `both` overrides the automatic choice.
+pub const LOG_ENV: &str = "CODEX_AUTH_AGENT_LOG";
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Where logs go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sinks {
+    pub journal: bool,
+    pub stderr: bool,
+}
+
+/// Pure choice of sinks from the environment: under a unit (JOURNAL_STREAM) the journal
+/// only; on a systemd host interactively, both; elsewhere stderr.
+pub fn choose_sinks(override_: Option<&str>, journal_stream: bool, socket_present: bool) -> Sinks {
+    match override_ {
+        Some("journal") => Sinks {
+            journal: true,
+            stderr: false,
+        },
+        Some("stderr") => Sinks {
+            journal: false,
+            stderr: true,
+        },
+        Some("both") => Sinks {
+            journal: true,
+            stderr: true,
+        },
+        _ => Sinks {
+            journal: journal_stream || socket_present,
+            stderr: !journal_stream,
+        },
+    }
+}
+
+/// Install the global subscriber. Safe to call once per process.
+pub fn init(verbose: bool) {
+    let sinks = choose_sinks(
+        std::env::var(LOG_ENV).ok().as_deref(),
+        std::env::var_os("JOURNAL_STREAM").is_some(),
+        std::path::Path::new(JOURNAL_SOCKET).exists(),
+    );
+    let level = if verbose {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::INFO
+    };
+    let journal = sinks
+        .journal
+        .then(|| tracing_journald::layer().ok())
+        .flatten()
+        .map(|l| {
+            l.with_field_prefix(None)
+                .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string())
+                .with_priority_mappings(tracing_journald::PriorityMappings {
+                    info: tracing_journald::Priority::Informational,
+                    ..tracing_journald::PriorityMappings::new()
+                })
+                .with_filter(level)
+        });
+    // Without a working journal, stderr is the fallback.
+    let stderr = (sinks.stderr || journal.is_none()).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(|| RedactingWriter(io::stderr()))
+            .with_target(false)
+            .without_time()
+            .with_ansi(false)
+            .with_filter(level)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(journal)
+        .with(stderr)
+        .try_init();
+}
+
+/// Writes through `redact`. The fmt layer hands over one whole event per write call.
+struct RedactingWriter<W: Write>(W);
+
+impl<W: Write> Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=')
+}
+
+/// Does this word look like a secret? JWTs (`eyJ…` with dots) and long opaque strings
+/// mixing upper case, lower case and digits. Hex hashes and fingerprints, paths and
+/// account names (lower case) pass.
+fn looks_secret(word: &str) -> bool {
+    if word.starts_with("eyJ") && word.matches('.').count() >= 2 {
+        return true;
+    }
+    word.len() >= 24
+        && word.chars().any(|c| c.is_ascii_uppercase())
+        && word.chars().any(|c| c.is_ascii_lowercase())
+        && word.chars().any(|c| c.is_ascii_digit())
+}
+
+/// Mask every secret-looking word.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let mut out = String::new();
+    let mut last = 0;
+    let mut start = None;
+    for (i, c) in text
+        .char_indices()
+        .chain(std::iter::once((text.len(), ' ')))
+    {
+        match (is_token_char(c), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                if looks_secret(&text[s..i]) {
+                    out.push_str(&text[last..s]);
+                    out.push_str("[REDACTED]");
+                    last = i;
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if last == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[last..]);
+    Cow::Owned(out)
+}
+
+/// The journal's OUTCOME for a report's main result.
+fn journal_outcome(r: &Report) -> &'static str {
+    r.outcome.as_str()
+}
+
+/// One structured entry per cycle (plus one per secondary event), with the contract's
+/// fields: ACCOUNT, OUTCOME, FAILURE_CLASS, REASON, HTTP_STATUS, TOKEN_FP, EXPIRES_AT.
+pub fn log_report(r: &Report) {
+    let class = r.class();
+    let level = match class {
+        Some(FailureClass::Permanent) => Level::ERROR,
+        Some(_) => Level::WARN,
+        None => Level::INFO,
+    };
+    let expires = r
+        .expires_at
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
+    let http = r.failure.as_ref().and_then(|f| f.http_status);
+    for e in &r.events {
+        let (outcome, msg) = match e {
+            Event::Adopted => ("adopted", "adopted the credential on disk"),
+            Event::Seeded => ("seeded", "installed a new seed"),
+        };
+        tracing::info!(account = %r.account, outcome, token_fp = r.token_fp.as_deref(), "{}: {msg}", r.account);
+    }
+    let msg = redact(&r.human_line()).into_owned();
+    macro_rules! emit {
+        ($lvl:expr) => {
+            tracing::event!(
+                $lvl,
+                account = %r.account,
+                outcome = journal_outcome(r),
+                failure_class = class.map(FailureClass::as_str),
+                reason = %redact(&r.reason),
+                http_status = http,
+                token_fp = r.token_fp.as_deref(),
+                expires_at = expires.as_deref(),
+                "{msg}"
+            )
+        };
+    }
+    match level {
+        Level::ERROR => emit!(Level::ERROR),
+        Level::WARN => emit!(Level::WARN),
+        _ => emit!(Level::INFO),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_jwts_and_opaque_tokens_only() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjF9.c2ln";
+        let rt = "CANARY-rt_7_3_9f8e7d6c5b4a39281706";
+        let text = format!(
+            "token {jwt} and {rt}, fp ba7816bf8f01 hash {} path /home/alice-2/.codex acct team-prod-1",
+            "a".repeat(64)
+        );
+        let out = redact(&text);
+        assert!(!out.contains(jwt) && !out.contains(rt), "{out}");
+        assert!(
+            out.contains("ba7816bf8f01")
+                && out.contains("/home/alice-2/.codex")
+                && out.contains("team-prod-1"),
+            "{out}"
+        );
+        assert!(out.contains(&"a".repeat(64)));
+        assert!(matches!(redact("nothing here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn sink_choice() {
+        assert_eq!(
+            choose_sinks(None, true, true),
+            Sinks {
+                journal: true,
+                stderr: false
+            }
+        );
+        assert_eq!(
+            choose_sinks(None, false, true),
+            Sinks {
+                journal: true,
+                stderr: true
+            }
+        );
+        assert_eq!(
+            choose_sinks(None, false, false),
+            Sinks {
+                journal: false,
+                stderr: true
+            }
+        );
+        assert_eq!(
+            choose_sinks(Some("stderr"), true, true),
+            Sinks {
+                journal: false,
+                stderr: true
+            }
+        );
+    }
+}

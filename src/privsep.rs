@@ -1,0 +1,236 @@
+//! Running a job as the account's Unix user. Root never opens a path inside a user's
+//! CODEX_HOME: it re-executes itself as `codex-auth-agent worker`, hands the job over a
+//! pipe (seed bytes included — never argv or env), and the child drops to the user
+//! (initgroups → setgid → setuid, verified irreversible, not dumpable) before it touches
+//! anything. A child past its deadline is killed with its whole process group.
+
+use crate::clock::Clock;
+use crate::outcome::{Failure, Report};
+use crate::worker::{self, Job};
+use nix::unistd::{Gid, Uid, User};
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Largest job or report we accept over the pipe.
+const MAX_PIPE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A Unix account to run as.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl Identity {
+    pub fn lookup(user: &str) -> Result<Identity, String> {
+        match User::from_name(user) {
+            Ok(Some(u)) => Ok(Identity {
+                user: u.name,
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                home: u.dir,
+            }),
+            Ok(None) => Err(format!(
+                "user {user:?} does not exist; create it or fix `user` in the config"
+            )),
+            Err(e) => Err(format!("looking up user {user:?} failed: {e}")),
+        }
+    }
+
+    /// Whoever this process runs as.
+    pub fn current() -> Result<Identity, String> {
+        let uid = nix::unistd::geteuid();
+        match User::from_uid(uid) {
+            Ok(Some(u)) => Ok(Identity {
+                user: u.name,
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                home: u.dir,
+            }),
+            _ => Err(format!("uid {uid} has no passwd entry")),
+        }
+    }
+}
+
+/// What the parent sends the worker child.
+#[derive(Serialize, Deserialize)]
+pub struct WorkerRequest {
+    pub identity: Identity,
+    pub job: Job,
+}
+
+/// Make this process undumpable and core-less: it may hold tokens in memory.
+pub fn harden_process() {
+    // SAFETY: plain syscalls with constant arguments; failure only loses hardening.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+    }
+}
+
+/// Drop root to `id` for good, and prove it cannot be undone.
+pub fn drop_privileges(id: &Identity) -> Result<(), String> {
+    let (uid, gid) = (Uid::from_raw(id.uid), Gid::from_raw(id.gid));
+    let name = CString::new(id.user.as_str()).map_err(|_| "user name contains NUL".to_string())?;
+    nix::unistd::initgroups(&name, gid)
+        .map_err(|e| format!("initgroups({}) failed: {e}", id.user))?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid({gid}) failed: {e}"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}) failed: {e}"))?;
+    let r = nix::unistd::getresuid().map_err(|e| e.to_string())?;
+    let g = nix::unistd::getresgid().map_err(|e| e.to_string())?;
+    if [r.real, r.effective, r.saved] != [uid; 3] || [g.real, g.effective, g.saved] != [gid; 3] {
+        return Err("privilege drop did not take effect".into());
+    }
+    if id.uid != 0
+        && (nix::unistd::setuid(Uid::from_raw(0)).is_ok()
+            || nix::unistd::setgid(Gid::from_raw(0)).is_ok())
+    {
+        return Err("privilege drop is reversible; refusing to continue".into());
+    }
+    // setuid resets dumpability to the sysctl default; make sure it is off.
+    harden_process();
+    Ok(())
+}
+
+/// Run `job` as `id`: in-process when we already are that user, else in a worker child
+/// (which needs root). Always returns a report.
+pub fn run_as(id: &Identity, job: &Job, clock: &dyn Clock) -> Report {
+    let euid = nix::unistd::geteuid();
+    if euid.as_raw() == id.uid {
+        return worker::run(job, clock);
+    }
+    if !euid.is_root() {
+        return Report::failed(
+            &job.account,
+            Failure::permanent(format!(
+                "must run as root or as user {} to work on this account",
+                id.user
+            )),
+        );
+    }
+    spawn_worker(
+        &WorkerRequest {
+            identity: id.clone(),
+            job: job.clone(),
+        },
+        job.deadline(),
+    )
+}
+
+/// Env the worker may see: nothing secret, just enough to log and find binaries.
+const PASSTHROUGH_ENV: &[&str] = &[
+    "PATH",
+    "JOURNAL_STREAM",
+    "CODEX_AUTH_AGENT_LOG",
+    "RUST_LOG",
+    "LANG",
+    "LC_ALL",
+];
+
+fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> Report {
+    let account = req.job.account.clone();
+    let fail = |why: String| Report::failed(&account, Failure::transient(why));
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot locate our own executable: {e}")),
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg("worker")
+        .env_clear()
+        .envs(
+            PASSTHROUGH_ENV
+                .iter()
+                .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
+        )
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start the worker: {e}")),
+    };
+    let payload = serde_json::to_vec(req).unwrap_or_default();
+    if let Some(mut stdin) = child.stdin.take() {
+        // A worker that died early closes the pipe; its exit status tells the story.
+        let _ = stdin.write_all(&payload);
+    }
+    let mut stdout = child.stdout.take().expect("stdout was piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = (&mut stdout).take(MAX_PIPE_BYTES).read_to_end(&mut out);
+        out
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Ok(None) | Err(_) => {
+                let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait();
+                let _ = reader.join();
+                return fail(format!(
+                    "worker did not finish within {}s and was killed; will retry",
+                    deadline.as_secs()
+                ));
+            }
+        }
+    };
+    let out = reader.join().unwrap_or_default();
+    match serde_json::from_slice::<Report>(&out) {
+        Ok(report) => report,
+        Err(_) => fail(format!(
+            "worker exited ({status}) without a report; will retry"
+        )),
+    }
+}
+
+/// Entry point of `codex-auth-agent worker`: read the request, drop privileges, run,
+/// print the report as one JSON line.
+pub fn worker_main(clock: &dyn Clock) -> i32 {
+    harden_process();
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin()
+        .take(MAX_PIPE_BYTES)
+        .read_to_end(&mut input)
+    {
+        eprintln!("codex-auth-agent worker: reading the job failed: {e}");
+        return crate::outcome::exit::USAGE;
+    }
+    let req: WorkerRequest = match serde_json::from_slice(&input) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "codex-auth-agent worker: the job is not valid (line {}, column {}); this command is internal",
+                e.line(),
+                e.column()
+            );
+            return crate::outcome::exit::USAGE;
+        }
+    };
+    let report = match drop_privileges(&req.identity) {
+        Ok(()) => worker::run(&req.job, clock),
+        Err(e) => Report::failed(
+            &req.job.account,
+            Failure::transient(format!("cannot run as {}: {e}", req.identity.user)),
+        ),
+    };
+    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    crate::outcome::exit::OK
+}

@@ -1,0 +1,14 @@
+//! Getting new tokens: the OAuth refresh grant (oauth.rs) and Codex's classification of
+//! its failures (classify.rs). The app-server method joins here later.
+
+pub mod classify;
+pub mod oauth;
+
+/// Codex's OAuth client id; the token endpoint only accepts refresh tokens it issued.
+pub const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
+
+/// The default token endpoint.
+pub const DEFAULT_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
+
+/// Env var that replaces the token URL (Codex honours the same one).
+pub const TOKEN_URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";

@@ -1,0 +1,161 @@
+//! What we remember and publish per account, without token values: `status.json` in
+//! state_dir (root-owned, for the daemon, ctl and the seed/quarantine rules) and the
+//! seed-compatible sidecar `auth_refresh_status.json` in CODEX_HOME (owned by the user).
+
+use crate::authfile::dir::{DirError, SafeDir};
+use crate::outcome::{FailureClass, Outcome, Report};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const STATUS_FILE: &str = "status.json";
+pub const SIDECAR_FILE: &str = "auth_refresh_status.json";
+
+/// Persistent per-account status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AccountStatus {
+    pub account: String,
+    pub outcome: Option<Outcome>,
+    pub class: Option<FailureClass>,
+    pub reason: String,
+    pub http_status: Option<u16>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_refresh: Option<DateTime<Utc>>,
+    pub token_fp: Option<String>,
+    pub auth_sha256: Option<String>,
+    /// Hash of the last seed installed (a seed is never applied twice).
+    pub seed_sha256: Option<String>,
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub consecutive_failures: u32,
+}
+
+impl AccountStatus {
+    /// Fold one cycle's report in (pure).
+    pub fn update(&mut self, r: &Report, now: DateTime<Utc>) {
+        self.account = r.account.clone();
+        self.outcome = Some(r.outcome);
+        self.class = r.class();
+        self.reason = r.reason.clone();
+        self.http_status = r.failure.as_ref().and_then(|f| f.http_status);
+        self.last_attempt = Some(now);
+        if r.failure.is_some() {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        } else {
+            self.consecutive_failures = 0;
+            self.last_success = Some(now);
+        }
+        // Keep what we knew about the credential when a failure told us nothing new.
+        if r.expires_at.is_some() || r.failure.is_none() {
+            self.expires_at = r.expires_at;
+        }
+        if r.last_refresh.is_some() || r.failure.is_none() {
+            self.last_refresh = r.last_refresh;
+        }
+        if r.token_fp.is_some() || r.failure.is_none() {
+            self.token_fp = r.token_fp.clone();
+        }
+        if r.auth_sha256.is_some() {
+            self.auth_sha256 = r.auth_sha256.clone();
+        }
+        if r.seed_applied.is_some() {
+            self.seed_sha256 = r.seed_applied.clone();
+        }
+    }
+}
+
+pub fn account_dir(state_dir: &Path, account: &str) -> PathBuf {
+    state_dir.join("accounts").join(account)
+}
+
+/// The stored status, or an empty one when there is none (or it is unreadable).
+pub fn load(state_dir: &Path, account: &str) -> AccountStatus {
+    std::fs::read(account_dir(state_dir, account).join(STATUS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| AccountStatus {
+            account: account.to_string(),
+            ..Default::default()
+        })
+}
+
+/// Write status.json (0600, atomic) under state_dir/accounts/<name>/ (dirs 0700).
+pub fn save(state_dir: &Path, status: &AccountStatus) -> Result<(), DirError> {
+    let dir = SafeDir::create_private(&account_dir(state_dir, &status.account))?;
+    let bytes = serde_json::to_vec_pretty(status).unwrap_or_default();
+    dir.write_atomic(STATUS_FILE, &bytes)
+}
+
+/// The sidecar the seed watchdog wrote, so existing scrapers keep working.
+pub fn sidecar_bytes(r: &Report, now: DateTime<Utc>) -> Vec<u8> {
+    let iso = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let v = serde_json::json!({
+        "account": r.account,
+        "last_refresh": r.last_refresh.map(iso),
+        "last_refresh_age_seconds": r.last_refresh.map(|t| (now - t).num_seconds().max(0)),
+        "watchdog_last_outcome": r.outcome.as_str(),
+        "watchdog_last_failure_class": r.class().map(FailureClass::as_str),
+        "watchdog_last_run_iso": iso(now),
+        "token_fp": r.token_fp,
+        "expires_at": r.expires_at.map(iso),
+    });
+    serde_json::to_vec_pretty(&v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Failure;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    #[test]
+    fn failures_count_and_success_resets() {
+        let mut s = AccountStatus::default();
+        let mut ok = Report::new("a", Outcome::Refreshed, "");
+        ok.token_fp = Some("fp1".into());
+        s.update(&ok, now());
+        assert_eq!(s.consecutive_failures, 0);
+        s.update(
+            &Report::failed("a", Failure::transient("x").with_status(503)),
+            now(),
+        );
+        s.update(&Report::failed("a", Failure::transient("x")), now());
+        assert_eq!(s.consecutive_failures, 2);
+        assert_eq!(
+            s.token_fp.as_deref(),
+            Some("fp1"),
+            "a failure keeps what we knew"
+        );
+        assert_eq!(s.class, Some(FailureClass::Transient));
+        s.update(&ok, now());
+        assert_eq!(s.consecutive_failures, 0);
+        assert_eq!(s.last_success, Some(now()));
+    }
+
+    #[test]
+    fn save_and_load_round_trip_with_private_modes() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let mut s = AccountStatus {
+            account: "a".into(),
+            ..Default::default()
+        };
+        s.seed_sha256 = Some("h".into());
+        save(t.path(), &s).unwrap();
+        assert_eq!(load(t.path(), "a"), s);
+        let f = account_dir(t.path(), "a").join(STATUS_FILE);
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(account_dir(t.path(), "a"))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        assert_eq!(load(t.path(), "other").account, "other");
+    }
+}
