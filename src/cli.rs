@@ -72,11 +72,7 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
+            return if e.use_stderr() { exit::USAGE } else { exit::OK };
         }
     };
     privsep::harden_process();
@@ -123,9 +119,7 @@ fn select(flag: Option<&Path>, args: &RefreshArgs) -> Result<(Settings, Vec<Stri
             eprintln!("{e}");
             exit::USAGE
         })?;
-        let home = std::env::current_dir()
-            .map(|d| d.join(home))
-            .unwrap_or_else(|_| home.clone());
+        let home = std::env::current_dir().map(|d| d.join(home)).unwrap_or_else(|_| home.clone());
         let s = config::single_user(&home, &me.user, user_state_dir(&me), &env).map_err(|e| {
             eprintln!("{e}");
             exit::CONFIG
@@ -144,11 +138,7 @@ fn select(flag: Option<&Path>, args: &RefreshArgs) -> Result<(Settings, Vec<Stri
         Some(name) if settings.accounts.contains_key(name) => vec![name.clone()],
         Some(name) => {
             let known: Vec<&str> = settings.accounts.keys().map(String::as_str).collect();
-            eprintln!(
-                "no account named {name:?} in {}; configured: {}",
-                path.display(),
-                known.join(", ")
-            );
+            eprintln!("no account named {name:?} in {}; configured: {}", path.display(), known.join(", "));
             return Err(exit::USAGE);
         }
         None => settings.accounts.keys().cloned().collect(),
@@ -175,19 +165,11 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
         eprintln!("no accounts configured; add [accounts.NAME] sections to the config");
         return exit::OK;
     }
-    let reports = run_parallel(&settings, &names, settings.agent.max_parallel, |a| {
-        run_account(&settings, a, args, clock)
-    });
+    let reports =
+        run_parallel(&settings, &names, settings.agent.max_parallel, |a| run_account(&settings, a, args, clock));
     let mut code = exit::OK;
     for r in &reports {
-        println!(
-            "{}",
-            if args.json {
-                r.json_line()
-            } else {
-                r.human_line()
-            }
-        );
+        println!("{}", if args.json { r.json_line() } else { r.human_line() });
         code = exit::worst(code, r.exit_code());
     }
     code
@@ -212,38 +194,25 @@ where
             });
         }
     });
-    slots
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-        .into_iter()
-        .flatten()
-        .collect()
+    slots.into_inner().unwrap_or_else(|p| p.into_inner()).into_iter().flatten().collect()
 }
 
 /// One account: status and seed (as the caller, typically root) → job as the account's
 /// user → status and journal.
-fn run_account(
-    settings: &Settings,
-    acct: &AccountSettings,
-    args: &RefreshArgs,
-    clock: &dyn Clock,
-) -> Report {
+fn run_account(settings: &Settings, acct: &AccountSettings, args: &RefreshArgs, clock: &dyn Clock) -> Report {
     let state_dir = &settings.agent.state_dir;
     let id = match Identity::lookup(&acct.user) {
         Ok(id) => id,
         Err(e) => return Report::failed(&acct.name, Failure::permanent(e)),
     };
     let mut st = status::load(state_dir, &acct.name);
-    let seed = acct
-        .seed
-        .as_deref()
-        .and_then(|p| match seed::load(p, st.seed_sha256.as_deref()) {
-            Ok(s) => s,
-            Err(w) => {
-                tracing::warn!(account = %acct.name, "{w}");
-                None
-            }
-        });
+    let seed = acct.seed.as_deref().and_then(|p| match seed::load(p, st.seed_sha256.as_deref()) {
+        Ok(s) => s,
+        Err(w) => {
+            tracing::warn!(account = %acct.name, "{w}");
+            None
+        }
+    });
     let job = Job {
         account: acct.name.clone(),
         codex_home: acct.codex_home.clone(),

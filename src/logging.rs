@@ -28,22 +28,10 @@ pub struct Sinks {
 /// only; on a systemd host interactively, both; elsewhere stderr.
 pub fn choose_sinks(override_: Option<&str>, journal_stream: bool, socket_present: bool) -> Sinks {
     match override_ {
-        Some("journal") => Sinks {
-            journal: true,
-            stderr: false,
-        },
-        Some("stderr") => Sinks {
-            journal: false,
-            stderr: true,
-        },
-        Some("both") => Sinks {
-            journal: true,
-            stderr: true,
-        },
-        _ => Sinks {
-            journal: journal_stream || socket_present,
-            stderr: !journal_stream,
-        },
+        Some("journal") => Sinks { journal: true, stderr: false },
+        Some("stderr") => Sinks { journal: false, stderr: true },
+        Some("both") => Sinks { journal: true, stderr: true },
+        _ => Sinks { journal: journal_stream || socket_present, stderr: !journal_stream },
     }
 }
 
@@ -54,24 +42,16 @@ pub fn init(verbose: bool) {
         std::env::var_os("JOURNAL_STREAM").is_some(),
         std::path::Path::new(JOURNAL_SOCKET).exists(),
     );
-    let level = if verbose {
-        LevelFilter::DEBUG
-    } else {
-        LevelFilter::INFO
-    };
-    let journal = sinks
-        .journal
-        .then(|| tracing_journald::layer().ok())
-        .flatten()
-        .map(|l| {
-            l.with_field_prefix(None)
-                .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string())
-                .with_priority_mappings(tracing_journald::PriorityMappings {
-                    info: tracing_journald::Priority::Informational,
-                    ..tracing_journald::PriorityMappings::new()
-                })
-                .with_filter(level)
-        });
+    let level = if verbose { LevelFilter::DEBUG } else { LevelFilter::INFO };
+    let journal = sinks.journal.then(|| tracing_journald::layer().ok()).flatten().map(|l| {
+        l.with_field_prefix(None)
+            .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string())
+            .with_priority_mappings(tracing_journald::PriorityMappings {
+                info: tracing_journald::Priority::Informational,
+                ..tracing_journald::PriorityMappings::new()
+            })
+            .with_filter(level)
+    });
     // Without a working journal, stderr is the fallback.
     let stderr = (sinks.stderr || journal.is_none()).then(|| {
         tracing_subscriber::fmt::layer()
@@ -81,10 +61,7 @@ pub fn init(verbose: bool) {
             .with_ansi(false)
             .with_filter(level)
     });
-    let _ = tracing_subscriber::registry()
-        .with(journal)
-        .with(stderr)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(journal).with(stderr).try_init();
 }
 
 /// Writes through `redact`. The fmt layer hands over one whole event per write call.
@@ -123,10 +100,7 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     let mut out = String::new();
     let mut last = 0;
     let mut start = None;
-    for (i, c) in text
-        .char_indices()
-        .chain(std::iter::once((text.len(), ' ')))
-    {
+    for (i, c) in text.char_indices().chain(std::iter::once((text.len(), ' '))) {
         match (is_token_char(c), start) {
             (true, None) => start = Some(i),
             (false, Some(s)) => {
@@ -161,9 +135,7 @@ pub fn log_report(r: &Report) {
         Some(_) => Level::WARN,
         None => Level::INFO,
     };
-    let expires = r
-        .expires_at
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
+    let expires = r.expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
     let http = r.failure.as_ref().and_then(|f| f.http_status);
     for e in &r.events {
         let (outcome, msg) = match e {
@@ -210,9 +182,7 @@ mod tests {
         let out = redact(&text);
         assert!(!out.contains(jwt) && !out.contains(rt), "{out}");
         assert!(
-            out.contains("ba7816bf8f01")
-                && out.contains("/home/alice-2/.codex")
-                && out.contains("team-prod-1"),
+            out.contains("ba7816bf8f01") && out.contains("/home/alice-2/.codex") && out.contains("team-prod-1"),
             "{out}"
         );
         assert!(out.contains(&"a".repeat(64)));
@@ -221,33 +191,9 @@ mod tests {
 
     #[test]
     fn sink_choice() {
-        assert_eq!(
-            choose_sinks(None, true, true),
-            Sinks {
-                journal: true,
-                stderr: false
-            }
-        );
-        assert_eq!(
-            choose_sinks(None, false, true),
-            Sinks {
-                journal: true,
-                stderr: true
-            }
-        );
-        assert_eq!(
-            choose_sinks(None, false, false),
-            Sinks {
-                journal: false,
-                stderr: true
-            }
-        );
-        assert_eq!(
-            choose_sinks(Some("stderr"), true, true),
-            Sinks {
-                journal: false,
-                stderr: true
-            }
-        );
+        assert_eq!(choose_sinks(None, true, true), Sinks { journal: true, stderr: false });
+        assert_eq!(choose_sinks(None, false, true), Sinks { journal: true, stderr: true });
+        assert_eq!(choose_sinks(None, false, false), Sinks { journal: false, stderr: true });
+        assert_eq!(choose_sinks(Some("stderr"), true, true), Sinks { journal: false, stderr: true });
     }
 }

@@ -97,11 +97,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(class: FailureClass, reason: impl Into<String>) -> Self {
-        Failure {
-            class,
-            reason: reason.into(),
-            http_status: None,
-        }
+        Failure { class, reason: reason.into(), http_status: None }
     }
     pub fn permanent(reason: impl Into<String>) -> Self {
         Self::new(FailureClass::Permanent, reason)
@@ -177,8 +173,7 @@ impl Report {
 
     /// The contract's `--json` line.
     pub fn json_line(&self) -> String {
-        let ts =
-            |t: &Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
+        let ts = |t: &Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
         serde_json::json!({
             "account": self.account,
             "outcome": self.outcome.as_str(),
@@ -201,10 +196,7 @@ impl Report {
             s.push_str(&format!(": {}", self.reason));
         }
         if let Some(t) = self.expires_at {
-            s.push_str(&format!(
-                "; access token expires {}",
-                t.to_rfc3339_opts(SecondsFormat::Secs, true)
-            ));
+            s.push_str(&format!("; access token expires {}", t.to_rfc3339_opts(SecondsFormat::Secs, true)));
         }
         s
     }
@@ -227,15 +219,7 @@ mod tests {
     fn json_line_has_contract_keys_and_null_class_on_success() {
         let r = Report::new("alice", Outcome::Fresh, "");
         let v: serde_json::Value = serde_json::from_str(&r.json_line()).unwrap();
-        for k in [
-            "account",
-            "outcome",
-            "class",
-            "reason",
-            "expires_at",
-            "last_refresh",
-            "token_fp",
-        ] {
+        for k in ["account", "outcome", "class", "reason", "expires_at", "last_refresh", "token_fp"] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert!(v["class"].is_null());

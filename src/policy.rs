@@ -35,11 +35,7 @@ impl std::fmt::Display for RefreshReason {
                 write!(f, "access token expires at {}", expires_at.to_rfc3339())
             }
             RefreshReason::TooOld { last_refresh } => {
-                write!(
-                    f,
-                    "last refresh at {} is older than max_age",
-                    last_refresh.to_rfc3339()
-                )
+                write!(f, "last refresh at {} is older than max_age", last_refresh.to_rfc3339())
             }
             RefreshReason::Unknown => {
                 write!(f, "neither token expiry nor last_refresh is readable")
@@ -79,20 +75,11 @@ pub fn decide(facts: &AuthFacts, t: &Thresholds, now: DateTime<Utc>, force: bool
     if force {
         return Decision::Refresh(RefreshReason::Forced);
     }
-    let expiry_due = facts.access_expires_at.map(|exp| {
-        (
-            exp,
-            exp.checked_sub_signed(chrono(t.refresh_before_expiry))
-                .unwrap_or(DateTime::<Utc>::MIN_UTC),
-        )
-    });
-    let age_due = facts.last_refresh.map(|lr| {
-        (
-            lr,
-            lr.checked_add_signed(chrono(t.max_age))
-                .unwrap_or(DateTime::<Utc>::MAX_UTC),
-        )
-    });
+    let expiry_due = facts
+        .access_expires_at
+        .map(|exp| (exp, exp.checked_sub_signed(chrono(t.refresh_before_expiry)).unwrap_or(DateTime::<Utc>::MIN_UTC)));
+    let age_due =
+        facts.last_refresh.map(|lr| (lr, lr.checked_add_signed(chrono(t.max_age)).unwrap_or(DateTime::<Utc>::MAX_UTC)));
     if let Some((expires_at, due)) = expiry_due {
         if now >= due {
             return Decision::Refresh(RefreshReason::Expiring { expires_at });
@@ -106,11 +93,7 @@ pub fn decide(facts: &AuthFacts, t: &Thresholds, now: DateTime<Utc>, force: bool
     match (expiry_due, age_due) {
         (None, None) => Decision::Refresh(RefreshReason::Unknown),
         (a, b) => {
-            let due_at = [a.map(|x| x.1), b.map(|x| x.1)]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(now);
+            let due_at = [a.map(|x| x.1), b.map(|x| x.1)].into_iter().flatten().min().unwrap_or(now);
             Decision::Fresh { due_at }
         }
     }
@@ -148,49 +131,28 @@ mod tests {
         let now = 1_000_000_000;
         let t = th(DAY, 7 * DAY);
         assert_eq!(
-            decide(
-                &facts(Some(now + 2 * DAY as i64), Some(now)),
-                &t,
-                at(now),
-                false
-            ),
-            Decision::Fresh {
-                due_at: at(now + DAY as i64)
-            }
+            decide(&facts(Some(now + 2 * DAY as i64), Some(now)), &t, at(now), false),
+            Decision::Fresh { due_at: at(now + DAY as i64) }
         );
         assert!(matches!(
             decide(&facts(Some(now + 100), Some(now)), &t, at(now), false),
             Decision::Refresh(RefreshReason::Expiring { .. })
         ));
         assert!(matches!(
-            decide(
-                &facts(Some(now + 30 * DAY as i64), Some(now - 8 * DAY as i64)),
-                &t,
-                at(now),
-                false
-            ),
+            decide(&facts(Some(now + 30 * DAY as i64), Some(now - 8 * DAY as i64)), &t, at(now), false),
             Decision::Refresh(RefreshReason::TooOld { .. })
         ));
-        assert_eq!(
-            decide(&facts(None, None), &t, at(now), false),
-            Decision::Refresh(RefreshReason::Unknown)
-        );
+        assert_eq!(decide(&facts(None, None), &t, at(now), false), Decision::Refresh(RefreshReason::Unknown));
         assert_eq!(
             decide(&facts(Some(now + 30 * DAY as i64), None), &t, at(now), true),
             Decision::Refresh(RefreshReason::Forced)
         );
         let mut api = facts(None, None);
         api.mode = AuthMode::ApiKey;
-        assert!(matches!(
-            decide(&api, &t, at(now), true),
-            Decision::Inert(_)
-        ));
+        assert!(matches!(decide(&api, &t, at(now), true), Decision::Inert(_)));
         let mut no_rt = facts(None, None);
         no_rt.has_refresh_token = false;
-        assert!(matches!(
-            decide(&no_rt, &t, at(now), true),
-            Decision::Inert(_)
-        ));
+        assert!(matches!(decide(&no_rt, &t, at(now), true), Decision::Inert(_)));
     }
 
     proptest! {

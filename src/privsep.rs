@@ -31,15 +31,8 @@ pub struct Identity {
 impl Identity {
     pub fn lookup(user: &str) -> Result<Identity, String> {
         match User::from_name(user) {
-            Ok(Some(u)) => Ok(Identity {
-                user: u.name,
-                uid: u.uid.as_raw(),
-                gid: u.gid.as_raw(),
-                home: u.dir,
-            }),
-            Ok(None) => Err(format!(
-                "user {user:?} does not exist; create it or fix `user` in the config"
-            )),
+            Ok(Some(u)) => Ok(Identity { user: u.name, uid: u.uid.as_raw(), gid: u.gid.as_raw(), home: u.dir }),
+            Ok(None) => Err(format!("user {user:?} does not exist; create it or fix `user` in the config")),
             Err(e) => Err(format!("looking up user {user:?} failed: {e}")),
         }
     }
@@ -48,12 +41,7 @@ impl Identity {
     pub fn current() -> Result<Identity, String> {
         let uid = nix::unistd::geteuid();
         match User::from_uid(uid) {
-            Ok(Some(u)) => Ok(Identity {
-                user: u.name,
-                uid: u.uid.as_raw(),
-                gid: u.gid.as_raw(),
-                home: u.dir,
-            }),
+            Ok(Some(u)) => Ok(Identity { user: u.name, uid: u.uid.as_raw(), gid: u.gid.as_raw(), home: u.dir }),
             _ => Err(format!("uid {uid} has no passwd entry")),
         }
     }
@@ -71,10 +59,7 @@ pub fn harden_process() {
     // SAFETY: plain syscalls with constant arguments; failure only loses hardening.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        let zero = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         libc::setrlimit(libc::RLIMIT_CORE, &zero);
     }
 }
@@ -83,8 +68,7 @@ pub fn harden_process() {
 pub fn drop_privileges(id: &Identity) -> Result<(), String> {
     let (uid, gid) = (Uid::from_raw(id.uid), Gid::from_raw(id.gid));
     let name = CString::new(id.user.as_str()).map_err(|_| "user name contains NUL".to_string())?;
-    nix::unistd::initgroups(&name, gid)
-        .map_err(|e| format!("initgroups({}) failed: {e}", id.user))?;
+    nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups({}) failed: {e}", id.user))?;
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid({gid}) failed: {e}"))?;
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}) failed: {e}"))?;
     let r = nix::unistd::getresuid().map_err(|e| e.to_string())?;
@@ -92,10 +76,7 @@ pub fn drop_privileges(id: &Identity) -> Result<(), String> {
     if [r.real, r.effective, r.saved] != [uid; 3] || [g.real, g.effective, g.saved] != [gid; 3] {
         return Err("privilege drop did not take effect".into());
     }
-    if id.uid != 0
-        && (nix::unistd::setuid(Uid::from_raw(0)).is_ok()
-            || nix::unistd::setgid(Gid::from_raw(0)).is_ok())
-    {
+    if id.uid != 0 && (nix::unistd::setuid(Uid::from_raw(0)).is_ok() || nix::unistd::setgid(Gid::from_raw(0)).is_ok()) {
         return Err("privilege drop is reversible; refusing to continue".into());
     }
     // setuid resets dumpability to the sysctl default; make sure it is off.
@@ -113,30 +94,14 @@ pub fn run_as(id: &Identity, job: &Job, clock: &dyn Clock) -> Report {
     if !euid.is_root() {
         return Report::failed(
             &job.account,
-            Failure::permanent(format!(
-                "must run as root or as user {} to work on this account",
-                id.user
-            )),
+            Failure::permanent(format!("must run as root or as user {} to work on this account", id.user)),
         );
     }
-    spawn_worker(
-        &WorkerRequest {
-            identity: id.clone(),
-            job: job.clone(),
-        },
-        job.deadline(),
-    )
+    spawn_worker(&WorkerRequest { identity: id.clone(), job: job.clone() }, job.deadline())
 }
 
 /// Env the worker may see: nothing secret, just enough to log and find binaries.
-const PASSTHROUGH_ENV: &[&str] = &[
-    "PATH",
-    "JOURNAL_STREAM",
-    "CODEX_AUTH_AGENT_LOG",
-    "RUST_LOG",
-    "LANG",
-    "LC_ALL",
-];
+const PASSTHROUGH_ENV: &[&str] = &["PATH", "JOURNAL_STREAM", "CODEX_AUTH_AGENT_LOG", "RUST_LOG", "LANG", "LC_ALL"];
 
 fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> Report {
     let account = req.job.account.clone();
@@ -148,11 +113,7 @@ fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> Report {
     let mut cmd = Command::new(exe);
     cmd.arg("worker")
         .env_clear()
-        .envs(
-            PASSTHROUGH_ENV
-                .iter()
-                .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
-        )
+        .envs(PASSTHROUGH_ENV.iter().filter_map(|k| std::env::var_os(k).map(|v| (k, v))))
         .current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -177,9 +138,7 @@ fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> Report {
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < deadline => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
+            Ok(None) if started.elapsed() < deadline => std::thread::sleep(Duration::from_millis(5)),
             Ok(None) | Err(_) => {
                 let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
                 let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
@@ -195,9 +154,7 @@ fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> Report {
     let out = reader.join().unwrap_or_default();
     match serde_json::from_slice::<Report>(&out) {
         Ok(report) => report,
-        Err(_) => fail(format!(
-            "worker exited ({status}) without a report; will retry"
-        )),
+        Err(_) => fail(format!("worker exited ({status}) without a report; will retry")),
     }
 }
 
@@ -206,10 +163,7 @@ fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> Report {
 pub fn worker_main(clock: &dyn Clock) -> i32 {
     harden_process();
     let mut input = Vec::new();
-    if let Err(e) = std::io::stdin()
-        .take(MAX_PIPE_BYTES)
-        .read_to_end(&mut input)
-    {
+    if let Err(e) = std::io::stdin().take(MAX_PIPE_BYTES).read_to_end(&mut input) {
         eprintln!("codex-auth-agent worker: reading the job failed: {e}");
         return crate::outcome::exit::USAGE;
     }
@@ -226,10 +180,9 @@ pub fn worker_main(clock: &dyn Clock) -> i32 {
     };
     let report = match drop_privileges(&req.identity) {
         Ok(()) => worker::run(&req.job, clock),
-        Err(e) => Report::failed(
-            &req.job.account,
-            Failure::transient(format!("cannot run as {}: {e}", req.identity.user)),
-        ),
+        Err(e) => {
+            Report::failed(&req.job.account, Failure::transient(format!("cannot run as {}: {e}", req.identity.user)))
+        }
     };
     println!("{}", serde_json::to_string(&report).unwrap_or_default());
     crate::outcome::exit::OK

@@ -22,18 +22,13 @@ pub struct SeedInput {
 
 impl std::fmt::Debug for SeedInput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SeedInput")
-            .field("sha256", &self.sha256)
-            .field("is_new", &self.is_new)
-            .finish()
+        f.debug_struct("SeedInput").field("sha256", &self.sha256).field("is_new", &self.is_new).finish()
     }
 }
 
 impl SeedInput {
     pub fn bytes(&self) -> Vec<u8> {
-        base64::engine::general_purpose::STANDARD
-            .decode(&self.b64)
-            .unwrap_or_default()
+        base64::engine::general_purpose::STANDARD.decode(&self.b64).unwrap_or_default()
     }
 }
 
@@ -46,10 +41,7 @@ pub fn load(path: &Path, applied: Option<&str>) -> Result<Option<SeedInput>, Str
         Err(e) => return Err(format!("seed {}: cannot be read: {e}", path.display())),
     };
     if !meta.file_type().is_file() {
-        return Err(format!(
-            "seed {}: is not a regular file; ignored",
-            path.display()
-        ));
+        return Err(format!("seed {}: is not a regular file; ignored", path.display()));
     }
     if meta.mode() & 0o077 != 0 {
         return Err(format!(
@@ -59,21 +51,13 @@ pub fn load(path: &Path, applied: Option<&str>) -> Result<Option<SeedInput>, Str
         ));
     }
     if meta.len() > crate::authfile::MAX_AUTH_BYTES {
-        return Err(format!(
-            "seed {}: is larger than 1 MiB; ignored",
-            path.display()
-        ));
+        return Err(format!("seed {}: is larger than 1 MiB; ignored", path.display()));
     }
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("seed {}: cannot be read: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("seed {}: cannot be read: {e}", path.display()))?;
     AuthFile::parse(&bytes, path).map_err(|e| format!("seed {e}; ignored"))?;
     let sha256 = sha256_hex(&bytes);
     let is_new = applied != Some(sha256.as_str());
-    Ok(Some(SeedInput {
-        b64: base64::engine::general_purpose::STANDARD.encode(&bytes),
-        sha256,
-        is_new,
-    }))
+    Ok(Some(SeedInput { b64: base64::engine::general_purpose::STANDARD.encode(&bytes), sha256, is_new }))
 }
 
 /// What the current auth.json looks like, for the seed decision.
@@ -110,11 +94,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn seed(is_new: bool) -> SeedInput {
-        SeedInput {
-            b64: String::new(),
-            sha256: "x".into(),
-            is_new,
-        }
+        SeedInput { b64: String::new(), sha256: "x".into(), is_new }
     }
 
     #[test]

@@ -74,10 +74,7 @@ pub fn load(state_dir: &Path, account: &str) -> AccountStatus {
     std::fs::read(account_dir(state_dir, account).join(STATUS_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_else(|| AccountStatus {
-            account: account.to_string(),
-            ..Default::default()
-        })
+        .unwrap_or_else(|| AccountStatus { account: account.to_string(), ..Default::default() })
 }
 
 /// Write status.json (0600, atomic) under state_dir/accounts/<name>/ (dirs 0700).
@@ -119,17 +116,10 @@ mod tests {
         ok.token_fp = Some("fp1".into());
         s.update(&ok, now());
         assert_eq!(s.consecutive_failures, 0);
-        s.update(
-            &Report::failed("a", Failure::transient("x").with_status(503)),
-            now(),
-        );
+        s.update(&Report::failed("a", Failure::transient("x").with_status(503)), now());
         s.update(&Report::failed("a", Failure::transient("x")), now());
         assert_eq!(s.consecutive_failures, 2);
-        assert_eq!(
-            s.token_fp.as_deref(),
-            Some("fp1"),
-            "a failure keeps what we knew"
-        );
+        assert_eq!(s.token_fp.as_deref(), Some("fp1"), "a failure keeps what we knew");
         assert_eq!(s.class, Some(FailureClass::Transient));
         s.update(&ok, now());
         assert_eq!(s.consecutive_failures, 0);
@@ -140,22 +130,13 @@ mod tests {
     fn save_and_load_round_trip_with_private_modes() {
         use std::os::unix::fs::MetadataExt;
         let t = tempfile::tempdir().unwrap();
-        let mut s = AccountStatus {
-            account: "a".into(),
-            ..Default::default()
-        };
+        let mut s = AccountStatus { account: "a".into(), ..Default::default() };
         s.seed_sha256 = Some("h".into());
         save(t.path(), &s).unwrap();
         assert_eq!(load(t.path(), "a"), s);
         let f = account_dir(t.path(), "a").join(STATUS_FILE);
         assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(
-            std::fs::metadata(account_dir(t.path(), "a"))
-                .unwrap()
-                .mode()
-                & 0o777,
-            0o700
-        );
+        assert_eq!(std::fs::metadata(account_dir(t.path(), "a")).unwrap().mode() & 0o777, 0o700);
         assert_eq!(load(t.path(), "other").account, "other");
     }
 }

@@ -49,11 +49,7 @@ impl Job {
 
     /// After this the parent kills the worker: every wait above, bounded.
     pub fn deadline(&self) -> Duration {
-        self.lock_wait()
-            + self.request_timeout
-            + CODEX_LOCK_WAIT
-            + COMMIT_LOCK_WAIT
-            + Duration::from_secs(10)
+        self.lock_wait() + self.request_timeout + CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT + Duration::from_secs(10)
     }
 }
 
@@ -75,17 +71,9 @@ pub fn run(job: &Job, clock: &dyn Clock) -> Report {
         Ok(h) => h,
         Err(e) => return Report::failed(&job.account, dir_failure(e)),
     };
-    let report = Cycle {
-        job,
-        home: &home,
-        clock,
-    }
-    .run();
+    let report = Cycle { job, home: &home, clock }.run();
     if !job.dry_run && report.class() != Some(crate::outcome::FailureClass::Unsafe) {
-        if let Err(e) = home.write_atomic(
-            status::SIDECAR_FILE,
-            &status::sidecar_bytes(&report, clock.now()),
-        ) {
+        if let Err(e) = home.write_atomic(status::SIDECAR_FILE, &status::sidecar_bytes(&report, clock.now())) {
             tracing::warn!(account = %job.account, "could not write the status sidecar: {e}");
         }
     }
@@ -138,18 +126,12 @@ impl Cycle<'_> {
         }
         // Hash before waiting: if another cycle of ours changes the file while we wait,
         // its result is ours too.
-        let before = self
-            .home
-            .read(AUTH_FILE)
-            .ok()
-            .flatten()
-            .map(|f| sha256_hex(&f.bytes));
+        let before = self.home.read(AUTH_FILE).ok().flatten().map(|f| sha256_hex(&f.bytes));
         let lock = match self.home.lock(CYCLE_LOCK, Some(self.job.lock_wait())) {
             Ok(l) => l,
             Err(DirError::Busy { .. }) => {
-                return self.failed(Failure::transient(
-                    "another refresh of this account is still running (busy); will retry",
-                ));
+                return self
+                    .failed(Failure::transient("another refresh of this account is still running (busy); will retry"));
             }
             Err(e) => return self.failed(dir_failure(e)),
         };
@@ -158,8 +140,7 @@ impl Cycle<'_> {
             Ok(x) => x,
             Err(f) => return self.failed(f),
         };
-        if lock.waited && !seeded && before.as_deref() != Some(sha256_hex(&snapshot.bytes).as_str())
-        {
+        if lock.waited && !seeded && before.as_deref() != Some(sha256_hex(&snapshot.bytes).as_str()) {
             let mut r = Report::new(
                 self.account(),
                 Outcome::Fresh,
@@ -190,9 +171,7 @@ impl Cycle<'_> {
     /// The usable credential, installing the seed when the seed rules say so.
     fn current_credential(&self) -> Result<(Snapshot, bool), Failure> {
         let read = self.home.read(AUTH_FILE).map_err(dir_failure)?;
-        let parsed = read
-            .as_ref()
-            .map(|f| AuthFile::parse(&f.bytes, &self.auth_path()));
+        let parsed = read.as_ref().map(|f| AuthFile::parse(&f.bytes, &self.auth_path()));
         let current = match &parsed {
             None => seed::Current::Missing,
             Some(Ok(_)) => seed::Current::Usable,
@@ -200,16 +179,8 @@ impl Cycle<'_> {
         };
         match seed::plan(current, self.job.seed.as_ref()) {
             seed::Plan::Keep => {
-                let (Some(f), Some(Ok(auth))) = (read, parsed) else {
-                    unreachable!("Keep implies a usable file")
-                };
-                Ok((
-                    Snapshot {
-                        bytes: f.bytes,
-                        auth,
-                    },
-                    false,
-                ))
+                let (Some(f), Some(Ok(auth))) = (read, parsed) else { unreachable!("Keep implies a usable file") };
+                Ok((Snapshot { bytes: f.bytes, auth }, false))
             }
             seed::Plan::Install => self.install_seed(read.as_ref()).map(|s| (s, true)),
             seed::Plan::NoCredential => Err(match parsed {
@@ -239,64 +210,40 @@ impl Cycle<'_> {
                 tracing::info!(account = %self.account(), outcome = "seeded", "installed a new seed as auth.json");
                 Ok(Snapshot { bytes, auth })
             }
-            Ok(Committed::Changed(_)) => Err(Failure::transient(
-                "auth.json changed while installing the seed; will retry",
-            )),
+            Ok(Committed::Changed(_)) => {
+                Err(Failure::transient("auth.json changed while installing the seed; will retry"))
+            }
             Err(f) => Err(f),
         }
     }
 
     fn decide_and_refresh(&self, snap: Snapshot) -> Report {
         let now = self.clock.now();
-        let reason = match policy::decide(
-            &snap.auth.facts(),
-            &self.job.thresholds,
-            now,
-            self.job.force,
-        ) {
+        let reason = match policy::decide(&snap.auth.facts(), &self.job.thresholds, now, self.job.force) {
             Decision::Inert(why) => {
-                return self.describe(
-                    Report::new(self.account(), Outcome::Inert, why),
-                    &snap.bytes,
-                    &snap.auth,
-                );
+                return self.describe(Report::new(self.account(), Outcome::Inert, why), &snap.bytes, &snap.auth);
             }
             Decision::Fresh { due_at } => {
-                let r = Report::new(
-                    self.account(),
-                    Outcome::Fresh,
-                    format!("next refresh due {}", due_at.to_rfc3339()),
-                );
+                let r =
+                    Report::new(self.account(), Outcome::Fresh, format!("next refresh due {}", due_at.to_rfc3339()));
                 return self.describe(r, &snap.bytes, &snap.auth);
             }
             Decision::Refresh(reason) => reason,
         };
         if self.job.dry_run {
-            let r = Report::new(
-                self.account(),
-                Outcome::WouldRefresh,
-                format!("dry run: would refresh: {reason}"),
-            );
+            let r = Report::new(self.account(), Outcome::WouldRefresh, format!("dry run: would refresh: {reason}"));
             return self.describe(r, &snap.bytes, &snap.auth);
         }
         let Some(refresh_token) = snap.auth.refresh_token() else {
             unreachable!("decide() refreshes only with a refresh token")
         };
-        let tokens =
-            match oauth::refresh(&self.job.token_url, refresh_token, self.job.request_timeout) {
-                Ok(t) => t,
-                Err(f) => {
-                    let r = self.failed(f);
-                    return self.describe(
-                        Report {
-                            outcome: Outcome::Failed,
-                            ..r
-                        },
-                        &snap.bytes,
-                        &snap.auth,
-                    );
-                }
-            };
+        let tokens = match oauth::refresh(&self.job.token_url, refresh_token, self.job.request_timeout) {
+            Ok(t) => t,
+            Err(f) => {
+                let r = self.failed(f);
+                return self.describe(Report { outcome: Outcome::Failed, ..r }, &snap.bytes, &snap.auth);
+            }
+        };
         self.save(snap, &tokens, reason)
     }
 
@@ -306,11 +253,7 @@ impl Cycle<'_> {
         let new_bytes = updated.to_bytes();
         match self.commit(Some(&snap.bytes), &new_bytes) {
             Ok(Committed::Written) => {
-                let r = Report::new(
-                    self.account(),
-                    Outcome::Refreshed,
-                    format!("refreshed ({reason})"),
-                );
+                let r = Report::new(self.account(), Outcome::Refreshed, format!("refreshed ({reason})"));
                 self.describe(r, &new_bytes, &updated)
             }
             Ok(Committed::Changed(on_disk)) => {
@@ -336,28 +279,18 @@ impl Cycle<'_> {
     /// Codex's commit protocol: auth.lock → re-read (changed? adopt) → auth.json.lock →
     /// atomic write. `expected` is the content we started from (None: no file).
     fn commit(&self, expected: Option<&[u8]>, new: &[u8]) -> Result<Committed, Failure> {
-        let _codex = self
-            .home
-            .lock(CODEX_LOCK, Some(CODEX_LOCK_WAIT))
-            .map_err(dir_failure)?;
+        let _codex = self.home.lock(CODEX_LOCK, Some(CODEX_LOCK_WAIT)).map_err(dir_failure)?;
         let on_disk = self.home.read(AUTH_FILE).map_err(dir_failure)?;
         if on_disk.as_ref().map(|f| f.bytes.as_slice()) != expected {
-            return Ok(Committed::Changed(
-                on_disk.map(|f| f.bytes).unwrap_or_default(),
-            ));
+            return Ok(Committed::Changed(on_disk.map(|f| f.bytes).unwrap_or_default()));
         }
-        let _commit = self
-            .home
-            .lock(CODEX_COMMIT_LOCK, Some(COMMIT_LOCK_WAIT))
-            .map_err(|e| match e {
-                DirError::Busy { .. } => Failure::transient(
-                    "credential commit lock (auth.json.lock) timed out; will retry",
-                ),
-                e => dir_failure(e),
-            })?;
-        self.home
-            .write_atomic(AUTH_FILE, new)
-            .map_err(dir_failure)?;
+        let _commit = self.home.lock(CODEX_COMMIT_LOCK, Some(COMMIT_LOCK_WAIT)).map_err(|e| match e {
+            DirError::Busy { .. } => {
+                Failure::transient("credential commit lock (auth.json.lock) timed out; will retry")
+            }
+            e => dir_failure(e),
+        })?;
+        self.home.write_atomic(AUTH_FILE, new).map_err(dir_failure)?;
         Ok(Committed::Written)
     }
 }

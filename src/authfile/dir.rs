@@ -21,11 +21,7 @@ use super::MAX_AUTH_BYTES;
 pub enum DirError {
     /// Refused for safety; says what is wrong and how to fix it.
     #[error("{path}: {problem}; fix: {fix}")]
-    Unsafe {
-        path: PathBuf,
-        problem: String,
-        fix: String,
-    },
+    Unsafe { path: PathBuf, problem: String, fix: String },
     #[error("{path} does not exist")]
     Missing { path: PathBuf },
     #[error("{path}: lock is held by another process (gave up after {waited:?})")]
@@ -36,10 +32,7 @@ pub enum DirError {
 
 impl DirError {
     fn io(path: PathBuf, errno: Errno) -> Self {
-        DirError::Io {
-            path,
-            source: io::Error::from(errno),
-        }
+        DirError::Io { path, source: io::Error::from(errno) }
     }
 }
 
@@ -77,11 +70,8 @@ impl SafeDir {
     /// Open `path`, which must be a real directory (not a symlink) owned by `owner` and
     /// not writable by others.
     pub fn open(path: &Path, owner: u32) -> Result<SafeDir, DirError> {
-        let unsafe_dir = |problem: String, fix: &str| DirError::Unsafe {
-            path: path.to_path_buf(),
-            problem,
-            fix: fix.to_string(),
-        };
+        let unsafe_dir =
+            |problem: String, fix: &str| DirError::Unsafe { path: path.to_path_buf(), problem, fix: fix.to_string() };
         let raw = openat(
             None,
             path,
@@ -89,13 +79,14 @@ impl SafeDir {
             Mode::empty(),
         )
         .map_err(|e| match e {
-            Errno::ENOENT => DirError::Missing {
-                path: path.to_path_buf(),
-            },
-            Errno::ELOOP => unsafe_dir(
-                "is a symlink".into(),
-                "make CODEX_HOME a real directory, or configure codex_home as the symlink's target",
-            ),
+            Errno::ENOENT => DirError::Missing { path: path.to_path_buf() },
+            // With O_DIRECTORY Linux reports a final symlink as ENOTDIR, not ELOOP.
+            Errno::ELOOP | Errno::ENOTDIR if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) => {
+                unsafe_dir(
+                    "is a symlink".into(),
+                    "make CODEX_HOME a real directory, or configure codex_home as the symlink's target",
+                )
+            }
             Errno::ENOTDIR => unsafe_dir("is not a directory".into(), "make it a directory"),
             e => DirError::io(path.to_path_buf(), e),
         })?;
@@ -104,24 +95,14 @@ impl SafeDir {
         let st = fstat(fd.as_raw_fd()).map_err(|e| DirError::io(path.to_path_buf(), e))?;
         if st.st_uid != owner {
             return Err(unsafe_dir(
-                format!(
-                    "is owned by uid {}, not the account's uid {owner}",
-                    st.st_uid
-                ),
+                format!("is owned by uid {}, not the account's uid {owner}", st.st_uid),
                 "chown it to the account's user",
             ));
         }
         if st.st_mode & 0o002 != 0 {
-            return Err(unsafe_dir(
-                "is writable by others".into(),
-                "chmod o-w on it",
-            ));
+            return Err(unsafe_dir("is writable by others".into(), "chmod o-w on it"));
         }
-        Ok(SafeDir {
-            fd,
-            path: path.to_path_buf(),
-            owner,
-        })
+        Ok(SafeDir { fd, path: path.to_path_buf(), owner })
     }
 
     /// Create `path` (mode 0700, parents as needed) for our own state, then open it.
@@ -131,10 +112,7 @@ impl SafeDir {
             .recursive(true)
             .mode(0o700)
             .create(path)
-            .map_err(|source| DirError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| DirError::Io { path: path.to_path_buf(), source })?;
         SafeDir::open(path, nix::unistd::geteuid().as_raw())
     }
 
@@ -158,21 +136,13 @@ impl SafeDir {
     }
 
     fn refuse(&self, name: &str, problem: String, fix: &str) -> DirError {
-        DirError::Unsafe {
-            path: self.child(name),
-            problem,
-            fix: fix.to_string(),
-        }
+        DirError::Unsafe { path: self.child(name), problem, fix: fix.to_string() }
     }
 
     /// Check that an open file is one we may read and replace.
     fn check_file(&self, name: &str, st: &FileStat) -> Result<(), DirError> {
         if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
-            return Err(self.refuse(
-                name,
-                "is not a regular file".into(),
-                "replace it with the real file",
-            ));
+            return Err(self.refuse(name, "is not a regular file".into(), "replace it with the real file"));
         }
         if st.st_nlink > 1 {
             return Err(self.refuse(
@@ -184,19 +154,12 @@ impl SafeDir {
         if st.st_uid != self.owner {
             return Err(self.refuse(
                 name,
-                format!(
-                    "is owned by uid {}, not the account's uid {}",
-                    st.st_uid, self.owner
-                ),
+                format!("is owned by uid {}, not the account's uid {}", st.st_uid, self.owner),
                 "chown it to the account's user",
             ));
         }
         if st.st_size as u64 > MAX_AUTH_BYTES {
-            return Err(self.refuse(
-                name,
-                "is larger than 1 MiB".into(),
-                "replace it with a real Codex auth.json",
-            ));
+            return Err(self.refuse(name, "is larger than 1 MiB".into(), "replace it with a real Codex auth.json"));
         }
         Ok(())
     }
@@ -208,11 +171,7 @@ impl SafeDir {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::ELOOP) => {
-                return Err(self.refuse(
-                    name,
-                    "is a symlink".into(),
-                    "replace the symlink with the real file",
-                ));
+                return Err(self.refuse(name, "is a symlink".into(), "replace the symlink with the real file"));
             }
             Err(e) => return Err(DirError::io(self.child(name), e)),
         };
@@ -222,10 +181,7 @@ impl SafeDir {
         File::from(fd)
             .take(MAX_AUTH_BYTES + 1)
             .read_to_end(&mut bytes)
-            .map_err(|source| DirError::Io {
-                path: self.child(name),
-                source,
-            })?;
+            .map_err(|source| DirError::Io { path: self.child(name), source })?;
         if bytes.len() as u64 > MAX_AUTH_BYTES {
             return Err(self.refuse(
                 name,
@@ -233,26 +189,15 @@ impl SafeDir {
                 "replace it with a real Codex auth.json",
             ));
         }
-        Ok(Some(FileRead {
-            bytes,
-            id: FileId {
-                dev: st.st_dev,
-                ino: st.st_ino,
-            },
-        }))
+        Ok(Some(FileRead { bytes, id: FileId { dev: st.st_dev, ino: st.st_ino } }))
     }
 
     /// Take an exclusive flock on `name` (created 0600 if missing). With `wait` None a
     /// held lock is `Busy` at once; otherwise we poll until the deadline, so nothing can
     /// block us forever.
     pub fn lock(&self, name: &str, wait: Option<Duration>) -> Result<Lock, DirError> {
-        let fd = self
-            .open_at(
-                name,
-                OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NONBLOCK,
-                0o600,
-            )
-            .map_err(|e| match e {
+        let fd =
+            self.open_at(name, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NONBLOCK, 0o600).map_err(|e| match e {
                 Errno::ELOOP => self.refuse(name, "is a symlink".into(), "remove it"),
                 e => DirError::io(self.child(name), e),
             })?;
@@ -261,10 +206,7 @@ impl SafeDir {
         loop {
             match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
                 Ok(guard) => {
-                    return Ok(Lock {
-                        _guard: guard,
-                        waited,
-                    });
+                    return Ok(Lock { _guard: guard, waited });
                 }
                 Err((back, Errno::EWOULDBLOCK)) => {
                     let elapsed = started.elapsed();
@@ -274,10 +216,7 @@ impl SafeDir {
                             std::thread::sleep(Duration::from_millis(20));
                         }
                         _ => {
-                            return Err(DirError::Busy {
-                                path: self.child(name),
-                                waited: elapsed,
-                            });
+                            return Err(DirError::Busy { path: self.child(name), waited: elapsed });
                         }
                     }
                 }
@@ -292,24 +231,12 @@ impl SafeDir {
         let (tmp, fd) = self.create_temp(name)?;
         let result = write_sync(fd, bytes)
             .and_then(|()| {
-                renameat(
-                    Some(self.fd.as_raw_fd()),
-                    tmp.as_str(),
-                    Some(self.fd.as_raw_fd()),
-                    name,
-                )
-                .map_err(io::Error::from)
+                renameat(Some(self.fd.as_raw_fd()), tmp.as_str(), Some(self.fd.as_raw_fd()), name)
+                    .map_err(io::Error::from)
             })
-            .map_err(|source| DirError::Io {
-                path: self.child(name),
-                source,
-            });
+            .map_err(|source| DirError::Io { path: self.child(name), source });
         if result.is_err() {
-            let _ = unlinkat(
-                Some(self.fd.as_raw_fd()),
-                tmp.as_str(),
-                UnlinkatFlags::NoRemoveDir,
-            );
+            let _ = unlinkat(Some(self.fd.as_raw_fd()), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             return result;
         }
         // The rename is durable only once the directory entry is on disk.
@@ -320,43 +247,27 @@ impl SafeDir {
     fn create_temp(&self, name: &str) -> Result<(String, OwnedFd), DirError> {
         for _ in 0..32 {
             let tmp = format!(".{name}{TEMP_MARK}{:016x}", fastrand::u64(..));
-            match self.open_at(
-                &tmp,
-                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
-                0o600,
-            ) {
+            match self.open_at(&tmp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL, 0o600) {
                 Ok(fd) => return Ok((tmp, fd)),
                 Err(Errno::EEXIST) | Err(Errno::ELOOP) => continue,
                 Err(e) => return Err(DirError::io(self.child(name), e)),
             }
         }
-        Err(self.refuse(
-            name,
-            "could not create a unique temp file".into(),
-            "remove stray .*.tmp-caa-* files",
-        ))
+        Err(self.refuse(name, "could not create a unique temp file".into(), "remove stray .*.tmp-caa-* files"))
     }
 
     /// Remove temp files a killed writer of ours left behind. Call only while holding
     /// the cycle lock, so no writer of ours is mid-write.
     pub fn remove_stale_temps(&self, name: &str) -> usize {
         let prefix = format!(".{name}{TEMP_MARK}");
-        let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
-        else {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd())) else {
             return 0;
         };
         entries
             .filter_map(Result::ok)
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| n.starts_with(&prefix))
-            .filter(|n| {
-                unlinkat(
-                    Some(self.fd.as_raw_fd()),
-                    n.as_str(),
-                    UnlinkatFlags::NoRemoveDir,
-                )
-                .is_ok()
-            })
+            .filter(|n| unlinkat(Some(self.fd.as_raw_fd()), n.as_str(), UnlinkatFlags::NoRemoveDir).is_ok())
             .count()
     }
 
@@ -387,20 +298,12 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = SafeDir::open(t.path(), me()).unwrap();
         std::fs::write(t.path().join("auth.json"), b"old").unwrap();
-        std::fs::set_permissions(
-            t.path().join("auth.json"),
-            std::fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
+        std::fs::set_permissions(t.path().join("auth.json"), std::fs::Permissions::from_mode(0o644)).unwrap();
         d.write_atomic("auth.json", b"new").unwrap();
         assert_eq!(std::fs::read(t.path().join("auth.json")).unwrap(), b"new");
         let md = std::fs::metadata(t.path().join("auth.json")).unwrap();
         assert_eq!(md.mode() & 0o777, 0o600);
-        assert_eq!(
-            std::fs::read_dir(t.path()).unwrap().count(),
-            1,
-            "no temp left"
-        );
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "no temp left");
     }
 
     #[test]
@@ -409,25 +312,13 @@ mod tests {
         let d = SafeDir::open(t.path(), me()).unwrap();
         std::fs::write(t.path().join("real"), b"{}").unwrap();
         std::os::unix::fs::symlink(t.path().join("real"), t.path().join("link")).unwrap();
-        assert!(
-            matches!(d.read("link"), Err(DirError::Unsafe { ref problem, .. }) if problem.contains("symlink"))
-        );
+        assert!(matches!(d.read("link"), Err(DirError::Unsafe { ref problem, .. }) if problem.contains("symlink")));
         std::fs::hard_link(t.path().join("real"), t.path().join("hard")).unwrap();
-        assert!(
-            matches!(d.read("hard"), Err(DirError::Unsafe { ref problem, .. }) if problem.contains("hard links"))
-        );
+        assert!(matches!(d.read("hard"), Err(DirError::Unsafe { ref problem, .. }) if problem.contains("hard links")));
         nix::unistd::mkfifo(&t.path().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(
-            matches!(d.read("fifo"), Err(DirError::Unsafe { ref problem, .. }) if problem.contains("regular"))
-        );
-        std::fs::write(
-            t.path().join("big"),
-            vec![b' '; (MAX_AUTH_BYTES + 1) as usize],
-        )
-        .unwrap();
-        assert!(
-            matches!(d.read("big"), Err(DirError::Unsafe { ref problem, .. }) if problem.contains("1 MiB"))
-        );
+        assert!(matches!(d.read("fifo"), Err(DirError::Unsafe { ref problem, .. }) if problem.contains("regular")));
+        std::fs::write(t.path().join("big"), vec![b' '; (MAX_AUTH_BYTES + 1) as usize]).unwrap();
+        assert!(matches!(d.read("big"), Err(DirError::Unsafe { ref problem, .. }) if problem.contains("1 MiB")));
         assert!(d.read("absent").unwrap().is_none());
     }
 
@@ -437,24 +328,12 @@ mod tests {
         let real = t.path().join("real");
         std::fs::create_dir(&real).unwrap();
         std::os::unix::fs::symlink(&real, t.path().join("link")).unwrap();
-        assert!(matches!(
-            SafeDir::open(&t.path().join("link"), me()),
-            Err(DirError::Unsafe { .. })
-        ));
+        assert!(matches!(SafeDir::open(&t.path().join("link"), me()), Err(DirError::Unsafe { .. })));
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = SafeDir::open(&real, me()).err().unwrap().to_string();
-        assert!(
-            e.contains("writable by others") && e.contains("chmod o-w"),
-            "{e}"
-        );
-        assert!(matches!(
-            SafeDir::open(&real, me() + 1),
-            Err(DirError::Unsafe { .. })
-        ));
-        assert!(matches!(
-            SafeDir::open(&t.path().join("nope"), me()),
-            Err(DirError::Missing { .. })
-        ));
+        assert!(e.contains("writable by others") && e.contains("chmod o-w"), "{e}");
+        assert!(matches!(SafeDir::open(&real, me() + 1), Err(DirError::Unsafe { .. })));
+        assert!(matches!(SafeDir::open(&t.path().join("nope"), me()), Err(DirError::Missing { .. })));
     }
 
     #[test]
@@ -464,10 +343,7 @@ mod tests {
         let held = d.lock("l", None).unwrap();
         assert!(!held.waited);
         assert!(matches!(d.lock("l", None), Err(DirError::Busy { .. })));
-        assert!(matches!(
-            d.lock("l", Some(Duration::from_millis(60))),
-            Err(DirError::Busy { .. })
-        ));
+        assert!(matches!(d.lock("l", Some(Duration::from_millis(60))), Err(DirError::Busy { .. })));
         drop(held);
         assert!(d.lock("l", Some(Duration::from_millis(60))).is_ok());
     }

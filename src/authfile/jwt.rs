@@ -27,9 +27,7 @@ pub enum JwtError {
 /// The decoded payload object of a JWT.
 pub fn payload(token: &str) -> Result<serde_json::Map<String, Value>, JwtError> {
     let mut parts = token.split('.');
-    let (Some(_), Some(p), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(_), Some(p), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(JwtError::Shape);
     };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -45,30 +43,17 @@ pub fn payload(token: &str) -> Result<serde_json::Map<String, Value>, JwtError> 
 pub fn claims(token: &str) -> Result<Claims, JwtError> {
     let p = payload(token)?;
     let auth = p.get("https://api.openai.com/auth");
-    let auth_str = |k: &str| {
-        auth.and_then(|a| a.get(k))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
+    let auth_str = |k: &str| auth.and_then(|a| a.get(k)).and_then(Value::as_str).map(str::to_string);
     let email = p
         .get("email")
         .and_then(Value::as_str)
-        .or_else(|| {
-            p.get("https://api.openai.com/profile")
-                .and_then(|pr| pr.get("email"))
-                .and_then(Value::as_str)
-        })
+        .or_else(|| p.get("https://api.openai.com/profile").and_then(|pr| pr.get("email")).and_then(Value::as_str))
         .map(str::to_string);
     let exp = p
         .get("exp")
         .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
         .and_then(|s| DateTime::from_timestamp(s, 0));
-    Ok(Claims {
-        exp,
-        email,
-        chatgpt_account_id: auth_str("chatgpt_account_id"),
-        plan: auth_str("chatgpt_plan_type"),
-    })
+    Ok(Claims { exp, email, chatgpt_account_id: auth_str("chatgpt_account_id"), plan: auth_str("chatgpt_plan_type") })
 }
 
 #[cfg(test)]
@@ -100,10 +85,7 @@ mod tests {
         assert_eq!(claims("abc").unwrap_err(), JwtError::Shape);
         assert_eq!(claims("a.b.c.d").unwrap_err(), JwtError::Shape);
         assert_eq!(claims("a.!!!.c").unwrap_err(), JwtError::Base64);
-        assert_eq!(
-            claims(&format!("a.{}.c", enc("[1]"))).unwrap_err(),
-            JwtError::Json
-        );
+        assert_eq!(claims(&format!("a.{}.c", enc("[1]"))).unwrap_err(), JwtError::Json);
         // Padded payloads are accepted.
         assert!(claims(&format!("a.{}==.c", enc("{}"))).is_ok());
     }

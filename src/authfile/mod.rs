@@ -61,14 +61,8 @@ impl fmt::Debug for NewTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NewTokens")
             .field("id_token", &self.id_token.as_ref().map(|_| "<redacted>"))
-            .field(
-                "access_token",
-                &self.access_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field(
-                "refresh_token",
-                &self.refresh_token.as_deref().map(fingerprint),
-            )
+            .field("access_token", &self.access_token.as_ref().map(|_| "<redacted>"))
+            .field("refresh_token", &self.refresh_token.as_deref().map(fingerprint))
             .finish()
     }
 }
@@ -105,16 +99,8 @@ impl AuthFile {
             field: field.to_string(),
             problem: problem.to_string(),
         };
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            bad(
-                "(file)",
-                &format!(
-                    "is not valid JSON (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| bad("(file)", &format!("is not valid JSON (line {}, column {})", e.line(), e.column())))?;
         let Value::Object(doc) = value else {
             return Err(bad("(file)", "is not a JSON object"));
         };
@@ -126,12 +112,8 @@ impl AuthFile {
         }
         if let Some(Value::String(lr)) = doc.get("last_refresh") {
             // Codex refuses a timestamp without a timezone; so do we.
-            DateTime::parse_from_rfc3339(lr).map_err(|_| {
-                bad(
-                    "last_refresh",
-                    "is not an RFC 3339 timestamp with a timezone",
-                )
-            })?;
+            DateTime::parse_from_rfc3339(lr)
+                .map_err(|_| bad("last_refresh", "is not an RFC 3339 timestamp with a timezone"))?;
         }
         match doc.get("tokens") {
             None | Some(Value::Null) => {}
@@ -162,11 +144,7 @@ impl AuthFile {
     }
 
     fn token(&self, key: &str) -> Option<&str> {
-        self.doc
-            .get("tokens")
-            .and_then(|t| t.get(key))
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
+        self.doc.get("tokens").and_then(|t| t.get(key)).and_then(Value::as_str).filter(|s| !s.is_empty())
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -175,12 +153,7 @@ impl AuthFile {
             Some("apikey") => AuthMode::ApiKey,
             Some(other) => AuthMode::Other(other.to_string()),
             // Absent: Codex infers an API-key login when a key is present.
-            None if self
-                .str_field("OPENAI_API_KEY")
-                .is_some_and(|k| !k.is_empty()) =>
-            {
-                AuthMode::ApiKey
-            }
+            None if self.str_field("OPENAI_API_KEY").is_some_and(|k| !k.is_empty()) => AuthMode::ApiKey,
             None => AuthMode::ChatGpt,
         }
     }
@@ -199,15 +172,11 @@ impl AuthFile {
 
     /// `tokens.account_id`, else the id_token's `chatgpt_account_id` claim.
     pub fn account_id(&self) -> Option<String> {
-        self.token("account_id")
-            .map(str::to_string)
-            .or_else(|| self.id_claims().and_then(|c| c.chatgpt_account_id))
+        self.token("account_id").map(str::to_string).or_else(|| self.id_claims().and_then(|c| c.chatgpt_account_id))
     }
 
     pub fn last_refresh(&self) -> Option<DateTime<Utc>> {
-        self.str_field("last_refresh")
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&Utc))
+        self.str_field("last_refresh").and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
     }
 
     pub fn access_expires_at(&self) -> Option<DateTime<Utc>> {
@@ -230,10 +199,7 @@ impl AuthFile {
     /// Apply a refresh response: only the fields it carries replace ours, and
     /// last_refresh becomes `now` (RFC 3339 UTC with nanoseconds, as Codex writes it).
     pub fn apply_refresh(&mut self, new: &NewTokens, now: DateTime<Utc>) {
-        let tokens = self
-            .doc
-            .entry("tokens")
-            .or_insert_with(|| Value::Object(Map::new()));
+        let tokens = self.doc.entry("tokens").or_insert_with(|| Value::Object(Map::new()));
         if !tokens.is_object() {
             *tokens = Value::Object(Map::new());
         }
@@ -248,10 +214,7 @@ impl AuthFile {
                 }
             }
         }
-        self.doc.insert(
-            "last_refresh".to_string(),
-            Value::String(now.to_rfc3339_opts(SecondsFormat::Nanos, true)),
-        );
+        self.doc.insert("last_refresh".to_string(), Value::String(now.to_rfc3339_opts(SecondsFormat::Nanos, true)));
     }
 
     /// Serialized the way Codex writes it (pretty-printed), with unknown fields kept.
@@ -268,10 +231,7 @@ pub fn fingerprint(token: &str) -> String {
 
 /// Full hex sha256 of some bytes (content hashes of files and seeds).
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -281,11 +241,7 @@ mod tests {
 
     fn jwt(payload: &str) -> String {
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        format!(
-            "{}.{}.sig",
-            e.encode(r#"{"alg":"none"}"#),
-            e.encode(payload)
-        )
+        format!("{}.{}.sig", e.encode(r#"{"alg":"none"}"#), e.encode(payload))
     }
 
     fn sample() -> String {
@@ -307,10 +263,7 @@ mod tests {
         assert_eq!(a.refresh_token(), Some("SECRET-RT"));
         assert_eq!(a.account_id().as_deref(), Some("acc-1"));
         assert_eq!(a.access_expires_at().unwrap().timestamp(), 1_800_000_000);
-        assert_eq!(
-            a.id_claims().unwrap().email.as_deref(),
-            Some("a@example.com")
-        );
+        assert_eq!(a.id_claims().unwrap().email.as_deref(), Some("a@example.com"));
         assert_eq!(a.id_claims().unwrap().plan.as_deref(), Some("pro"));
         assert!(!format!("{a:?}").contains("SECRET-RT"));
     }
@@ -318,24 +271,13 @@ mod tests {
     #[test]
     fn apply_keeps_unknown_fields_and_unreturned_tokens() {
         let mut a = AuthFile::parse(sample().as_bytes(), Path::new("a")).unwrap();
-        let now = DateTime::parse_from_rfc3339("2026-11-23T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        a.apply_refresh(
-            &NewTokens {
-                refresh_token: Some("NEW-RT".into()),
-                ..Default::default()
-            },
-            now,
-        );
+        let now = DateTime::parse_from_rfc3339("2026-11-23T00:00:00Z").unwrap().with_timezone(&Utc);
+        a.apply_refresh(&NewTokens { refresh_token: Some("NEW-RT".into()), ..Default::default() }, now);
         let out: Value = serde_json::from_slice(&a.to_bytes()).unwrap();
         assert_eq!(out["extra_top"]["keep"], 1);
         assert_eq!(out["tokens"]["extra_tok"], "k");
         assert_eq!(out["tokens"]["refresh_token"], "NEW-RT");
-        assert_eq!(
-            out["tokens"]["access_token"].as_str().unwrap(),
-            jwt(r#"{"exp":1800000000}"#)
-        );
+        assert_eq!(out["tokens"]["access_token"].as_str().unwrap(), jwt(r#"{"exp":1800000000}"#));
         assert_eq!(out["last_refresh"], "2026-11-23T00:00:00.000000000Z");
         let keys: Vec<_> = out.as_object().unwrap().keys().cloned().collect();
         assert_eq!(keys[0], "auth_mode", "field order preserved");
@@ -345,10 +287,7 @@ mod tests {
     fn invalid_files_name_the_field_and_never_the_value() {
         let cases = [
             (r#"[1]"#, "(file)"),
-            (
-                r#"{"tokens":{"id_token":"SECRETVALUE","refresh_token":"r"}}"#,
-                "tokens.id_token",
-            ),
+            (r#"{"tokens":{"id_token":"SECRETVALUE","refresh_token":"r"}}"#, "tokens.id_token"),
             (r#"{"tokens":{"refresh_token":"r"}}"#, "tokens.id_token"),
             (r#"{"last_refresh":"2026-11-20T03:55:51"}"#, "last_refresh"),
             (r#"{"tokens":"SECRETVALUE"}"#, "tokens"),
@@ -370,10 +309,7 @@ mod tests {
         let m = |s: &str| AuthFile::parse(s.as_bytes(), p).unwrap().mode();
         assert_eq!(m(r#"{"OPENAI_API_KEY":"sk-1"}"#), AuthMode::ApiKey);
         assert_eq!(m(r#"{"OPENAI_API_KEY":null}"#), AuthMode::ChatGpt);
-        assert_eq!(
-            m(r#"{"auth_mode":"chatgptAuthTokens"}"#),
-            AuthMode::Other("chatgptAuthTokens".into())
-        );
+        assert_eq!(m(r#"{"auth_mode":"chatgptAuthTokens"}"#), AuthMode::Other("chatgptAuthTokens".into()));
     }
 
     #[test]

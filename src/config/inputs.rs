@@ -76,17 +76,12 @@ impl Merged {
         match value {
             toml::Value::Table(t) => {
                 for (k, v) in t {
-                    let key = if prefix.is_empty() {
-                        k
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
+                    let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
                     self.absorb(&key, v, file);
                 }
             }
             leaf => {
-                self.values
-                    .insert(prefix.to_string(), (leaf, file.to_path_buf()));
+                self.values.insert(prefix.to_string(), (leaf, file.to_path_buf()));
             }
         }
     }
@@ -131,15 +126,11 @@ pub fn load_merged(main: &Path) -> Result<Merged, ConfigError> {
         let fragment = read_fragment(&file)?;
         if let Some(accounts) = &fragment.accounts {
             for name in accounts.keys() {
-                merged
-                    .accounts
-                    .entry(name.clone())
-                    .or_insert_with(|| file.clone());
+                merged.accounts.entry(name.clone()).or_insert_with(|| file.clone());
             }
         }
         // A fragment that just deserialized always serializes back.
-        let value =
-            toml::Value::try_from(&fragment).unwrap_or(toml::Value::Table(Default::default()));
+        let value = toml::Value::try_from(&fragment).unwrap_or(toml::Value::Table(Default::default()));
         merged.absorb("", value, &file);
         merged.files.push(file);
     }

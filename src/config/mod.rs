@@ -69,19 +69,13 @@ pub struct RefreshSettings {
 
 impl RefreshSettings {
     pub fn thresholds(&self) -> Thresholds {
-        Thresholds {
-            refresh_before_expiry: self.refresh_before_expiry,
-            max_age: self.max_age,
-        }
+        Thresholds { refresh_before_expiry: self.refresh_before_expiry, max_age: self.max_age }
     }
 }
 
 /// Serialize durations the way they are written in the config ("1d", "30s").
 mod humantime_serde_compat {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }
@@ -123,20 +117,14 @@ pub struct Env {
 
 impl Env {
     pub fn from_process() -> Env {
-        Env {
-            token_url_override: std::env::var(TOKEN_URL_ENV).ok().filter(|s| !s.is_empty()),
-        }
+        Env { token_url_override: std::env::var(TOKEN_URL_ENV).ok().filter(|s| !s.is_empty()) }
     }
 }
 
 /// The main config path: `--config`, else `$CODEX_AUTH_AGENT_CONFIG`, else the default.
 pub fn config_path(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_path_buf)
-        .or_else(|| {
-            std::env::var_os(CONFIG_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
+        .or_else(|| std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
 }
 
@@ -147,17 +135,9 @@ pub fn load(main: &Path, env: &Env) -> Result<Settings, ConfigError> {
 }
 
 /// Settings for single-user mode: built-in defaults, one account "default".
-pub fn single_user(
-    codex_home: &Path,
-    user: &str,
-    state_dir: PathBuf,
-    env: &Env,
-) -> Result<Settings, ConfigError> {
+pub fn single_user(codex_home: &Path, user: &str, state_dir: PathBuf, env: &Env) -> Result<Settings, ConfigError> {
     let merged = Merged::default();
-    let v = Validator {
-        merged: &merged,
-        env,
-    };
+    let v = Validator { merged: &merged, env };
     let refresh = v.refresh_settings(None)?;
     let account = AccountSettings {
         name: "default".into(),
@@ -167,11 +147,7 @@ pub fn single_user(
         refresh,
     };
     Ok(Settings {
-        agent: AgentSettings {
-            state_dir,
-            max_parallel: 1,
-            codex_bin: "codex".into(),
-        },
+        agent: AgentSettings { state_dir, max_parallel: 1, codex_bin: "codex".into() },
         accounts: BTreeMap::from([("default".to_string(), account)]),
         files: Vec::new(),
         warnings: Vec::new(),
@@ -208,18 +184,10 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(
-        &self,
-        account: Option<&str>,
-        key: &str,
-        default: &str,
-    ) -> Result<Duration, ConfigError> {
+    fn duration(&self, account: Option<&str>, key: &str, default: &str) -> Result<Duration, ConfigError> {
         let (k, text) = self.string(account, key, default);
         let d = humantime::parse_duration(&text).map_err(|e| {
-            self.err(
-                &k,
-                format!("{text:?} is not a duration ({e}); write e.g. \"90s\", \"6h\" or \"1d\""),
-            )
+            self.err(&k, format!("{text:?} is not a duration ({e}); write e.g. \"90s\", \"6h\" or \"1d\""))
         })?;
         if d.is_zero() {
             return Err(self.err(&k, "must be longer than zero"));
@@ -231,19 +199,11 @@ impl Validator<'_> {
         if allow_empty && text.is_empty() {
             return Ok(());
         }
-        let loopback = [
-            "http://127.",
-            "http://localhost:",
-            "http://localhost/",
-            "http://[::1]",
-        ];
+        let loopback = ["http://127.", "http://localhost:", "http://localhost/", "http://[::1]"];
         if text.starts_with("https://") || loopback.iter().any(|p| text.starts_with(p)) {
             Ok(())
         } else {
-            Err(self.err(
-                key,
-                format!("{text:?} must be an https:// URL (plain http only on loopback)"),
-            ))
+            Err(self.err(key, format!("{text:?} must be an https:// URL (plain http only on loopback)")))
         }
     }
 
@@ -253,10 +213,7 @@ impl Validator<'_> {
             "oauth" => RefreshMethod::Oauth,
             "app-server" => RefreshMethod::AppServer,
             other => {
-                return Err(self.err(
-                    &k,
-                    format!("{other:?} is not a refresh method; use \"oauth\" or \"app-server\""),
-                ));
+                return Err(self.err(&k, format!("{other:?} is not a refresh method; use \"oauth\" or \"app-server\"")));
             }
         };
         let (k, mut token_url) = self.string(account, "token_url", DEFAULT_TOKEN_URL);
@@ -270,10 +227,7 @@ impl Validator<'_> {
         }
         let (k, codex_base_url) = self.string(account, "codex_base_url", "");
         self.url(&k, &codex_base_url, true)?;
-        let preflight = self
-            .lookup(account, "preflight")
-            .and_then(|(_, v)| v.as_bool())
-            .unwrap_or(true);
+        let preflight = self.lookup(account, "preflight").and_then(|(_, v)| v.as_bool()).unwrap_or(true);
         Ok(RefreshSettings {
             refresh_method,
             token_url,
@@ -299,10 +253,7 @@ impl Validator<'_> {
             None => 8,
         };
         if !(1..=256).contains(&max_parallel) {
-            return Err(self.err(
-                "agent.max_parallel",
-                format!("{max_parallel} is out of range; use 1 to 256"),
-            ));
+            return Err(self.err("agent.max_parallel", format!("{max_parallel} is out of range; use 1 to 256")));
         }
         let codex_bin = match self.merged.get("agent.codex_bin") {
             Some((v, _)) => v.as_str().unwrap_or_default().to_string(),
@@ -311,11 +262,7 @@ impl Validator<'_> {
         if codex_bin.is_empty() {
             return Err(self.err("agent.codex_bin", "must not be empty"));
         }
-        Ok(AgentSettings {
-            state_dir,
-            max_parallel: max_parallel as usize,
-            codex_bin,
-        })
+        Ok(AgentSettings { state_dir, max_parallel: max_parallel as usize, codex_bin })
     }
 
     fn account(&self, name: &str, config_dir: &Path) -> Result<AccountSettings, ConfigError> {
@@ -339,12 +286,7 @@ impl Validator<'_> {
         let pw = nix::unistd::User::from_name(&user)
             .ok()
             .flatten()
-            .ok_or_else(|| {
-                self.err(
-                    &key("user"),
-                    format!("no such user {user:?}; create it or fix the name"),
-                )
-            })?;
+            .ok_or_else(|| self.err(&key("user"), format!("no such user {user:?}; create it or fix the name")))?;
         let codex_home = match self.merged.get(&key("codex_home")) {
             Some((v, _)) => PathBuf::from(v.as_str().unwrap_or_default()),
             None => pw.dir.join(".codex"),
@@ -377,8 +319,7 @@ pub fn valid_account_name(name: &str) -> bool {
     let b = name.as_bytes();
     (1..=63).contains(&b.len())
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigError> {
@@ -402,12 +343,7 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
             ));
         }
     }
-    Ok(Settings {
-        agent,
-        accounts,
-        files: merged.files.clone(),
-        warnings,
-    })
+    Ok(Settings { agent, accounts, files: merged.files.clone(), warnings })
 }
 
 impl Settings {
@@ -417,10 +353,7 @@ impl Settings {
         for f in &self.files {
             out.push_str(&format!("# read: {}\n", f.display()));
         }
-        out.push_str(&format!(
-            "# overridable per account: {}\n",
-            OVERRIDABLE.join(", ")
-        ));
+        out.push_str(&format!("# overridable per account: {}\n", OVERRIDABLE.join(", ")));
         out.push_str(&toml::to_string_pretty(self).unwrap_or_default());
         out
     }

@@ -33,10 +33,7 @@ codex_home = "/srv/bob/.codex"
     let alice = &s.accounts["alice"];
     assert_eq!(alice.refresh.max_age, Duration::from_secs(2 * 86400));
     assert_eq!(alice.codex_home, PathBuf::from("/root/.codex"));
-    assert_eq!(
-        alice.refresh.refresh_before_expiry,
-        Duration::from_secs(86400)
-    );
+    assert_eq!(alice.refresh.refresh_before_expiry, Duration::from_secs(86400));
     assert_eq!(alice.refresh.token_url, DEFAULT_TOKEN_URL);
     let bob = &s.accounts["bob"];
     assert_eq!(bob.refresh.max_age, Duration::from_secs(3 * 86400));
@@ -46,21 +43,9 @@ codex_home = "/srv/bob/.codex"
 #[test]
 fn drop_ins_win_per_key_in_lexical_order() {
     let t = tempfile::tempdir().unwrap();
-    let main = write(
-        t.path(),
-        "config.toml",
-        "[defaults]\nmax_age = \"3d\"\nrequest_timeout = \"5s\"\n",
-    );
-    write(
-        t.path(),
-        "config.d/20-b.toml",
-        "[defaults]\nmax_age = \"5d\"\n",
-    );
-    write(
-        t.path(),
-        "config.d/10-a.toml",
-        "[defaults]\nmax_age = \"4d\"\n[accounts.a]\nuser = \"root\"\n",
-    );
+    let main = write(t.path(), "config.toml", "[defaults]\nmax_age = \"3d\"\nrequest_timeout = \"5s\"\n");
+    write(t.path(), "config.d/20-b.toml", "[defaults]\nmax_age = \"5d\"\n");
+    write(t.path(), "config.d/10-a.toml", "[defaults]\nmax_age = \"4d\"\n[accounts.a]\nuser = \"root\"\n");
     write(t.path(), "config.d/ignored.txt", "garbage");
     let s = load(&main, &Env::default()).unwrap();
     let a = &s.accounts["a"];
@@ -73,21 +58,12 @@ fn drop_ins_win_per_key_in_lexical_order() {
 fn unknown_keys_name_file_and_key() {
     let t = tempfile::tempdir().unwrap();
     let main = write(t.path(), "config.toml", "");
-    let bad = write(
-        t.path(),
-        "config.d/50-x.toml",
-        "[defaults]\nmax_agee = \"1d\"\n",
-    );
+    let bad = write(t.path(), "config.d/50-x.toml", "[defaults]\nmax_agee = \"1d\"\n");
     let e = load(&main, &Env::default()).unwrap_err();
     assert_eq!(e.file.as_deref(), Some(bad.as_path()));
     let msg = e.to_string();
-    assert!(
-        msg.contains("max_agee") && msg.contains("50-x.toml"),
-        "{msg}"
-    );
-    let e = load_text("[accounts.a]\nuser = \"root\"\nfoo = 1\n")
-        .unwrap_err()
-        .to_string();
+    assert!(msg.contains("max_agee") && msg.contains("50-x.toml"), "{msg}");
+    let e = load_text("[accounts.a]\nuser = \"root\"\nfoo = 1\n").unwrap_err().to_string();
     assert!(e.contains("unknown field `foo`"), "{e}");
     let e = load_text("[agentt]\n").unwrap_err().to_string();
     assert!(e.contains("agentt"), "{e}");
@@ -97,37 +73,16 @@ fn unknown_keys_name_file_and_key() {
 fn bad_values_name_the_key() {
     let cases = [
         ("[defaults]\nmax_age = \"7x\"\n", "defaults.max_age"),
-        (
-            "[defaults]\nrequest_timeout = \"0s\"\n",
-            "defaults.request_timeout",
-        ),
-        (
-            "[accounts.a]\nuser = \"root\"\nrefresh_before_expiry = \"soon\"\n",
-            "accounts.a.refresh_before_expiry",
-        ),
-        (
-            "[defaults]\nrefresh_method = \"magic\"\n",
-            "defaults.refresh_method",
-        ),
-        (
-            "[defaults]\ntoken_url = \"http://evil.example/token\"\n",
-            "defaults.token_url",
-        ),
+        ("[defaults]\nrequest_timeout = \"0s\"\n", "defaults.request_timeout"),
+        ("[accounts.a]\nuser = \"root\"\nrefresh_before_expiry = \"soon\"\n", "accounts.a.refresh_before_expiry"),
+        ("[defaults]\nrefresh_method = \"magic\"\n", "defaults.refresh_method"),
+        ("[defaults]\ntoken_url = \"http://evil.example/token\"\n", "defaults.token_url"),
         ("[agent]\nmax_parallel = 0\n", "agent.max_parallel"),
         ("[agent]\nstate_dir = \"relative\"\n", "agent.state_dir"),
         ("[accounts.a]\n", "accounts.a.user"),
-        (
-            "[accounts.a]\nuser = \"no-such-user-caa\"\n",
-            "accounts.a.user",
-        ),
-        (
-            "[accounts.Bad_Name]\nuser = \"root\"\n",
-            "accounts.Bad_Name",
-        ),
-        (
-            "[accounts.a]\nuser = \"root\"\ncodex_home = \"rel\"\n",
-            "accounts.a.codex_home",
-        ),
+        ("[accounts.a]\nuser = \"no-such-user-caa\"\n", "accounts.a.user"),
+        ("[accounts.Bad_Name]\nuser = \"root\"\n", "accounts.Bad_Name"),
+        ("[accounts.a]\nuser = \"root\"\ncodex_home = \"rel\"\n", "accounts.a.codex_home"),
     ];
     for (text, key) in cases {
         let e = load_text(text).unwrap_err();
@@ -148,36 +103,21 @@ fn type_errors_name_the_file() {
 fn env_override_wins_and_is_checked() {
     let t = tempfile::tempdir().unwrap();
     let main = write(t.path(), "config.toml", "[accounts.a]\nuser = \"root\"\n");
-    let env = Env {
-        token_url_override: Some("http://127.0.0.1:9/oauth/token".into()),
-    };
-    assert_eq!(
-        load(&main, &env).unwrap().accounts["a"].refresh.token_url,
-        "http://127.0.0.1:9/oauth/token"
-    );
-    let env = Env {
-        token_url_override: Some("ftp://x".into()),
-    };
-    assert_eq!(
-        load(&main, &env).unwrap_err().key.as_deref(),
-        Some(TOKEN_URL_ENV)
-    );
+    let env = Env { token_url_override: Some("http://127.0.0.1:9/oauth/token".into()) };
+    assert_eq!(load(&main, &env).unwrap().accounts["a"].refresh.token_url, "http://127.0.0.1:9/oauth/token");
+    let env = Env { token_url_override: Some("ftp://x".into()) };
+    assert_eq!(load(&main, &env).unwrap_err().key.as_deref(), Some(TOKEN_URL_ENV));
 }
 
 #[test]
 fn missing_main_file_is_a_clear_error() {
     let e = load(Path::new("/nonexistent/caa/config.toml"), &Env::default()).unwrap_err();
-    assert!(
-        e.to_string().contains("not found") && e.to_string().contains("--codex-home"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("not found") && e.to_string().contains("--codex-home"), "{e}");
 }
 
 #[test]
 fn warns_when_refresh_window_is_shorter_than_two_timer_periods() {
-    let s =
-        load_text("[defaults]\nrefresh_before_expiry = \"6h\"\n[accounts.a]\nuser = \"root\"\n")
-            .unwrap();
+    let s = load_text("[defaults]\nrefresh_before_expiry = \"6h\"\n[accounts.a]\nuser = \"root\"\n").unwrap();
     assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
     let s = load_text("[accounts.a]\nuser = \"root\"\n").unwrap();
     assert!(s.warnings.is_empty());
@@ -187,13 +127,7 @@ fn warns_when_refresh_window_is_shorter_than_two_timer_periods() {
 fn render_round_trips_key_names() {
     let s = load_text("[accounts.a]\nuser = \"root\"\n").unwrap();
     let out = s.render();
-    for k in [
-        "state_dir",
-        "max_parallel",
-        "[accounts.a]",
-        "refresh_before_expiry = \"1day\"",
-        "token_url",
-    ] {
+    for k in ["state_dir", "max_parallel", "[accounts.a]", "refresh_before_expiry = \"1day\"", "token_url"] {
         assert!(out.contains(k), "{k} missing in\n{out}");
     }
 }

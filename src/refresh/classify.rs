@@ -21,25 +21,20 @@ fn error_code(body: &[u8]) -> Option<String> {
 pub fn classify_http(status: u16, body: &[u8]) -> Failure {
     let code = error_code(body);
     let failure = match code.as_deref() {
-        Some("refresh_token_expired") => Failure::permanent(format!(
-            "refresh token has expired (refresh_token_expired, HTTP {status}); {RELOGIN}"
-        )),
+        Some("refresh_token_expired") => {
+            Failure::permanent(format!("refresh token has expired (refresh_token_expired, HTTP {status}); {RELOGIN}"))
+        }
         Some("refresh_token_reused") => Failure::permanent(format!(
             "refresh token was already used (refresh_token_reused, HTTP {status}); {RELOGIN}"
         )),
         Some("refresh_token_invalidated") => Failure::permanent(format!(
             "refresh token was revoked (refresh_token_invalidated, HTTP {status}); {RELOGIN}"
         )),
-        _ if status == 401 => {
-            Failure::permanent(format!("token endpoint answered HTTP 401; {RELOGIN}"))
+        _ if status == 401 => Failure::permanent(format!("token endpoint answered HTTP 401; {RELOGIN}")),
+        Some("invalid_grant") if status == 400 => {
+            Failure::permanent(format!("token endpoint rejected the refresh token (invalid_grant); {RELOGIN}"))
         }
-        Some("invalid_grant") if status == 400 => Failure::permanent(format!(
-            "token endpoint rejected the refresh token (invalid_grant); {RELOGIN}"
-        )),
-        Some(c) => Failure::transient(format!(
-            "token endpoint answered HTTP {status} ({}); will retry",
-            printable(c)
-        )),
+        Some(c) => Failure::transient(format!("token endpoint answered HTTP {status} ({}); will retry", printable(c))),
         None => Failure::transient(format!("token endpoint answered HTTP {status}; will retry")),
     };
     failure.with_status(status)
@@ -47,10 +42,7 @@ pub fn classify_http(status: u16, body: &[u8]) -> Failure {
 
 /// Error codes come from the server; keep only a short, plain rendering of them.
 fn printable(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .take(64)
-        .collect()
+    code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
 }
 
 #[cfg(test)]
@@ -90,9 +82,7 @@ mod tests {
     #[test]
     fn permanent_reasons_say_how_to_fix() {
         let f = classify_http(401, br#"{"error":"refresh_token_reused"}"#);
-        assert!(
-            f.reason.contains("already used") && f.reason.contains("codex login --device-auth")
-        );
+        assert!(f.reason.contains("already used") && f.reason.contains("codex login --device-auth"));
     }
 
     #[test]

@@ -16,16 +16,9 @@ fn read_capped(resp: ureq::Response) -> Result<Vec<u8>, Failure> {
     resp.into_reader()
         .take(MAX_RESPONSE_BYTES + 1)
         .read_to_end(&mut body)
-        .map_err(|e| {
-            Failure::transient(format!(
-                "reading the token endpoint's answer failed: {}",
-                e.kind()
-            ))
-        })?;
+        .map_err(|e| Failure::transient(format!("reading the token endpoint's answer failed: {}", e.kind())))?;
     if body.len() as u64 > MAX_RESPONSE_BYTES {
-        return Err(Failure::transient(
-            "token endpoint answer is larger than 256 KiB; will retry",
-        ));
+        return Err(Failure::transient("token endpoint answer is larger than 256 KiB; will retry"));
     }
     Ok(body)
 }
@@ -33,10 +26,7 @@ fn read_capped(resp: ureq::Response) -> Result<Vec<u8>, Failure> {
 /// Parse a 2xx body: each of id_token/access_token/refresh_token may be present.
 fn parse_success(status: u16, body: &[u8]) -> Result<NewTokens, Failure> {
     let malformed = |what: &str| {
-        Failure::transient(format!(
-            "token endpoint answered HTTP {status} with {what}; will retry"
-        ))
-        .with_status(status)
+        Failure::transient(format!("token endpoint answered HTTP {status} with {what}; will retry")).with_status(status)
     };
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
         return Err(malformed("a body that is not a JSON object"));
@@ -55,11 +45,7 @@ fn parse_success(status: u16, body: &[u8]) -> Result<NewTokens, Failure> {
         refresh_token: field("refresh_token")?,
     };
     // Codex refuses to load a file whose id_token is not a JWT; don't write one.
-    if tokens
-        .id_token
-        .as_deref()
-        .is_some_and(|t| jwt::payload(t).is_err())
-    {
+    if tokens.id_token.as_deref().is_some_and(|t| jwt::payload(t).is_err()) {
         return Err(malformed("an id_token that is not a JWT"));
     }
     Ok(tokens)
@@ -90,10 +76,8 @@ pub fn refresh(url: &str, refresh_token: &str, timeout: Duration) -> Result<NewT
             let status = resp.status();
             let body = read_capped(resp)?;
             if !(200..300).contains(&status) {
-                return Err(Failure::transient(format!(
-                    "token endpoint answered HTTP {status}; will retry"
-                ))
-                .with_status(status));
+                return Err(Failure::transient(format!("token endpoint answered HTTP {status}; will retry"))
+                    .with_status(status));
             }
             parse_success(status, &body)
         }
@@ -101,10 +85,9 @@ pub fn refresh(url: &str, refresh_token: &str, timeout: Duration) -> Result<NewT
             let body = read_capped(resp).unwrap_or_default();
             Err(classify_http(status, &body))
         }
-        Err(ureq::Error::Transport(t)) => Err(Failure::transient(format!(
-            "could not reach the token endpoint ({}); will retry",
-            t.kind()
-        ))),
+        Err(ureq::Error::Transport(t)) => {
+            Err(Failure::transient(format!("could not reach the token endpoint ({}); will retry", t.kind())))
+        }
     }
 }
 
@@ -114,22 +97,13 @@ mod tests {
 
     #[test]
     fn success_bodies() {
-        let t = parse_success(
-            200,
-            br#"{"access_token":"a","refresh_token":"r","token_type":"Bearer"}"#,
-        )
-        .unwrap();
+        let t = parse_success(200, br#"{"access_token":"a","refresh_token":"r","token_type":"Bearer"}"#).unwrap();
         assert_eq!(t.access_token.as_deref(), Some("a"));
         assert_eq!(t.id_token, None);
         assert!(parse_success(200, b"not json").is_err());
         assert!(parse_success(200, b"[]").is_err());
         assert!(parse_success(200, br#"{"id_token":"nope"}"#).is_err());
         assert!(parse_success(200, br#"{"refresh_token":5}"#).is_err());
-        assert_eq!(
-            parse_success(200, br#"{"refresh_token":""}"#)
-                .unwrap()
-                .refresh_token,
-            None
-        );
+        assert_eq!(parse_success(200, br#"{"refresh_token":""}"#).unwrap().refresh_token, None);
     }
 }
