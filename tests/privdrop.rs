@@ -1,0 +1,157 @@
+//! As root: the file work happens in a child that dropped to the account's user. Uses two
+//! throwaway system users (created once, idempotently). Skipped with a printed reason when
+//! not root; CI runs as root.
+
+mod support;
+
+use mock_openai::{MockConfig, MockServer};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use support::*;
+
+struct Users {
+    alice: nix::unistd::User,
+    bob: nix::unistd::User,
+}
+
+fn users() -> Users {
+    Users { alice: ensure_user("caa-alice"), bob: ensure_user("caa-bob") }
+}
+
+/// A CODEX_HOME for `u` under the scratch area, owned by `u`.
+fn home_for(s: &Scratch, u: &nix::unistd::User, auth: Option<&str>) -> PathBuf {
+    let home = s.codex_home(&format!("{}/.codex", u.name), auth);
+    std::fs::set_permissions(home.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_r(&home, u.uid.as_raw(), u.gid.as_raw());
+    home
+}
+
+fn accounts(s: &Scratch, list: &[(&str, &nix::unistd::User, &Path)], extra: &str) -> PathBuf {
+    let mut body = String::from("[defaults]\nrequest_timeout = \"3s\"\n");
+    for (name, u, home) in list {
+        body.push_str(&format!("\n[accounts.{name}]\nuser = \"{}\"\ncodex_home = \"{}\"\n", u.name, home.display()));
+    }
+    body.push_str(extra);
+    s.config(&body)
+}
+
+fn refresh_all(s: &Scratch, m: &MockServer, cfg: &Path) -> Run {
+    let mut cmd = agent(s, m);
+    cmd.arg("--config").arg(cfg).args(["refresh", "--all", "--json"]);
+    run(cmd)
+}
+
+/// Every entry under `dir` belongs to `uid`: root created nothing in the user's home.
+fn assert_all_owned_by(dir: &Path, uid: u32) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let md = std::fs::symlink_metadata(e.path()).unwrap();
+        assert_eq!(md.uid(), uid, "{} is owned by uid {}", e.path().display(), md.uid());
+    }
+}
+
+#[test]
+fn each_account_is_refreshed_by_its_own_user() {
+    if !require_root("each_account_is_refreshed_by_its_own_user") {
+        return;
+    }
+    let (u, m, s) = (users(), MockServer::start(MockConfig::default()), Scratch::new());
+    let (ca, cb) = (m.issue_family("alice-acct"), m.issue_family("bob-acct"));
+    let ha = home_for(&s, &u.alice, Some(&auth_json(&ca, OLD)));
+    let hb = home_for(&s, &u.bob, Some(&auth_json(&cb, OLD)));
+    let cfg = accounts(&s, &[("alice", &u.alice, &ha), ("bob", &u.bob, &hb)], "");
+    let r = refresh_all(&s, &m, &cfg);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let lines = r.json();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l["outcome"] == "refreshed"), "{}", r.stdout);
+    for (home, user, creds) in [(&ha, &u.alice, &ca), (&hb, &u.bob, &cb)] {
+        let f = home.join("auth.json");
+        assert_eq!(std::fs::metadata(&f).unwrap().uid(), user.uid.as_raw());
+        assert_eq!(mode(&f), 0o600);
+        let rt = read_json(&f)["tokens"]["refresh_token"].as_str().unwrap().to_string();
+        assert_ne!(rt, creds.refresh_token);
+        assert!(m.is_live_refresh_token(&rt));
+        assert_all_owned_by(home, user.uid.as_raw());
+    }
+    for name in ["alice", "bob"] {
+        let st = s.state_dir().join(format!("accounts/{name}/status.json"));
+        assert_eq!(std::fs::metadata(&st).unwrap().uid(), 0);
+        assert_eq!(mode(&st), 0o600);
+    }
+    let mut all = secrets(&ca);
+    all.extend(secrets(&cb));
+    assert_clean(&r, &s.state_dir(), &all);
+    assert_clean(&r, &ha, &all);
+}
+
+#[test]
+fn the_worker_cannot_reach_what_its_user_cannot() {
+    if !require_root("the_worker_cannot_reach_what_its_user_cannot") {
+        return;
+    }
+    let (u, m, s) = (users(), MockServer::start(MockConfig::default()), Scratch::new());
+    let cb = m.issue_family("bob-acct");
+    let hb = home_for(&s, &u.bob, Some(&auth_json(&cb, OLD)));
+    // alice's account misconfigured onto bob's private home: as root this would only be
+    // an owner mismatch; as alice the directory cannot even be opened.
+    let cfg = accounts(&s, &[("alice", &u.alice, &hb)], "");
+    let r = refresh_all(&s, &m, &cfg);
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.one()["reason"].as_str().unwrap().contains("Permission denied"), "{}", r.stdout);
+    assert_eq!(m.token_requests(), 0);
+    assert!(read_json(&hb.join("auth.json"))["tokens"]["refresh_token"] == cb.refresh_token.as_str());
+}
+
+#[test]
+fn a_users_symlink_to_a_root_or_foreign_file_is_refused() {
+    if !require_root("a_users_symlink_to_a_root_or_foreign_file_is_refused") {
+        return;
+    }
+    let (u, m, s) = (users(), MockServer::start(MockConfig::default()), Scratch::new());
+    let (ca, cb) = (m.issue_family("alice-acct"), m.issue_family("bob-acct"));
+    let ha = home_for(&s, &u.alice, None);
+    let hb = home_for(&s, &u.bob, Some(&auth_json(&cb, OLD)));
+    let root_file = s.path().join("root-owned.json");
+    std::fs::write(&root_file, auth_json(&ca, OLD)).unwrap();
+    std::fs::set_permissions(&root_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = accounts(&s, &[("alice", &u.alice, &ha)], "");
+    for target in [root_file.clone(), hb.join("auth.json")] {
+        let link = ha.join("auth.json");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(u.alice.uid.as_raw()), Some(u.alice.gid.as_raw())).unwrap();
+        let before = std::fs::read(&target).unwrap();
+        let r = refresh_all(&s, &m, &cfg);
+        assert_eq!(r.code, 5, "{} → {}\n{}", target.display(), r.stdout, r.stderr);
+        assert_eq!(std::fs::read(&target).unwrap(), before);
+    }
+    assert_eq!(m.token_requests(), 0);
+    assert_eq!(std::fs::metadata(&root_file).unwrap().uid(), 0);
+    assert_all_owned_by(&ha, u.alice.uid.as_raw());
+}
+
+#[test]
+fn a_root_only_seed_reaches_the_user_through_the_pipe() {
+    if !require_root("a_root_only_seed_reaches_the_user_through_the_pipe") {
+        return;
+    }
+    let (u, m, s) = (users(), MockServer::start(MockConfig::default()), Scratch::new());
+    let ca = m.issue_family("alice-acct");
+    let ha = home_for(&s, &u.alice, None);
+    let seed = s.path().join("seeds/alice.json");
+    std::fs::create_dir_all(seed.parent().unwrap()).unwrap();
+    std::fs::set_permissions(seed.parent().unwrap(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(&seed, auth_json(&ca, &recent())).unwrap();
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = accounts(&s, &[("alice", &u.alice, &ha)], &format!("seed = \"{}\"\n", seed.display()));
+    let r = refresh_all(&s, &m, &cfg);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.one()["outcome"], "fresh");
+    let f = ha.join("auth.json");
+    assert_eq!(std::fs::metadata(&f).unwrap().uid(), u.alice.uid.as_raw());
+    assert_eq!(read_json(&f)["tokens"]["refresh_token"], ca.refresh_token.as_str());
+    let st = read_json(&s.state_dir().join("accounts/alice/status.json"));
+    assert_eq!(st["seed_sha256"].as_str().unwrap().len(), 64);
+    assert_clean(&r, &s.state_dir(), &secrets(&ca));
+    assert_eq!(m.token_requests(), 0);
+}

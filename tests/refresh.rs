@@ -1,0 +1,497 @@
+//! `codex-auth-agent refresh` end to end against the mock token endpoint, as the invoking
+//! user (single-user mode and a configured account of our own user).
+
+mod support;
+
+use mock_openai::{Fault, MockConfig, MockServer};
+use std::time::Duration;
+use support::*;
+
+fn mock() -> MockServer {
+    MockServer::start(MockConfig::default())
+}
+
+/// A configured account owned by us with a short request timeout.
+fn config_for(s: &Scratch, home: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    s.config(&format!(
+        "[defaults]\nrequest_timeout = \"2s\"\n\n[accounts.me]\nuser = \"{}\"\ncodex_home = \"{}\"\n{extra}",
+        me(),
+        home.display()
+    ))
+}
+
+#[test]
+fn due_credential_is_refreshed_rotated_and_written_safely() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("acct-1");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    let r = run({
+        let mut cmd = agent(&s, &m);
+        cmd.args(["refresh", "--json", "--codex-home"]).arg(&home);
+        cmd
+    });
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r.one();
+    assert_eq!(line["outcome"], "refreshed");
+    assert_eq!(line["account"], "default");
+    assert!(line["class"].is_null());
+    assert_eq!(m.token_requests(), 1);
+    let auth = read_json(&home.join("auth.json"));
+    let new_rt = auth["tokens"]["refresh_token"].as_str().unwrap();
+    assert_ne!(new_rt, c.refresh_token);
+    assert!(m.is_live_refresh_token(new_rt), "the file holds the live token");
+    assert!(!m.is_live_refresh_token(&c.refresh_token));
+    assert_eq!(auth["x_unknown_top"]["keep"], true, "unknown top-level field kept");
+    assert_eq!(auth["tokens"]["x_unknown_token_field"], "keep-me-too", "unknown token field kept");
+    assert_eq!(auth["tokens"]["account_id"], "acct-1");
+    assert_ne!(auth["last_refresh"], OLD);
+    assert_eq!(mode(&home.join("auth.json")), 0o600);
+    assert_eq!(line["token_fp"], codex_auth_agent::authfile::fingerprint(new_rt));
+    // The sidecar and status file exist, are private, and hold no tokens.
+    let sidecar = read_json(&home.join("auth_refresh_status.json"));
+    assert_eq!(sidecar["watchdog_last_outcome"], "refreshed");
+    assert!(sidecar["last_refresh_age_seconds"].as_i64().unwrap() < 60);
+    assert_eq!(mode(&home.join("auth_refresh_status.json")), 0o600);
+    let status = s.path().join("xdg-state/codex-auth-agent/accounts/default/status.json");
+    assert_eq!(read_json(&status)["outcome"], "refreshed");
+    assert_eq!(mode(&status), 0o600);
+    let mut all = secrets(&c);
+    all.push(new_rt.to_string());
+    assert_clean(&r, s.path(), &all);
+}
+
+#[test]
+fn fresh_credential_is_left_alone_and_force_refreshes_it() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("acct-1");
+    let home = s.codex_home("codex", Some(&auth_json(&c, &recent())));
+    let before = std::fs::read(home.join("auth.json")).unwrap();
+    let mut cmd = agent(&s, &m);
+    cmd.args(["refresh", "--json", "--codex-home"]).arg(&home);
+    let r = run(cmd);
+    assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "fresh"), "{}", r.stderr);
+    assert_eq!(m.token_requests(), 0);
+    assert_eq!(std::fs::read(home.join("auth.json")).unwrap(), before);
+    let mut cmd = agent(&s, &m);
+    cmd.args(["refresh", "--force", "--json", "--codex-home"]).arg(&home);
+    let r = run(cmd);
+    assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "refreshed"), "{}", r.stderr);
+    assert_eq!(m.token_requests(), 1);
+}
+
+#[test]
+fn inert_credentials_send_nothing() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("a");
+    let cases = [
+        r#"{"OPENAI_API_KEY":"sk-canary-key"}"#.to_string(),
+        r#"{"auth_mode":"apikey","OPENAI_API_KEY":"sk-canary-key"}"#.to_string(),
+        auth_json(&c, OLD).replace("\"chatgpt\"", "\"chatgptAuthTokens\""),
+        serde_json::json!({"auth_mode":"chatgpt","tokens":{"id_token":c.id_token,"access_token":c.access_token}})
+            .to_string(),
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        let home = s.codex_home(&format!("h{i}"), Some(text));
+        let mut cmd = agent(&s, &m);
+        cmd.args(["refresh", "--force", "--json", "--codex-home"]).arg(&home);
+        let r = run(cmd);
+        assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "inert"), "case {i}: {}", r.stderr);
+        assert!(!r.stdout.contains("sk-canary-key") && !r.stderr.contains("sk-canary-key"));
+    }
+    assert_eq!(m.token_requests(), 0);
+}
+
+#[test]
+fn keyring_store_is_inert() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("a");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    std::fs::write(home.join("config.toml"), "cli_auth_credentials_store = \"keyring\"\n").unwrap();
+    let mut cmd = agent(&s, &m);
+    cmd.args(["refresh", "--json", "--codex-home"]).arg(&home);
+    let r = run(cmd);
+    let line = r.one();
+    assert_eq!(line["outcome"], "inert");
+    assert!(line["reason"].as_str().unwrap().contains("cli_auth_credentials_store"));
+    assert_eq!(m.token_requests(), 0);
+}
+
+#[test]
+fn every_failure_class_leaves_auth_json_byte_identical() {
+    let rows: Vec<(&str, Fault, i32)> = vec![
+        ("expired", Fault::refresh_token_expired(), 3),
+        ("reused", Fault::refresh_token_reused(), 3),
+        ("invalidated", Fault::refresh_token_invalidated(), 3),
+        ("reused on 403", Fault::refresh_token_reused().with_status(403), 3),
+        ("expired string shape on 500", Fault::error_code_string(500, "refresh_token_expired"), 3),
+        ("401 empty", Fault::unauthorized_empty(), 3),
+        ("401 unknown code", Fault::unauthorized_unknown_code(), 3),
+        ("400 invalid_grant", Fault::invalid_grant(), 3),
+        ("400 other", Fault::bad_request_other(), 4),
+        ("400 empty", Fault::bad_request_empty(), 4),
+        ("403", Fault::forbidden_plain(), 4),
+        ("429", Fault::too_many_requests(), 4),
+        ("500", Fault::internal_server_error(), 4),
+        ("502", Fault::bad_gateway(), 4),
+        ("503", Fault::service_unavailable(), 4),
+        ("200 non-JSON", Fault::ok_non_json(), 4),
+        ("reset", Fault::Reset, 4),
+        ("garbage", Fault::Garbage, 4),
+        ("oversized", Fault::Oversized(2 * 1024 * 1024), 4),
+        ("slowloris", Fault::Slowloris { byte_interval: Duration::from_millis(300) }, 4),
+        ("timeout", Fault::Delay(Duration::from_secs(5)), 4),
+        ("rotated then reset", Fault::RotateThenReset, 4),
+    ];
+    let (m, s) = (mock(), Scratch::new());
+    for (i, (name, fault, code)) in rows.into_iter().enumerate() {
+        let c = m.issue_family(&format!("acct-{i}"));
+        let home = s.codex_home(&format!("h{i}"), Some(&auth_json(&c, OLD)));
+        let before = std::fs::read(home.join("auth.json")).unwrap();
+        let inode = ino(&home.join("auth.json"));
+        let cfg = config_for(&s, &home, "");
+        m.push_fault(fault);
+        let mut cmd = agent(&s, &m);
+        cmd.arg("--config").arg(&cfg).args(["refresh", "--account", "me", "--json"]);
+        let r = run(cmd);
+        assert_eq!(r.code, code, "{name}: {}\n{}", r.stdout, r.stderr);
+        let line = r.one();
+        assert_eq!(line["outcome"], "failed", "{name}");
+        assert_eq!(line["class"], if code == 3 { "permanent" } else { "transient" }, "{name}");
+        assert_eq!(std::fs::read(home.join("auth.json")).unwrap(), before, "{name}: file changed");
+        assert_eq!(ino(&home.join("auth.json")), inode, "{name}: file replaced");
+        let stray: Vec<_> = std::fs::read_dir(&home)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(stray.is_empty(), "{name}: temp files left");
+        assert_clean(&r, s.path(), &secrets(&c));
+    }
+}
+
+#[test]
+fn a_response_carrying_only_some_tokens_keeps_the_others() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("a");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    let new_access = mock_openai::make_jwt(&serde_json::json!({"exp": 4_000_000_000u64}));
+    m.push_fault(Fault::json(200, &serde_json::json!({"access_token": new_access})));
+    let mut cmd = agent(&s, &m);
+    cmd.args(["refresh", "--json", "--codex-home"]).arg(&home);
+    let r = run(cmd);
+    assert_eq!(r.one()["outcome"], "refreshed", "{}", r.stderr);
+    let auth = read_json(&home.join("auth.json"));
+    assert_eq!(auth["tokens"]["access_token"], new_access.as_str());
+    assert_eq!(auth["tokens"]["refresh_token"], c.refresh_token.as_str());
+    assert_eq!(auth["tokens"]["id_token"], c.id_token.as_str());
+    assert_eq!(r.one()["expires_at"], "2096-10-02T07:06:40Z");
+}
+
+#[test]
+fn two_concurrent_refreshes_send_exactly_one_token_request() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("a");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    // Slow the endpoint so the two runs overlap.
+    m.set_latency(Duration::from_millis(700));
+    let spawn = || {
+        let mut cmd = agent(&s, &m);
+        cmd.args(["refresh", "--json", "--codex-home"]).arg(&home);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let outs: Vec<_> = [a, b].into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let mut outcomes: Vec<String> = outs
+        .iter()
+        .map(|o| {
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            v["outcome"].as_str().unwrap().to_string()
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["fresh", "refreshed"]);
+    assert_eq!(m.token_requests(), 1);
+    assert_eq!(m.reuse_detections(), 0);
+    let rt = read_json(&home.join("auth.json"))["tokens"]["refresh_token"].as_str().unwrap().to_string();
+    assert!(m.is_live_refresh_token(&rt));
+}
+
+/// Hold Codex's auth.lock from this process, as Codex does during its commit.
+fn hold_codex_lock(home: &std::path::Path) -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(home.join("auth.lock")).unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap()
+}
+
+#[test]
+fn codex_lock_held_we_wait_then_adopt_the_file_codex_wrote() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("a");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    let lock = hold_codex_lock(&home);
+    let mut cmd = agent(&s, &m);
+    cmd.args(["refresh", "--json", "--codex-home"]).arg(&home);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Wait until our POST happened: the agent is now blocked on auth.lock.
+    let t0 = std::time::Instant::now();
+    while m.token_requests() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "agent never called the endpoint");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // "Codex" commits its own credential meanwhile.
+    let codex_creds = m.issue_family("a-codex");
+    let codex_file = auth_json(&codex_creds, &recent());
+    std::fs::write(home.join("auth.json"), &codex_file).unwrap();
+    drop(lock);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "fresh");
+    assert!(v["reason"].as_str().unwrap().contains("changed during the refresh"));
+    assert_eq!(std::fs::read_to_string(home.join("auth.json")).unwrap(), codex_file, "Codex's file was kept");
+}
+
+#[test]
+fn codex_lock_held_briefly_we_wait_then_write() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("a");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    let lock = hold_codex_lock(&home);
+    let mut cmd = agent(&s, &m);
+    cmd.args(["refresh", "--json", "--codex-home"]).arg(&home);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        std::fs::read_to_string(home.join("auth.json")).unwrap().contains(&c.refresh_token),
+        "no write while Codex holds the lock"
+    );
+    drop(lock);
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "refreshed", "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(m.is_live_refresh_token(read_json(&home.join("auth.json"))["tokens"]["refresh_token"].as_str().unwrap()));
+}
+
+#[test]
+fn unsafe_files_are_refused_before_the_token_is_spent() {
+    let (m, s) = (mock(), Scratch::new());
+    type Setup = Box<dyn Fn(&std::path::Path, &str)>;
+    let cases: Vec<(&str, Setup)> = vec![
+        (
+            "symlinked auth.json",
+            Box::new(|home, text| {
+                let target =
+                    home.parent().unwrap().join(format!("{}-target.json", home.file_name().unwrap().to_string_lossy()));
+                std::fs::write(&target, text).unwrap();
+                std::fs::remove_file(home.join("auth.json")).unwrap();
+                std::os::unix::fs::symlink(&target, home.join("auth.json")).unwrap();
+            }),
+        ),
+        (
+            "hard-linked auth.json",
+            Box::new(|home, _| {
+                std::fs::hard_link(
+                    home.join("auth.json"),
+                    home.parent().unwrap().join(format!("{}-link", home.file_name().unwrap().to_string_lossy())),
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "world-writable CODEX_HOME",
+            Box::new(|home, _| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o777)).unwrap();
+            }),
+        ),
+        (
+            "FIFO as auth.json",
+            Box::new(|home, _| {
+                std::fs::remove_file(home.join("auth.json")).unwrap();
+                nix::unistd::mkfifo(&home.join("auth.json"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            }),
+        ),
+        (
+            "huge auth.json",
+            Box::new(|home, _| {
+                std::fs::write(home.join("auth.json"), vec![b' '; 2 * 1024 * 1024]).unwrap();
+            }),
+        ),
+    ];
+    for (i, (name, setup)) in cases.into_iter().enumerate() {
+        let c = m.issue_family(&format!("u{i}"));
+        let text = auth_json(&c, OLD);
+        let home = s.codex_home(&format!("h{i}"), Some(&text));
+        setup(&home, &text);
+        let mut cmd = agent(&s, &m);
+        cmd.args(["refresh", "--force", "--json", "--codex-home"]).arg(&home);
+        let r = run(cmd);
+        assert_eq!(r.code, 5, "{name}: {}\n{}", r.stdout, r.stderr);
+        let line = r.one();
+        assert_eq!(line["class"], "unsafe", "{name}");
+        assert!(line["reason"].as_str().unwrap().contains("fix:"), "{name}: reason says how to fix");
+        assert_eq!(m.token_requests(), 0, "{name}: a token was spent");
+        assert!(m.is_live_refresh_token(&c.refresh_token));
+        // (The symlink target and the extra hard link beside the home hold tokens by design.)
+        assert_clean(&r, &home, &secrets(&c));
+        assert_clean(&r, &s.path().join("xdg-state"), &secrets(&c));
+    }
+    // The symlink target was never written.
+    let target = s.path().join("h0-target.json");
+    assert!(std::fs::read_to_string(target).unwrap().contains("CANARY-rt_"));
+}
+
+#[test]
+fn symlinked_codex_home_is_refused() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("a");
+    let real = s.codex_home("real", Some(&auth_json(&c, OLD)));
+    let link = s.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let mut cmd = agent(&s, &m);
+    cmd.args(["refresh", "--json", "--codex-home"]).arg(&link);
+    let r = run(cmd);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(r.one()["reason"].as_str().unwrap().contains("symlink"));
+    assert_eq!(m.token_requests(), 0);
+}
+
+#[test]
+fn invalid_or_missing_auth_json_is_permanent_and_names_the_field() {
+    let (m, s) = (mock(), Scratch::new());
+    let home =
+        s.codex_home("bad", Some(r#"{"tokens":{"id_token":"CANARY-rt_not_a_jwt","refresh_token":"CANARY-rt_x"}}"#));
+    let mut cmd = agent(&s, &m);
+    cmd.args(["refresh", "--json", "--codex-home"]).arg(&home);
+    let r = run(cmd);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let reason = r.one()["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("tokens.id_token") && reason.contains("auth.json") && reason.contains("codex login"),
+        "{reason}"
+    );
+    assert_clean(&r, &home, &[]);
+    let empty = s.codex_home("empty", None);
+    let mut cmd = agent(&s, &m);
+    cmd.args(["refresh", "--json", "--codex-home"]).arg(&empty);
+    let r = run(cmd);
+    assert_eq!(r.code, 3);
+    assert!(r.one()["reason"].as_str().unwrap().contains("missing"));
+    let mut cmd = agent(&s, &m);
+    cmd.args(["refresh", "--json", "--codex-home"]).arg(s.path().join("nope"));
+    assert_eq!(run(cmd).code, 3);
+    assert_eq!(m.token_requests(), 0);
+}
+
+#[test]
+fn dry_run_sends_and_writes_nothing() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("a");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    let before = std::fs::read(home.join("auth.json")).unwrap();
+    let mut cmd = agent(&s, &m);
+    cmd.args(["refresh", "--dry-run", "--json", "--codex-home"]).arg(&home);
+    let r = run(cmd);
+    assert_eq!(r.code, 0);
+    let line = r.one();
+    assert_eq!(line["outcome"], "would_refresh");
+    assert!(line["reason"].as_str().unwrap().contains("older than max_age"));
+    assert_eq!(m.token_requests(), 0);
+    assert_eq!(std::fs::read(home.join("auth.json")).unwrap(), before);
+    assert!(!home.join("auth_refresh_status.json").exists());
+}
+
+#[test]
+fn seeds_install_once_and_a_new_seed_replaces() {
+    use std::os::unix::fs::PermissionsExt;
+    let (m, s) = (mock(), Scratch::new());
+    let home = s.codex_home("codex", None);
+    let seed_path = s.path().join("etc/seeds/me.json");
+    std::fs::create_dir_all(seed_path.parent().unwrap()).unwrap();
+    let write_seed = |text: &str| {
+        std::fs::write(&seed_path, text).unwrap();
+        std::fs::set_permissions(&seed_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    let first = m.issue_family("acct");
+    write_seed(&auth_json(&first, OLD));
+    let cfg = config_for(&s, &home, "");
+    let refresh = || {
+        let mut cmd = agent(&s, &m);
+        cmd.arg("--config").arg(&cfg).args(["refresh", "--account", "me", "--json"]);
+        run(cmd)
+    };
+    // Installed (default seed path beside the config), then refreshed because it is old.
+    let r = refresh();
+    assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "refreshed"), "{}", r.stderr);
+    assert!(r.stderr.contains("seeded"), "{}", r.stderr);
+    let rotated = read_json(&home.join("auth.json"))["tokens"]["refresh_token"].as_str().unwrap().to_string();
+    assert!(m.is_live_refresh_token(&rotated));
+    // The same seed is never applied again over the rotated credential.
+    let r = run({
+        let mut cmd = agent(&s, &m);
+        cmd.arg("--config").arg(&cfg).args(["refresh", "--account", "me", "--json", "--force"]);
+        cmd
+    });
+    assert_eq!(r.one()["outcome"], "refreshed");
+    assert!(!r.stderr.contains("seeded"));
+    assert_eq!(m.reuse_detections(), 0);
+    // Deleting auth.json does not resurrect the spent seed.
+    std::fs::remove_file(home.join("auth.json")).unwrap();
+    let r = refresh();
+    assert_eq!(r.code, 3);
+    assert!(r.one()["reason"].as_str().unwrap().contains("already applied"));
+    // A new seed (an operator's re-login) replaces whatever is there.
+    let second = m.issue_family("acct");
+    write_seed(&auth_json(&second, &recent()));
+    let r = refresh();
+    assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "fresh"), "{}", r.stderr);
+    assert_eq!(read_json(&home.join("auth.json"))["tokens"]["refresh_token"], second.refresh_token.as_str());
+    let mut all = secrets(&first);
+    all.extend(secrets(&second));
+    assert_clean(&r, &s.state_dir(), &all);
+}
+
+#[test]
+fn check_config_prints_or_names_the_bad_key() {
+    let (m, s) = (mock(), Scratch::new());
+    let home = s.codex_home("codex", None);
+    let cfg = config_for(&s, &home, "");
+    let mut cmd = agent(&s, &m);
+    cmd.arg("--config").arg(&cfg).arg("check-config");
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("[accounts.me]") && r.stdout.contains("request_timeout = \"2s\""), "{}", r.stdout);
+    std::fs::write(s.path().join("etc/config.d-missing"), "").unwrap();
+    std::fs::create_dir_all(s.path().join("etc/config.d")).unwrap();
+    std::fs::write(s.path().join("etc/config.d/90-bad.toml"), "[defaults]\nmax_age = \"forever\"\n").unwrap();
+    let mut cmd = agent(&s, &m);
+    cmd.arg("--config").arg(&cfg).arg("check-config");
+    let r = run(cmd);
+    assert_eq!(r.code, 78);
+    assert!(r.stderr.contains("90-bad.toml") && r.stderr.contains("defaults.max_age"), "{}", r.stderr);
+    // refresh with a broken config is a config error too.
+    let mut cmd = agent(&s, &m);
+    cmd.arg("--config").arg(&cfg).args(["refresh", "--all"]);
+    assert_eq!(run(cmd).code, 78);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (m, s) = (mock(), Scratch::new());
+    let home = s.codex_home("codex", None);
+    let cfg = config_for(&s, &home, "");
+    for args in [vec!["refresh"], vec!["refresh", "--all", "--account", "me"], vec!["bogus"]] {
+        let mut cmd = agent(&s, &m);
+        cmd.arg("--config").arg(&cfg).args(&args);
+        assert_eq!(run(cmd).code, 2, "{args:?}");
+    }
+    let mut cmd = agent(&s, &m);
+    cmd.arg("--config").arg(&cfg).args(["refresh", "--account", "nobody"]);
+    let r = run(cmd);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("configured: me"), "{}", r.stderr);
+}
