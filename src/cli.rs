@@ -2,14 +2,12 @@
 //! the mapping of results to the contract's exit codes. The daemon arrives in a later
 //! issue and plugs in here as one more subcommand.
 
+use crate::account;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, AccountSettings, Env, Settings};
 use crate::logging;
-use crate::outcome::{Failure, Report, exit};
+use crate::outcome::{Report, exit};
 use crate::privsep::{self, Identity};
-use crate::seed;
-use crate::status;
-use crate::worker::Job;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -165,8 +163,9 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
         eprintln!("no accounts configured; add [accounts.NAME] sections to the config");
         return exit::OK;
     }
-    let reports =
-        run_parallel(&settings, &names, settings.agent.max_parallel, |a| run_account(&settings, a, args, clock));
+    let reports = run_parallel(&settings, &names, settings.agent.max_parallel, |a| {
+        account::refresh(&settings, a, account::RefreshOptions { force: args.force, dry_run: args.dry_run }, clock)
+    });
     let mut code = exit::OK;
     for r in &reports {
         println!("{}", if args.json { r.json_line() } else { r.human_line() });
@@ -195,42 +194,4 @@ where
         }
     });
     slots.into_inner().unwrap_or_else(|p| p.into_inner()).into_iter().flatten().collect()
-}
-
-/// One account: status and seed (as the caller, typically root) → job as the account's
-/// user → status and journal.
-fn run_account(settings: &Settings, acct: &AccountSettings, args: &RefreshArgs, clock: &dyn Clock) -> Report {
-    let state_dir = &settings.agent.state_dir;
-    let id = match Identity::lookup(&acct.user) {
-        Ok(id) => id,
-        Err(e) => return Report::failed(&acct.name, Failure::permanent(e)),
-    };
-    let mut st = status::load(state_dir, &acct.name);
-    let seed = acct.seed.as_deref().and_then(|p| match seed::load(p, st.seed_sha256.as_deref()) {
-        Ok(s) => s,
-        Err(w) => {
-            tracing::warn!(account = %acct.name, "{w}");
-            None
-        }
-    });
-    let job = Job {
-        account: acct.name.clone(),
-        codex_home: acct.codex_home.clone(),
-        owner_uid: id.uid,
-        thresholds: acct.refresh.thresholds(),
-        token_url: acct.refresh.token_url.clone(),
-        request_timeout: acct.refresh.request_timeout,
-        force: args.force,
-        dry_run: args.dry_run,
-        seed,
-    };
-    let report = privsep::run_as(&id, &job, clock);
-    if !args.dry_run {
-        st.update(&report, clock.now());
-        if let Err(e) = status::save(state_dir, &st) {
-            tracing::warn!(account = %acct.name, "could not save status: {e}");
-        }
-        logging::log_report(&report);
-    }
-    report
 }

@@ -2,6 +2,8 @@
 //! with exactly one writer per account. Data flows one way: command/daemon → worker
 //! (as the account's user) → policy → refresher → authfile writer → status.
 
+/// One account's run from the caller's side: inputs, job as the user, recording.
+pub mod account;
 /// auth.json model, JWT claims, and the safe directory I/O (locks, atomic write).
 pub mod authfile;
 /// The command line of `codex-auth-agent`: parses arguments, runs commands, maps exit codes.

@@ -1,0 +1,68 @@
+//! One account's run from the caller's side (the CLI or the daemon, typically root):
+//! read the root-only inputs (status, seed) → run the job as the account's user → record
+//! the outcome (status.json, journal). Blocking; the daemon calls it on a blocking thread.
+
+use crate::clock::Clock;
+use crate::config::{AccountSettings, Settings};
+use crate::logging;
+use crate::outcome::{Failure, Report};
+use crate::privsep::{self, Identity};
+use crate::seed;
+use crate::status;
+use crate::worker::Job;
+
+/// Flags of one refresh request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefreshOptions {
+    pub force: bool,
+    pub dry_run: bool,
+}
+
+/// Build the worker's job for `acct`: the seed is read here (root-only file) and travels
+/// to the worker inside the job.
+pub fn job_for(settings: &Settings, acct: &AccountSettings, id: &Identity, opts: RefreshOptions) -> Job {
+    let st = status::load(&settings.agent.state_dir, &acct.name);
+    let seed = acct.seed.as_deref().and_then(|p| match seed::load(p, st.seed_sha256.as_deref()) {
+        Ok(s) => s,
+        Err(w) => {
+            tracing::warn!(account = %acct.name, "{w}");
+            None
+        }
+    });
+    Job {
+        account: acct.name.clone(),
+        codex_home: acct.codex_home.clone(),
+        owner_uid: id.uid,
+        thresholds: acct.refresh.thresholds(),
+        token_url: acct.refresh.token_url.clone(),
+        request_timeout: acct.refresh.request_timeout,
+        force: opts.force,
+        dry_run: opts.dry_run,
+        seed,
+    }
+}
+
+/// Refresh one account and record the outcome.
+pub fn refresh(settings: &Settings, acct: &AccountSettings, opts: RefreshOptions, clock: &dyn Clock) -> Report {
+    let id = match Identity::lookup(&acct.user) {
+        Ok(id) => id,
+        Err(e) => return Report::failed(&acct.name, Failure::permanent(e)),
+    };
+    let job = job_for(settings, acct, &id, opts);
+    let report = privsep::run_as(&id, &job, clock);
+    if !opts.dry_run {
+        record(settings, &report, clock);
+    }
+    report
+}
+
+/// Fold a report into status.json and write its journal entry.
+pub fn record(settings: &Settings, report: &Report, clock: &dyn Clock) {
+    let state_dir = &settings.agent.state_dir;
+    let mut st = status::load(state_dir, &report.account);
+    st.update(report, clock.now());
+    if let Err(e) = status::save(state_dir, &st) {
+        tracing::warn!(account = %report.account, "could not save status: {e}");
+    }
+    logging::log_report(report);
+}
