@@ -7,7 +7,7 @@ use crate::config::{AccountSettings, Settings};
 use crate::logging;
 use crate::outcome::{Failure, Report};
 use crate::privsep::{self, Identity};
-use crate::seed;
+use crate::seed::{self, SeedInput};
 use crate::status;
 use crate::worker::Job;
 
@@ -39,16 +39,28 @@ pub fn job_for(settings: &Settings, acct: &AccountSettings, id: &Identity, opts:
         force: opts.force,
         dry_run: opts.dry_run,
         seed,
+        store: None,
     }
 }
 
 /// Refresh one account and record the outcome.
 pub fn refresh(settings: &Settings, acct: &AccountSettings, opts: RefreshOptions, clock: &dyn Clock) -> Report {
+    refresh_with(settings, acct, opts, None, clock)
+}
+
+/// Like [`refresh`], installing `store` (an auth.json handed to the daemon) first.
+pub fn refresh_with(
+    settings: &Settings,
+    acct: &AccountSettings,
+    opts: RefreshOptions,
+    store: Option<SeedInput>,
+    clock: &dyn Clock,
+) -> Report {
     let id = match Identity::lookup(&acct.user) {
         Ok(id) => id,
         Err(e) => return Report::failed(&acct.name, Failure::permanent(e)),
     };
-    let job = job_for(settings, acct, &id, opts);
+    let job = Job { store, ..job_for(settings, acct, &id, opts) };
     let report = privsep::run_as(&id, &job, clock);
     if !opts.dry_run {
         record(settings, &report, clock);

@@ -36,6 +36,12 @@ pub enum Command {
     CheckConfig,
     /// Refresh the credentials that are due, in this process (no daemon needed)
     Refresh(RefreshArgs),
+    /// Run the agent: D-Bus service, schedules, sd-notify (what the systemd unit starts)
+    Daemon {
+        /// `system`, `session`, or a D-Bus address such as unix:path=/run/x
+        #[arg(long, value_name = "BUS", default_value = "system")]
+        bus: crate::names::BusChoice,
+    },
     /// Internal: one account's job as its user (job on stdin, report on stdout)
     #[command(hide = true)]
     Worker,
@@ -79,6 +85,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Worker => privsep::worker_main(&clock),
         Command::CheckConfig => check_config(cli.config.as_deref()),
+        Command::Daemon { bus } => crate::daemon::main(cli.config.as_deref(), bus),
         Command::Refresh(args) => refresh(cli.config.as_deref(), &args, &clock),
     }
 }

@@ -12,8 +12,14 @@ pub mod cli;
 pub mod clock;
 /// Config files: fragments → merged with defaults → validated settings.
 pub mod config;
+/// `codex-authctl`: the D-Bus client of the daemon.
+pub mod ctl;
+/// The daemon: D-Bus service, scheduler, sd-notify.
+pub mod daemon;
 /// Journald/stderr logging, the contract's field names, and the redaction guard.
 pub mod logging;
+/// D-Bus names and paths shared by the daemon and codex-authctl.
+pub mod names;
 /// Outcomes, failure classes, reports and exit codes shared by every command.
 pub mod outcome;
 /// Pure refresh decision from (auth facts, settings, now).

@@ -141,6 +141,7 @@ pub fn log_report(r: &Report) {
         let (outcome, msg) = match e {
             Event::Adopted => ("adopted", "adopted the credential on disk"),
             Event::Seeded => ("seeded", "installed a new seed"),
+            Event::Stored => ("stored", "installed the stored auth.json"),
         };
         tracing::info!(account = %r.account, outcome, token_fp = r.token_fp.as_deref(), "{}: {msg}", r.account);
     }

@@ -122,6 +122,8 @@ pub enum Event {
     Adopted,
     /// A seed was installed as auth.json.
     Seeded,
+    /// An auth.json handed to the daemon (Store) was installed.
+    Stored,
 }
 
 /// The full result of one account's cycle: what the worker hands back to its parent.
@@ -138,6 +140,9 @@ pub struct Report {
     pub auth_sha256: Option<String>,
     /// sha256 of the seed installed during this cycle, if any.
     pub seed_applied: Option<String>,
+    /// The ChatGPT account id of the credential on disk (not a secret; Store checks it).
+    #[serde(default)]
+    pub account_id: Option<String>,
     pub events: Vec<Event>,
 }
 
@@ -153,6 +158,7 @@ impl Report {
             token_fp: None,
             auth_sha256: None,
             seed_applied: None,
+            account_id: None,
             events: Vec::new(),
         }
     }

@@ -26,6 +26,8 @@ pub struct AccountStatus {
     pub auth_sha256: Option<String>,
     /// Hash of the last seed installed (a seed is never applied twice).
     pub seed_sha256: Option<String>,
+    /// ChatGPT account id of the credential on disk (not a secret).
+    pub account_id: Option<String>,
     pub last_attempt: Option<DateTime<Utc>>,
     pub last_success: Option<DateTime<Utc>>,
     pub consecutive_failures: u32,
@@ -58,6 +60,9 @@ impl AccountStatus {
         }
         if r.auth_sha256.is_some() {
             self.auth_sha256 = r.auth_sha256.clone();
+        }
+        if r.account_id.is_some() {
+            self.account_id = r.account_id.clone();
         }
         if r.seed_applied.is_some() {
             self.seed_sha256 = r.seed_applied.clone();

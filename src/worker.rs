@@ -39,6 +39,9 @@ pub struct Job {
     pub force: bool,
     pub dry_run: bool,
     pub seed: Option<SeedInput>,
+    /// An auth.json to install first, whatever is on disk (the daemon's Store).
+    #[serde(default)]
+    pub store: Option<SeedInput>,
 }
 
 impl Job {
@@ -111,6 +114,7 @@ impl Cycle<'_> {
         r.last_refresh = auth.last_refresh();
         r.token_fp = auth.token_fp();
         r.auth_sha256 = Some(sha256_hex(bytes));
+        r.account_id = auth.account_id();
         r
     }
 
@@ -150,6 +154,9 @@ impl Cycle<'_> {
             return self.describe(r, &snapshot.bytes, &snapshot.auth);
         }
         let mut report = self.decide_and_refresh(snapshot);
+        if self.job.store.is_some() {
+            report.events.insert(0, Event::Stored);
+        }
         if seeded {
             report.events.insert(0, Event::Seeded);
             report.seed_applied = self.job.seed.as_ref().map(|s| s.sha256.clone());
@@ -171,6 +178,9 @@ impl Cycle<'_> {
     /// The usable credential, installing the seed when the seed rules say so.
     fn current_credential(&self) -> Result<(Snapshot, bool), Failure> {
         let read = self.home.read(AUTH_FILE).map_err(dir_failure)?;
+        if let Some(stored) = &self.job.store {
+            return self.install(stored, read.as_ref(), "stored").map(|s| (s, false));
+        }
         let parsed = read.as_ref().map(|f| AuthFile::parse(&f.bytes, &self.auth_path()));
         let current = match &parsed {
             None => seed::Current::Missing,
@@ -182,7 +192,10 @@ impl Cycle<'_> {
                 let (Some(f), Some(Ok(auth))) = (read, parsed) else { unreachable!("Keep implies a usable file") };
                 Ok((Snapshot { bytes: f.bytes, auth }, false))
             }
-            seed::Plan::Install => self.install_seed(read.as_ref()).map(|s| (s, true)),
+            seed::Plan::Install => {
+                let seed = self.job.seed.as_ref().expect("Install implies a seed");
+                self.install(seed, read.as_ref(), "seeded").map(|s| (s, true))
+            }
             seed::Plan::NoCredential => Err(match parsed {
                 Some(Err(invalid)) => Failure::permanent(format!("invalid auth.json: {invalid}")),
                 _ if self.job.seed.is_some() => Failure::permanent(format!(
@@ -197,21 +210,21 @@ impl Cycle<'_> {
         }
     }
 
-    fn install_seed(&self, current: Option<&FileRead>) -> Result<Snapshot, Failure> {
-        let seed = self.job.seed.as_ref().expect("Install implies a seed");
-        let bytes = seed.bytes();
-        let auth = AuthFile::parse(&bytes, std::path::Path::new("seed"))
-            .map_err(|e| Failure::permanent(format!("seed is not a valid auth.json: {e}")))?;
+    /// Install `input` (a seed or a stored auth.json) as auth.json through the commit.
+    fn install(&self, input: &SeedInput, current: Option<&FileRead>, what: &'static str) -> Result<Snapshot, Failure> {
+        let bytes = input.bytes();
+        let auth = AuthFile::parse(&bytes, std::path::Path::new(what))
+            .map_err(|e| Failure::permanent(format!("the {what} credential is not a valid auth.json: {e}")))?;
         if self.job.dry_run {
             return Ok(Snapshot { bytes, auth });
         }
         match self.commit(current.map(|f| f.bytes.as_slice()), &bytes) {
             Ok(Committed::Written) => {
-                tracing::info!(account = %self.account(), outcome = "seeded", "installed a new seed as auth.json");
+                tracing::debug!(account = %self.account(), "{what}: installed as auth.json");
                 Ok(Snapshot { bytes, auth })
             }
             Ok(Committed::Changed(_)) => {
-                Err(Failure::transient("auth.json changed while installing the seed; will retry"))
+                Err(Failure::transient(format!("auth.json changed while installing the {what} credential; will retry")))
             }
             Err(f) => Err(f),
         }

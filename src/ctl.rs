@@ -1,0 +1,339 @@
+//! `codex-authctl`: the client of the daemon over D-Bus. Reads properties, calls methods,
+//! passes auth.json to Store/Seed as a file descriptor (never as bytes in argv or a
+//! message), and maps results to the contract's exit codes (plus 69 unreachable, 77 denied).
+
+use crate::clock::{Clock, SystemClock};
+use crate::daemon::view::AccountView;
+use crate::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, account_path};
+use crate::outcome::exit;
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use zbus::zvariant::{Fd, OwnedObjectPath, OwnedValue};
+use zbus::{Connection, Proxy};
+
+pub const UNREACHABLE: i32 = 69;
+pub const DENIED: i32 = 77;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "codex-authctl",
+    version,
+    about = "Talk to codex-auth-agent over D-Bus: status, refresh, preflight, store, seed, reload"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub bus: BusArgs,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Args, Debug)]
+pub struct BusArgs {
+    /// Use the system bus (default)
+    #[arg(long, global = true, conflicts_with_all = ["user", "address"])]
+    pub system: bool,
+    /// Use the session bus of the invoking user
+    #[arg(long, global = true, conflicts_with = "address")]
+    pub user: bool,
+    /// Use this D-Bus address (e.g. unix:path=/run/test-bus)
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub address: Option<String>,
+}
+
+impl BusArgs {
+    fn choice(&self) -> BusChoice {
+        match (&self.address, self.user) {
+            (Some(a), _) => BusChoice::Address(a.clone()),
+            (None, true) => BusChoice::Session,
+            _ => BusChoice::System,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// Show every account (or one): state, expiry, last refresh, runner, next attempt
+    Status {
+        account: Option<String>,
+        /// One JSON object per account and line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refresh one account or all (only what is due, unless --force)
+    Refresh {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        account: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Install the auth.json given on stdin as the account's credential (a preflight follows)
+    Store { account: String },
+    /// Make the auth.json given on stdin the account's seed and install it (no preflight)
+    Seed { account: String },
+    /// Re-read the daemon's configuration
+    Reload,
+}
+
+/// An error with its exit code.
+struct Fail(i32, String);
+
+fn classify(e: zbus::Error, what: &str) -> Fail {
+    if let zbus::Error::MethodError(name, msg, _) = &e {
+        let msg = msg.clone().unwrap_or_default();
+        return match name.as_str() {
+            "org.freedesktop.DBus.Error.AccessDenied" => Fail(DENIED, format!("permission denied: {msg}")),
+            "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
+                unreachable_(&msg)
+            }
+            "org.freedesktop.DBus.Error.UnknownObject" | "org.freedesktop.DBus.Error.UnknownMethod" => {
+                Fail(exit::USAGE, format!("{what}: no such account ({msg})"))
+            }
+            "org.freedesktop.DBus.Error.InvalidArgs" => Fail(exit::USAGE, format!("{what}: {msg}")),
+            _ => Fail(exit::TRANSIENT, format!("{what}: {name}: {msg}")),
+        };
+    }
+    match e {
+        zbus::Error::InputOutput(_) | zbus::Error::Address(_) | zbus::Error::Handshake(_) => {
+            unreachable_(&e.to_string())
+        }
+        e => Fail(exit::TRANSIENT, format!("{what}: {e}")),
+    }
+}
+
+fn unreachable_(detail: &str) -> Fail {
+    Fail(
+        UNREACHABLE,
+        format!("cannot reach codex-auth-agent ({detail}); is it running? try: systemctl start codex-auth-agent"),
+    )
+}
+
+async fn proxy<'a>(conn: &'a Connection, path: String, iface: &'static str) -> Result<Proxy<'a>, Fail> {
+    Proxy::new(conn, BUS_NAME, path, iface).await.map_err(|e| classify(e, "connecting"))
+}
+
+async fn account_names(conn: &Connection) -> Result<Vec<String>, Fail> {
+    let m = proxy(conn, MANAGER_PATH.into(), MANAGER_IFACE).await?;
+    let paths: Vec<OwnedObjectPath> = m.get_property("Accounts").await.map_err(|e| classify(e, "listing accounts"))?;
+    let mut names = Vec::new();
+    for p in paths {
+        let a = proxy(conn, p.as_str().to_string(), ACCOUNT_IFACE).await?;
+        names.push(a.get_property::<String>("Name").await.map_err(|e| classify(e, "listing accounts"))?);
+    }
+    Ok(names)
+}
+
+async fn view(conn: &Connection, name: &str) -> Result<AccountView, Fail> {
+    let props = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(BUS_NAME)
+        .and_then(|b| b.path(account_path(name)))
+        .map_err(|e| classify(e, name))?
+        .build()
+        .await
+        .map_err(|e| classify(e, name))?;
+    let iface = zbus::names::InterfaceName::from_static_str_unchecked(ACCOUNT_IFACE);
+    let all: HashMap<String, OwnedValue> = props.get_all(iface).await.map_err(|e| classify(e.into(), name))?;
+    if all.is_empty() {
+        return Err(Fail(exit::USAGE, format!("{name}: no such account")));
+    }
+    Ok(AccountView::from_properties(&all))
+}
+
+/// Exit code implied by an account's state after a run that failed.
+fn state_code(state: &str) -> i32 {
+    match state {
+        "failed_permanent" => exit::PERMANENT,
+        "unsafe" => exit::UNSAFE,
+        _ => exit::TRANSIENT,
+    }
+}
+
+fn when(secs: u64) -> String {
+    match DateTime::<Utc>::from_timestamp(secs as i64, 0) {
+        Some(t) if secs > 0 => t.format("%Y-%m-%d %H:%M UTC").to_string(),
+        _ => "-".into(),
+    }
+}
+
+/// "3d 4h", "-2h 5m" (expired), "-" (unknown).
+pub fn relative(secs: u64, now: DateTime<Utc>) -> String {
+    if secs == 0 {
+        return "-".into();
+    }
+    let d = secs as i64 - now.timestamp();
+    let (sign, a) = if d < 0 { ("-", -d) } else { ("", d) };
+    let (days, hours, mins) = (a / 86400, a % 86400 / 3600, a % 3600 / 60);
+    if days > 0 { format!("{sign}{days}d {hours}h") } else { format!("{sign}{hours}h {mins}m") }
+}
+
+/// The status table (pure, for tests).
+pub fn table(views: &[AccountView], now: DateTime<Utc>) -> String {
+    let rows: Vec<[String; 6]> = views
+        .iter()
+        .map(|v| {
+            [
+                v.name.clone(),
+                v.state.clone(),
+                relative(v.access_token_expires_at, now),
+                when(v.last_refresh),
+                v.runner_state.clone(),
+                when(v.next_attempt),
+            ]
+        })
+        .collect();
+    let head = ["ACCOUNT", "STATE", "EXPIRES IN", "LAST REFRESH", "RUNNER", "NEXT ATTEMPT"].map(String::from);
+    let mut widths = head.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    std::iter::once(&head)
+        .chain(rows.iter())
+        .map(|r| {
+            let cells: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            cells.join("  ").trim_end().to_string() + "\n"
+        })
+        .collect()
+}
+
+async fn run(cli: Cli) -> Result<i32, Fail> {
+    let conn = cli
+        .bus
+        .choice()
+        .builder()
+        .map_err(|e| unreachable_(&e.to_string()))?
+        .build()
+        .await
+        .map_err(|e| unreachable_(&e.to_string()))?;
+    match cli.command {
+        CtlCommand::Status { account, json } => {
+            let names = match account {
+                Some(a) => vec![a],
+                None => account_names(&conn).await?,
+            };
+            let mut views = Vec::new();
+            for n in &names {
+                views.push(view(&conn, n).await?);
+            }
+            if json {
+                for v in &views {
+                    println!("{}", serde_json::to_string(v).unwrap_or_default());
+                }
+            } else {
+                let m = proxy(&conn, MANAGER_PATH.into(), MANAGER_IFACE).await?;
+                let summary: String = m.get_property("Summary").await.map_err(|e| classify(e, "status"))?;
+                println!("{summary}\n");
+                print!("{}", table(&views, SystemClock.now()));
+            }
+            Ok(exit::OK)
+        }
+        CtlCommand::Refresh { account: Some(a), force, .. } => {
+            let p = proxy(&conn, account_path(&a), ACCOUNT_IFACE).await?;
+            let (outcome, reason): (String, String) =
+                p.call("Refresh", &(force,)).await.map_err(|e| classify(e, &a))?;
+            println!("{a}: {outcome}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+            finish(&conn, &[(a, outcome)]).await
+        }
+        CtlCommand::Refresh { account: None, force, .. } => {
+            let m = proxy(&conn, MANAGER_PATH.into(), MANAGER_IFACE).await?;
+            let results: Vec<(String, String, String)> =
+                m.call("RefreshAll", &(force,)).await.map_err(|e| classify(e, "refresh --all"))?;
+            for (a, o, r) in &results {
+                println!("{a}: {o}{}", if r.is_empty() { String::new() } else { format!(": {r}") });
+            }
+            finish(&conn, &results.into_iter().map(|(a, o, _)| (a, o)).collect::<Vec<_>>()).await
+        }
+        CtlCommand::Store { account } => pass_fd(&conn, &account, "Store").await,
+        CtlCommand::Seed { account } => pass_fd(&conn, &account, "Seed").await,
+        CtlCommand::Reload => {
+            let m = proxy(&conn, MANAGER_PATH.into(), MANAGER_IFACE).await?;
+            m.call::<_, _, ()>("Reload", &()).await.map_err(|e| classify(e, "reload"))?;
+            println!("reloaded");
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Worst exit code of a batch of (account, outcome); failed ones are judged by State.
+async fn finish(conn: &Connection, results: &[(String, String)]) -> Result<i32, Fail> {
+    let mut code = exit::OK;
+    for (a, outcome) in results {
+        if outcome == "failed" {
+            let state = view(conn, a).await.map(|v| v.state).unwrap_or_default();
+            code = exit::worst(code, state_code(&state));
+        }
+    }
+    Ok(code)
+}
+
+async fn pass_fd(conn: &Connection, account: &str, method: &str) -> Result<i32, Fail> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err(Fail(
+            exit::USAGE,
+            format!("pipe the auth.json on stdin, e.g. codex-authctl {} {account} < auth.json", method.to_lowercase()),
+        ));
+    }
+    let p = proxy(conn, account_path(account), ACCOUNT_IFACE).await?;
+    let fd = Fd::from(stdin.as_fd());
+    let (outcome, reason): (String, String) = p.call(method, &(fd,)).await.map_err(|e| classify(e, account))?;
+    println!("{account}: {outcome}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+    finish(conn, &[(account.to_string(), outcome)]).await
+}
+
+/// Run codex-authctl; returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { exit::USAGE } else { exit::OK };
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("codex-authctl: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(Fail(code, msg)) => {
+            eprintln!("codex-authctl: {msg}");
+            code
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times() {
+        let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        assert_eq!(relative(0, now), "-");
+        assert_eq!(relative(1_000_000 + 3 * 86400 + 7200, now), "3d 2h");
+        assert_eq!(relative(1_000_000 - 3660, now), "-1h 1m");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let v = AccountView {
+            name: "alice".into(),
+            state: "ok".into(),
+            runner_state: "unknown".into(),
+            ..Default::default()
+        };
+        let t = table(&[v], DateTime::from_timestamp(0, 0).unwrap());
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("ACCOUNT  STATE"));
+        assert!(lines[1].starts_with("alice    ok"));
+    }
+}

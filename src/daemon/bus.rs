@@ -1,0 +1,460 @@
+//! The D-Bus face of the daemon: the Manager object, one Account object per account,
+//! PropertiesChanged on every change, and access control from the CALLER's credentials
+//! (asked of the bus, not trusted from the message): Refresh/Preflight/Reload need root or
+//! group `codex-auth`, Store/Seed need root. Objects hold only a handle to the core.
+
+use super::core::{Core, Event, Request};
+use super::view::AccountView;
+use crate::authfile::dir::SafeDir;
+use crate::authfile::{AuthFile, MAX_AUTH_BYTES, sha256_hex};
+use crate::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, OPERATOR_GROUP, account_path};
+use crate::outcome::Report;
+use crate::seed::SeedInput;
+use base64::Engine;
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zbus::message::Header;
+use zbus::names::InterfaceName;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{OwnedFd, OwnedObjectPath, Value};
+use zbus::{Connection, fdo, interface};
+
+/// What a method needs from its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// root or a member of `codex-auth`
+    Operator,
+    Root,
+}
+
+/// Pure: may a caller with `uid` and `gids` do what needs `need`?
+fn allowed(need: Need, uid: u32, gids: &[u32], operator_gid: Option<u32>) -> bool {
+    uid == 0 || (need == Need::Operator && operator_gid.is_some_and(|g| gids.contains(&g)))
+}
+
+/// The caller's uid and groups, asked of the bus daemon.
+async fn caller(conn: &Connection, hdr: &Header<'_>) -> fdo::Result<(u32, Vec<u32>)> {
+    let sender = hdr.sender().ok_or_else(|| fdo::Error::AccessDenied("the call has no sender".into()))?;
+    let creds = fdo::DBusProxy::new(conn).await?.get_connection_credentials(sender.clone().into()).await?;
+    let uid =
+        creds.unix_user_id().ok_or_else(|| fdo::Error::AccessDenied("the bus did not tell the caller's uid".into()))?;
+    let gids = match creds.unix_group_ids() {
+        Some(g) => g.clone(),
+        // Older buses do not report groups: use the user's groups from the user database.
+        None => nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .and_then(|u| {
+                let name = std::ffi::CString::new(u.name).ok()?;
+                nix::unistd::getgrouplist(&name, u.gid).ok()
+            })
+            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_default(),
+    };
+    Ok((uid, gids))
+}
+
+async fn authorize(conn: &Connection, hdr: &Header<'_>, need: Need, what: &str) -> fdo::Result<()> {
+    let (uid, gids) = caller(conn, hdr).await?;
+    let gid = nix::unistd::Group::from_name(OPERATOR_GROUP).ok().flatten().map(|g| g.gid.as_raw());
+    if allowed(need, uid, &gids, gid) {
+        return Ok(());
+    }
+    let needs = match need {
+        Need::Operator => format!("root or membership in group {OPERATOR_GROUP}"),
+        Need::Root => "root".to_string(),
+    };
+    tracing::warn!(caller_uid = uid, method = what, "access denied: {what} needs {needs}");
+    Err(fdo::Error::AccessDenied(format!("{what} needs {needs}")))
+}
+
+fn pair(r: Report) -> (String, String) {
+    (r.outcome.as_str().to_string(), r.reason)
+}
+
+pub struct Manager {
+    core: Arc<Core>,
+}
+
+#[interface(name = "org.codexauth.Agent1.Manager")]
+impl Manager {
+    #[zbus(property)]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+
+    #[zbus(property)]
+    fn boot_id(&self) -> String {
+        boot_id()
+    }
+
+    #[zbus(property)]
+    fn summary(&self) -> String {
+        self.core.summary()
+    }
+
+    #[zbus(property)]
+    fn accounts(&self) -> Vec<OwnedObjectPath> {
+        self.core.names().iter().filter_map(|n| OwnedObjectPath::try_from(account_path(n)).ok()).collect()
+    }
+
+    async fn refresh_all(
+        &self,
+        force: bool,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<Vec<(String, String, String)>> {
+        authorize(conn, &hdr, Need::Operator, "RefreshAll").await?;
+        Ok(self
+            .core
+            .refresh_all(force)
+            .await
+            .into_iter()
+            .map(|r| (r.account.clone(), r.outcome.as_str().into(), r.reason))
+            .collect())
+    }
+
+    async fn reload(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> fdo::Result<()> {
+        authorize(conn, &hdr, Need::Operator, "Reload").await?;
+        self.core.reload().map_err(|e| fdo::Error::Failed(e.to_string()))
+    }
+}
+
+pub struct Account {
+    core: Arc<Core>,
+    name: String,
+}
+
+impl Account {
+    fn v(&self) -> AccountView {
+        self.core.view(&self.name).unwrap_or_default()
+    }
+}
+
+#[interface(name = "org.codexauth.Agent1.Account")]
+impl Account {
+    #[zbus(property)]
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    #[zbus(property)]
+    fn user(&self) -> String {
+        self.v().user
+    }
+    #[zbus(property)]
+    fn codex_home(&self) -> String {
+        self.v().codex_home
+    }
+    #[zbus(property)]
+    fn state(&self) -> String {
+        self.v().state
+    }
+    #[zbus(property)]
+    fn access_token_expires_at(&self) -> u64 {
+        self.v().access_token_expires_at
+    }
+    #[zbus(property)]
+    fn last_refresh(&self) -> u64 {
+        self.v().last_refresh
+    }
+    #[zbus(property)]
+    fn last_attempt(&self) -> u64 {
+        self.v().last_attempt
+    }
+    #[zbus(property)]
+    fn last_outcome(&self) -> String {
+        self.v().last_outcome
+    }
+    #[zbus(property)]
+    fn last_error(&self) -> String {
+        self.v().last_error
+    }
+    #[zbus(property)]
+    fn consecutive_failures(&self) -> u32 {
+        self.v().consecutive_failures
+    }
+    #[zbus(property)]
+    fn next_attempt(&self) -> u64 {
+        self.v().next_attempt
+    }
+    #[zbus(property)]
+    fn token_fingerprint(&self) -> String {
+        self.v().token_fingerprint
+    }
+    #[zbus(property)]
+    fn refresh_method(&self) -> String {
+        self.v().refresh_method
+    }
+    #[zbus(property)]
+    fn runner_state(&self) -> String {
+        self.v().runner_state
+    }
+    #[zbus(property)]
+    fn runner_last_ok(&self) -> u64 {
+        self.v().runner_last_ok
+    }
+    #[zbus(property)]
+    fn runner_last_fail(&self) -> u64 {
+        self.v().runner_last_fail
+    }
+    #[zbus(property)]
+    fn runner_last_check(&self) -> u64 {
+        self.v().runner_last_check
+    }
+    #[zbus(property)]
+    fn runner_boot_id(&self) -> String {
+        self.v().runner_boot_id
+    }
+    #[zbus(property)]
+    fn runner_last_reason(&self) -> String {
+        self.v().runner_last_reason
+    }
+
+    async fn refresh(
+        &self,
+        force: bool,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<(String, String)> {
+        authorize(conn, &hdr, Need::Operator, "Refresh").await?;
+        let req = Request { force, ..Default::default() };
+        self.core.refresh(&self.name, req).await.map(pair).ok_or_else(|| gone(&self.name))
+    }
+
+    /// Install the auth.json read from `fd` (at most 1 MiB) through the worker.
+    async fn store(
+        &self,
+        fd: OwnedFd,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<(String, String)> {
+        authorize(conn, &hdr, Need::Root, "Store").await?;
+        let input = self.read_credential(fd).await?;
+        let req = Request { store: Some(input), skip_gate: true, ..Default::default() };
+        let report = self.core.refresh(&self.name, req).await.ok_or_else(|| gone(&self.name))?;
+        self.core.after_store(&self.name, &report);
+        Ok(pair(report))
+    }
+
+    /// Make the auth.json read from `fd` the account's seed, then install it (no preflight).
+    async fn seed(
+        &self,
+        fd: OwnedFd,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<(String, String)> {
+        authorize(conn, &hdr, Need::Root, "Seed").await?;
+        let input = self.read_credential(fd).await?;
+        let acct = self.core.account_settings(&self.name).ok_or_else(|| gone(&self.name))?;
+        let path = acct.seed.ok_or_else(|| fdo::Error::Failed(format!("account {} has no seed path", self.name)))?;
+        let bytes = input.bytes();
+        tokio::task::spawn_blocking(move || {
+            let dir = path.parent().ok_or_else(|| "seed path has no directory".to_string())?;
+            let name =
+                path.file_name().and_then(|n| n.to_str()).ok_or_else(|| "seed path has no file name".to_string())?;
+            SafeDir::create_private(dir).and_then(|d| d.write_atomic(name, &bytes)).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| fdo::Error::Failed(e.to_string()))?
+        .map_err(|e| fdo::Error::Failed(format!("writing the seed failed: {e}")))?;
+        let req = Request { skip_gate: true, ..Default::default() };
+        self.core.refresh(&self.name, req).await.map(pair).ok_or_else(|| gone(&self.name))
+    }
+}
+
+impl Account {
+    /// Read and validate an auth.json for this account from a caller's fd.
+    async fn read_credential(&self, fd: OwnedFd) -> fdo::Result<SeedInput> {
+        let fd: std::os::fd::OwnedFd = fd.into();
+        let bytes =
+            tokio::task::spawn_blocking(move || read_limited(fd, MAX_AUTH_BYTES as usize, Duration::from_secs(10)))
+                .await
+                .map_err(|e| fdo::Error::Failed(e.to_string()))?
+                .map_err(fdo::Error::InvalidArgs)?;
+        let auth = AuthFile::parse(&bytes, std::path::Path::new("the passed auth.json"))
+            .map_err(|e| fdo::Error::InvalidArgs(e.to_string()))?;
+        if auth.refresh_token().is_none() {
+            return Err(fdo::Error::InvalidArgs(
+                "the passed auth.json has no refresh token (not a ChatGPT login)".into(),
+            ));
+        }
+        match (self.core.account_id(&self.name), auth.account_id()) {
+            (Some(old), Some(new)) if old != new => {
+                tracing::warn!(account = %self.name, "the passed auth.json belongs to ChatGPT account {new}, not {old}: the login changes");
+            }
+            _ => {}
+        }
+        Ok(SeedInput {
+            b64: base64::engine::general_purpose::STANDARD.encode(&bytes),
+            sha256: sha256_hex(&bytes),
+            is_new: true,
+        })
+    }
+}
+
+fn gone(name: &str) -> fdo::Error {
+    fdo::Error::UnknownObject(format!("account {name} is no longer configured"))
+}
+
+/// Read at most `max` bytes until EOF, giving up after `timeout` (a writer that never
+/// closes must not hold a daemon thread forever).
+fn read_limited(fd: std::os::fd::OwnedFd, max: usize, timeout: Duration) -> Result<Vec<u8>, String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = Instant::now() + timeout;
+    let mut file = std::fs::File::from(fd);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("the passed file descriptor did not reach end of file within {}s", timeout.as_secs()));
+        }
+        let ms = PollTimeout::from(left.as_millis().min(10_000) as u16);
+        let ready = {
+            let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, ms).map_err(|e| e.to_string())?
+        };
+        if ready == 0 {
+            continue;
+        }
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.len() > max {
+                    return Err(format!("the passed auth.json is larger than {} KiB", max / 1024));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the passed file descriptor failed: {e}")),
+        }
+    }
+}
+
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Connect, export the manager and account objects, then own the well-known name.
+pub async fn serve(bus: &BusChoice, core: Arc<Core>) -> zbus::Result<Connection> {
+    let conn = bus.builder()?.serve_at(MANAGER_PATH, Manager { core: core.clone() })?.build().await?;
+    for name in core.names() {
+        conn.object_server().at(account_path(&name), Account { core: core.clone(), name }).await?;
+    }
+    conn.request_name(BUS_NAME).await?;
+    Ok(conn)
+}
+
+/// Follows core events: keeps the exported objects in step with the config and emits
+/// PropertiesChanged for exactly the properties that changed.
+pub struct Publisher {
+    conn: Connection,
+    core: Arc<Core>,
+    views: HashMap<String, AccountView>,
+    summary: String,
+    exported: HashSet<String>,
+}
+
+impl Publisher {
+    pub fn new(conn: Connection, core: Arc<Core>) -> Publisher {
+        let exported: HashSet<String> = core.names().into_iter().collect();
+        let views = exported.iter().filter_map(|n| core.view(n).map(|v| (n.clone(), v))).collect();
+        let summary = core.summary();
+        Publisher { conn, core, views, summary, exported }
+    }
+
+    async fn emit(&self, path: &str, iface: &'static str, changed: Vec<(&'static str, Value<'static>)>) {
+        if changed.is_empty() {
+            return;
+        }
+        let Ok(emitter) = SignalEmitter::new(&self.conn, path.to_string()) else { return };
+        let map: HashMap<&str, Value<'_>> = changed.into_iter().collect();
+        let iface = InterfaceName::from_static_str_unchecked(iface);
+        if let Err(e) = fdo::Properties::properties_changed(&emitter, iface, map, std::borrow::Cow::Borrowed(&[])).await
+        {
+            tracing::debug!("PropertiesChanged on {path} failed: {e}");
+        }
+    }
+
+    pub async fn handle(&mut self, event: Event) {
+        let mut manager_changes = Vec::new();
+        match event {
+            Event::Account(name) => {
+                if let Some(v) = self.core.view(&name) {
+                    let changed = v.changed_since(self.views.get(&name));
+                    self.emit(&account_path(&name), ACCOUNT_IFACE, changed).await;
+                    self.views.insert(name, v);
+                }
+            }
+            Event::Accounts => {
+                let now: HashSet<String> = self.core.names().into_iter().collect();
+                let server = self.conn.object_server();
+                for gone in self.exported.difference(&now) {
+                    let _ = server.remove::<Account, _>(account_path(gone)).await;
+                    self.views.remove(gone);
+                }
+                for new in now.difference(&self.exported) {
+                    let obj = Account { core: self.core.clone(), name: new.clone() };
+                    if let Err(e) = server.at(account_path(new), obj).await {
+                        tracing::error!(account = %new, "cannot export the account object: {e}");
+                    }
+                }
+                if now != self.exported {
+                    let paths: Vec<OwnedObjectPath> =
+                        now.iter().filter_map(|n| OwnedObjectPath::try_from(account_path(n)).ok()).collect();
+                    manager_changes.push(("Accounts", Value::from(paths)));
+                }
+                self.exported = now;
+                for name in self.exported.clone() {
+                    if let Some(v) = self.core.view(&name) {
+                        let changed = v.changed_since(self.views.get(&name));
+                        self.emit(&account_path(&name), ACCOUNT_IFACE, changed).await;
+                        self.views.insert(name, v);
+                    }
+                }
+            }
+        }
+        let summary = self.core.summary();
+        if summary != self.summary {
+            manager_changes.push(("Summary", Value::from(summary.clone())));
+            self.summary = summary;
+        }
+        self.emit(MANAGER_PATH, MANAGER_IFACE, manager_changes).await;
+    }
+
+    pub fn summary(&self) -> &str {
+        &self.summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_rules() {
+        assert!(allowed(Need::Root, 0, &[], None));
+        assert!(allowed(Need::Operator, 0, &[], None));
+        assert!(allowed(Need::Operator, 1000, &[5, 77], Some(77)));
+        assert!(!allowed(Need::Root, 1000, &[77], Some(77)));
+        assert!(!allowed(Need::Operator, 1000, &[5], Some(77)));
+        assert!(!allowed(Need::Operator, 1000, &[5], None));
+    }
+
+    #[test]
+    fn read_limited_caps_size_and_time() {
+        let (r, mut w) = std::io::pipe().unwrap();
+        std::io::Write::write_all(&mut w, b"{}").unwrap();
+        drop(w);
+        assert_eq!(read_limited(r.into(), 10, Duration::from_secs(1)).unwrap(), b"{}");
+        let (r, mut w) = std::io::pipe().unwrap();
+        std::io::Write::write_all(&mut w, &[b' '; 64]).unwrap();
+        drop(w);
+        assert!(read_limited(r.into(), 10, Duration::from_secs(1)).unwrap_err().contains("larger"));
+        let (r, _w) = std::io::pipe().unwrap();
+        assert!(read_limited(r.into(), 10, Duration::from_millis(200)).unwrap_err().contains("end of file"));
+    }
+}

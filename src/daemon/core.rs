@@ -1,0 +1,370 @@
+//! The daemon's core: per-account entries (schedule + last status), single-flight runs
+//! bounded by `max_parallel`, the quarantine probe, and config reloads. It never touches a
+//! user's CODEX_HOME: every run goes through `account::refresh`, i.e. a worker process
+//! running as the account's user. Changes are announced on an event channel that the
+//! D-Bus layer and sd-notify follow.
+
+use super::machine::{Gate, Schedule, State};
+use super::view::AccountView;
+use crate::account::{self, RefreshOptions};
+use crate::authfile::dir::SafeDir;
+use crate::authfile::sha256_hex;
+use crate::clock::Clock;
+use crate::config::{self, AccountSettings, ConfigError, Env, Settings};
+use crate::outcome::{Failure, Report};
+use crate::seed::SeedInput;
+use crate::status::{self, AccountStatus};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+pub const SCHEDULE_FILE: &str = "schedule.json";
+
+/// What changed, for the D-Bus layer and STATUS=.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Account(String),
+    /// Accounts were added or removed, or the config problem changed.
+    Accounts,
+}
+
+struct Entry {
+    settings: AccountSettings,
+    schedule: Schedule,
+    status: AccountStatus,
+}
+
+/// One requested run.
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    pub force: bool,
+    /// Install this auth.json first (Store).
+    pub store: Option<SeedInput>,
+    /// An operator's Store or Seed: backoff and quarantine do not apply.
+    pub skip_gate: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub struct Core {
+    config_path: PathBuf,
+    settings: RwLock<Arc<Settings>>,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<Report>>>>,
+    permits: RwLock<Arc<Semaphore>>,
+    problem: Mutex<Option<String>>,
+    clock: Arc<dyn Clock>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+fn load_schedule(state_dir: &Path, name: &str) -> Schedule {
+    std::fs::read(status::account_dir(state_dir, name).join(SCHEDULE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Schedule>(&b).ok())
+        .unwrap_or_default()
+        .loaded()
+}
+
+fn save_schedule(state_dir: &Path, name: &str, s: &Schedule) {
+    let r = SafeDir::create_private(&status::account_dir(state_dir, name))
+        .and_then(|d| d.write_atomic(SCHEDULE_FILE, &serde_json::to_vec_pretty(s).unwrap_or_default()));
+    if let Err(e) = r {
+        tracing::warn!(account = %name, "could not save the schedule: {e}");
+    }
+}
+
+/// sha256 of the account's seed file now (root reads it; it is not in a user's home).
+fn seed_hash(acct: &AccountSettings) -> Option<String> {
+    acct.seed.as_deref().and_then(|p| std::fs::read(p).ok()).map(|b| sha256_hex(&b))
+}
+
+impl Core {
+    pub fn new(
+        config_path: PathBuf,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> (Arc<Core>, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core = Arc::new(Core {
+            config_path,
+            permits: RwLock::new(Arc::new(Semaphore::new(settings.agent.max_parallel))),
+            settings: RwLock::new(Arc::new(Settings { accounts: BTreeMap::new(), ..settings.clone() })),
+            entries: Mutex::new(BTreeMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            problem: Mutex::new(None),
+            clock,
+            events: tx,
+        });
+        core.apply(settings);
+        (core, rx)
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    /// Make `new` the running config: entries appear, disappear or change.
+    fn apply(&self, new: Settings) {
+        let state_dir = new.agent.state_dir.clone();
+        {
+            let mut entries = lock(&self.entries);
+            entries.retain(|name, _| new.accounts.contains_key(name));
+            for (name, acct) in &new.accounts {
+                match entries.get_mut(name) {
+                    Some(e) => e.settings = acct.clone(),
+                    None => {
+                        let entry = Entry {
+                            settings: acct.clone(),
+                            schedule: load_schedule(&state_dir, name),
+                            status: status::load(&state_dir, name),
+                        };
+                        entries.insert(name.clone(), entry);
+                    }
+                }
+            }
+        }
+        let old = self.settings();
+        if old.agent.max_parallel != new.agent.max_parallel {
+            *self.permits.write().unwrap_or_else(PoisonError::into_inner) =
+                Arc::new(Semaphore::new(new.agent.max_parallel));
+        }
+        *self.settings.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+    }
+
+    /// Re-read the config. On error the running config stays and the problem is shown.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let result = config::load(&self.config_path, &Env::from_process());
+        match &result {
+            Ok(new) => {
+                for w in &new.warnings {
+                    tracing::warn!("{w}");
+                }
+                self.apply(new.clone());
+                *lock(&self.problem) = None;
+                tracing::info!("configuration reloaded: {} accounts", self.names().len());
+            }
+            Err(e) => {
+                *lock(&self.problem) = Some(format!("config error, still running the previous config: {e}"));
+                tracing::error!("reload failed, keeping the running configuration: {e}");
+            }
+        }
+        self.emit(Event::Accounts);
+        result.map(|_| ())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        lock(&self.entries).keys().cloned().collect()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        lock(&self.entries).contains_key(name)
+    }
+
+    pub fn view(&self, name: &str) -> Option<AccountView> {
+        lock(&self.entries).get(name).map(|e| AccountView::new(&e.settings, &e.status, &e.schedule))
+    }
+
+    pub fn summary(&self) -> String {
+        let entries = lock(&self.entries);
+        let problem = lock(&self.problem).clone();
+        super::machine::summary(entries.iter().map(|(n, e)| (n.as_str(), &e.schedule)), problem.as_deref())
+    }
+
+    /// When the earliest account wants its next run.
+    pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
+        lock(&self.entries)
+            .values()
+            .filter(|e| e.schedule.state != State::Refreshing)
+            .filter_map(|e| e.schedule.next_attempt)
+            .min()
+    }
+
+    /// Accounts whose own schedule says "now" (or never checked since start).
+    pub fn due(&self, now: DateTime<Utc>, all_unchecked: bool) -> Vec<String> {
+        lock(&self.entries)
+            .iter()
+            .filter(|(_, e)| match e.schedule.state {
+                State::Refreshing | State::FailedPermanent => false,
+                State::Stale if all_unchecked => true,
+                _ => {
+                    e.schedule.next_attempt.is_some_and(|t| t <= now)
+                        || (all_unchecked && e.schedule.next_attempt.is_none() && e.schedule.state != State::Inert)
+                }
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Run (or join the run of) one account. Every caller that arrives while a run is in
+    /// flight gets that run's report.
+    pub async fn refresh(self: &Arc<Self>, name: &str, req: Request) -> Option<Report> {
+        if !self.has(name) {
+            return None;
+        }
+        // A Store carries its own content: it waits for a run in flight instead of joining it.
+        while req.store.is_some() {
+            let running = lock(&self.inflight).get(name).cloned();
+            match running {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(Option::is_some).await;
+                }
+                None => break,
+            }
+        }
+        let mut rx = {
+            let mut inflight = lock(&self.inflight);
+            match inflight.get(name) {
+                Some(rx) if req.store.is_none() => rx.clone(),
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(name.to_string(), rx.clone());
+                    let (me, name) = (self.clone(), name.to_string());
+                    tokio::spawn(async move {
+                        let report = me.run(&name, req).await;
+                        lock(&me.inflight).remove(&name);
+                        let _ = tx.send(Some(report));
+                    });
+                    rx
+                }
+            }
+        };
+        let result = rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+        Some(result.unwrap_or_else(|| Report::failed(name, Failure::transient("the run was aborted; will retry"))))
+    }
+
+    async fn run(self: &Arc<Self>, name: &str, req: Request) -> Report {
+        let Some((acct, gate)) = ({
+            let entries = lock(&self.entries);
+            entries.get(name).map(|e| (e.settings.clone(), e.schedule.gate(self.now(), req.force)))
+        }) else {
+            return Report::failed(name, Failure::transient("account was removed from the config"));
+        };
+        let settings = self.settings();
+        if !req.skip_gate {
+            match gate {
+                Gate::Run => {}
+                Gate::BackingOff(until) => {
+                    return Report::failed(
+                        name,
+                        Failure::transient(format!("backing off after failures; next attempt {}", until.to_rfc3339())),
+                    );
+                }
+                Gate::Quarantined(q) => {
+                    let (s, a, c) = (settings.clone(), acct.clone(), self.clock.clone());
+                    let changed = tokio::task::spawn_blocking(move || {
+                        let probe = account::refresh(&s, &a, RefreshOptions { force: false, dry_run: true }, &*c);
+                        probe.auth_sha256 != q.auth_sha256 || seed_hash(&a) != q.seed_sha256
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if !changed {
+                        let last = self.view(name).map(|v| v.last_error).unwrap_or_default();
+                        return Report::failed(
+                            name,
+                            Failure::permanent(format!(
+                                "quarantined, no token request until auth.json or the seed changes ({last}); log in again: codex login --device-auth, then codex-authctl store {name}"
+                            )),
+                        );
+                    }
+                    tracing::info!(account = %name, "auth.json or the seed changed: lifting the quarantine");
+                }
+            }
+        }
+        let permits = self.permits.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let _permit = permits.acquire_owned().await;
+        if let Some(e) = lock(&self.entries).get_mut(name) {
+            if let Err(err) = e.schedule.begin() {
+                tracing::error!(account = %name, "{err}");
+                return Report::failed(name, Failure::transient("another run of this account is in progress"));
+            }
+        }
+        self.emit(Event::Account(name.to_string()));
+        let (s, a, c) = (settings.clone(), acct.clone(), self.clock.clone());
+        let opts = RefreshOptions { force: req.force, dry_run: false };
+        let report = tokio::task::spawn_blocking(move || {
+            let report = account::refresh_with(&s, &a, opts, req.store, &*c);
+            (report, seed_hash(&a))
+        })
+        .await;
+        let (report, seed) = match report {
+            Ok(x) => x,
+            Err(e) => {
+                (Report::failed(name, Failure::transient(format!("the run failed internally: {e}"))), seed_hash(&acct))
+            }
+        };
+        {
+            let mut entries = lock(&self.entries);
+            if let Some(e) = entries.get_mut(name) {
+                e.status = status::load(&settings.agent.state_dir, name);
+                if let Err(err) =
+                    e.schedule.finish(&report, &acct.refresh.thresholds(), seed, self.now(), fastrand::f64())
+                {
+                    tracing::error!(account = %name, "{err}");
+                }
+                save_schedule(&settings.agent.state_dir, name, &e.schedule);
+            }
+        }
+        self.emit(Event::Account(name.to_string()));
+        report
+    }
+
+    /// Run every account (RefreshAll), in name order of the results.
+    pub async fn refresh_all(self: &Arc<Self>, force: bool) -> Vec<Report> {
+        let names = self.names();
+        let runs = names.iter().map(|n| {
+            let me = self.clone();
+            let n = n.clone();
+            tokio::spawn(async move { me.refresh(&n, Request { force, ..Default::default() }).await })
+        });
+        let mut out = Vec::new();
+        for r in runs.collect::<Vec<_>>() {
+            if let Ok(Some(rep)) = r.await {
+                out.push(rep);
+            }
+        }
+        out
+    }
+
+    /// Start runs for accounts that are due, without waiting for them.
+    pub fn kick(self: &Arc<Self>, names: Vec<String>) {
+        for n in names {
+            let me = self.clone();
+            tokio::spawn(async move { me.refresh(&n, Request::default()).await });
+        }
+    }
+
+    /// The account's settings (for Store/Seed validation).
+    pub fn account_settings(&self, name: &str) -> Option<AccountSettings> {
+        lock(&self.entries).get(name).map(|e| e.settings.clone())
+    }
+
+    /// Runs in flight right now (SIGTERM waits for them).
+    pub fn busy(&self) -> usize {
+        lock(&self.inflight).len()
+    }
+
+    /// A successful Store is followed by a preflight that the Store's answer does not wait
+    /// for. The preflight (issue 4) plugs in here.
+    pub fn after_store(self: &Arc<Self>, name: &str, report: &Report) {
+        if report.failure.is_none() {
+            tracing::debug!(account = %name, "stored; the preflight runs from here once it is built");
+        }
+    }
+
+    /// The account id last seen in the account's auth.json.
+    pub fn account_id(&self, name: &str) -> Option<String> {
+        lock(&self.entries).get(name).and_then(|e| e.status.account_id.clone())
+    }
+}

@@ -1,0 +1,103 @@
+//! `codex-auth-agent daemon`: owns org.codexauth.Agent1, serves status and control on
+//! D-Bus, runs each account on its own schedule (and on request) through workers that
+//! drop to the account's user, and reports to systemd (READY, STATUS, WATCHDOG).
+//! The daemon never opens a file in a user's CODEX_HOME.
+
+/// Manager and Account objects, access control, PropertiesChanged.
+pub mod bus;
+/// Entries, single-flight runs, quarantine probe, reload.
+pub mod core;
+/// Per-account state enum with guarded transitions, backoff, STATUS line (pure).
+pub mod machine;
+/// sd-notify wrapper.
+pub mod notify;
+/// The Account object's properties as a pure projection.
+pub mod view;
+
+use crate::clock::SystemClock;
+use crate::config::{self, Env};
+use crate::names::BusChoice;
+use crate::outcome::exit;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Longest sleep between looks at the schedule (also covers suspend and clock jumps).
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// How long SIGTERM waits for runs in flight.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Run the daemon until SIGTERM; returns the exit code.
+pub fn main(config_flag: Option<&Path>, bus: BusChoice) -> i32 {
+    let path = config::config_path(config_flag);
+    let settings = match config::load(&path, &Env::from_process()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            return exit::CONFIG;
+        }
+    };
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(run(path.as_path(), settings, bus))
+}
+
+async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
+    let (core, mut events) = core::Core::new(path.to_path_buf(), settings, Arc::new(SystemClock));
+    let conn = match bus::serve(&bus, core.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot serve {} on the {bus:?} bus: {e}", crate::names::BUS_NAME);
+            return 1;
+        }
+    };
+    let mut publisher = bus::Publisher::new(conn, core.clone());
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        return 1;
+    };
+    notify::ready(publisher.summary());
+    tracing::info!("started: {}", publisher.summary());
+    // First look at every account: runs only what is due (or never checked).
+    core.kick(core.due(core.now(), true));
+    let watchdog = notify::watchdog_interval();
+    let mut ping = tokio::time::interval(watchdog.unwrap_or(MAX_SLEEP));
+    loop {
+        let sleep = core
+            .next_wakeup()
+            .map(|t| (t - core.now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let _ = core.reload();
+            }
+            Some(ev) = events.recv() => {
+                publisher.handle(ev).await;
+                notify::status(publisher.summary());
+            }
+            _ = tokio::time::sleep(sleep) => core.kick(core.due(core.now(), false)),
+            _ = ping.tick(), if watchdog.is_some() => notify::watchdog(),
+        }
+    }
+    notify::stopping();
+    tracing::info!("stopping; waiting for {} run(s) in flight", core.busy());
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    while core.busy() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    exit::OK
+}

@@ -1,0 +1,152 @@
+//! What the D-Bus Account object shows: a pure projection of (settings, status, schedule)
+//! into the contract's properties, also used by codex-authctl to read them back.
+
+use super::machine::Schedule;
+use crate::config::{AccountSettings, RefreshMethod};
+use crate::status::AccountStatus;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use zbus::zvariant::{OwnedValue, Value};
+
+/// The account's properties (times are unix seconds, 0 = never). No token material.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub name: String,
+    pub user: String,
+    pub codex_home: String,
+    pub state: String,
+    pub access_token_expires_at: u64,
+    pub last_refresh: u64,
+    pub last_attempt: u64,
+    pub last_outcome: String,
+    pub last_error: String,
+    pub consecutive_failures: u32,
+    pub next_attempt: u64,
+    pub token_fingerprint: String,
+    pub refresh_method: String,
+    pub runner_state: String,
+    pub runner_last_ok: u64,
+    pub runner_last_fail: u64,
+    pub runner_last_check: u64,
+    pub runner_boot_id: String,
+    pub runner_last_reason: String,
+}
+
+fn secs(t: Option<DateTime<Utc>>) -> u64 {
+    t.map_or(0, |t| t.timestamp().max(0) as u64)
+}
+
+impl AccountView {
+    pub fn new(acct: &AccountSettings, st: &AccountStatus, sch: &Schedule) -> AccountView {
+        AccountView {
+            name: acct.name.clone(),
+            user: acct.user.clone(),
+            codex_home: acct.codex_home.display().to_string(),
+            state: sch.state.as_str().to_string(),
+            access_token_expires_at: secs(st.expires_at),
+            last_refresh: secs(st.last_refresh),
+            last_attempt: secs(st.last_attempt),
+            last_outcome: st.outcome.map(|o| o.as_str().to_string()).unwrap_or_default(),
+            last_error: if st.class.is_some() { st.reason.clone() } else { String::new() },
+            consecutive_failures: st.consecutive_failures,
+            next_attempt: secs(sch.next_attempt),
+            token_fingerprint: st.token_fp.clone().unwrap_or_default(),
+            refresh_method: match acct.refresh.refresh_method {
+                RefreshMethod::Oauth => "oauth",
+                RefreshMethod::AppServer => "app-server",
+            }
+            .to_string(),
+            runner_state: "unknown".into(),
+            ..Default::default()
+        }
+    }
+
+    /// (D-Bus property name, value) pairs in the contract's order.
+    pub fn properties(&self) -> Vec<(&'static str, Value<'static>)> {
+        vec![
+            ("Name", Value::from(self.name.clone())),
+            ("User", Value::from(self.user.clone())),
+            ("CodexHome", Value::from(self.codex_home.clone())),
+            ("State", Value::from(self.state.clone())),
+            ("AccessTokenExpiresAt", Value::from(self.access_token_expires_at)),
+            ("LastRefresh", Value::from(self.last_refresh)),
+            ("LastAttempt", Value::from(self.last_attempt)),
+            ("LastOutcome", Value::from(self.last_outcome.clone())),
+            ("LastError", Value::from(self.last_error.clone())),
+            ("ConsecutiveFailures", Value::from(self.consecutive_failures)),
+            ("NextAttempt", Value::from(self.next_attempt)),
+            ("TokenFingerprint", Value::from(self.token_fingerprint.clone())),
+            ("RefreshMethod", Value::from(self.refresh_method.clone())),
+            ("RunnerState", Value::from(self.runner_state.clone())),
+            ("RunnerLastOk", Value::from(self.runner_last_ok)),
+            ("RunnerLastFail", Value::from(self.runner_last_fail)),
+            ("RunnerLastCheck", Value::from(self.runner_last_check)),
+            ("RunnerBootId", Value::from(self.runner_boot_id.clone())),
+            ("RunnerLastReason", Value::from(self.runner_last_reason.clone())),
+        ]
+    }
+
+    /// The properties whose values differ from `old`.
+    pub fn changed_since(&self, old: Option<&AccountView>) -> Vec<(&'static str, Value<'static>)> {
+        let before: HashMap<&str, Value<'static>> =
+            old.map(|o| o.properties().into_iter().collect()).unwrap_or_default();
+        self.properties().into_iter().filter(|(k, v)| before.get(k) != Some(v)).collect()
+    }
+
+    /// Rebuild from a GetAll answer (codex-authctl). Missing or mistyped properties stay
+    /// at their defaults, so an older daemon still yields a readable view.
+    pub fn from_properties(p: &HashMap<String, OwnedValue>) -> AccountView {
+        let s = |k: &str| p.get(k).and_then(|v| String::try_from(v.clone()).ok()).unwrap_or_default();
+        let t = |k: &str| p.get(k).and_then(|v| u64::try_from(v.clone()).ok()).unwrap_or_default();
+        AccountView {
+            name: s("Name"),
+            user: s("User"),
+            codex_home: s("CodexHome"),
+            state: s("State"),
+            access_token_expires_at: t("AccessTokenExpiresAt"),
+            last_refresh: t("LastRefresh"),
+            last_attempt: t("LastAttempt"),
+            last_outcome: s("LastOutcome"),
+            last_error: s("LastError"),
+            consecutive_failures: p
+                .get("ConsecutiveFailures")
+                .and_then(|v| u32::try_from(v.clone()).ok())
+                .unwrap_or_default(),
+            next_attempt: t("NextAttempt"),
+            token_fingerprint: s("TokenFingerprint"),
+            refresh_method: s("RefreshMethod"),
+            runner_state: s("RunnerState"),
+            runner_last_ok: t("RunnerLastOk"),
+            runner_last_fail: t("RunnerLastFail"),
+            runner_last_check: t("RunnerLastCheck"),
+            runner_boot_id: s("RunnerBootId"),
+            runner_last_reason: s("RunnerLastReason"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_properties_and_diffs() {
+        let v = AccountView {
+            name: "a".into(),
+            state: "ok".into(),
+            next_attempt: 7,
+            consecutive_failures: 2,
+            ..Default::default()
+        };
+        let map: HashMap<String, OwnedValue> =
+            v.properties().into_iter().map(|(k, val)| (k.to_string(), OwnedValue::try_from(val).unwrap())).collect();
+        assert_eq!(AccountView::from_properties(&map), v);
+        assert_eq!(v.properties().len(), 19);
+        let mut w = v.clone();
+        w.state = "refreshing".into();
+        let changed: Vec<_> = w.changed_since(Some(&v)).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(changed, ["State"]);
+        assert_eq!(w.changed_since(None).len(), 19);
+    }
+}
