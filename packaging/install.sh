@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build codex-auth-agent from this checkout and install it on this machine (Debian 12, root).
-# Installs the build dependencies it needs, then the binaries, the example config and the
-# seeds directory; finally validates the config. Safe to run again (keeps an existing config).
+# Build codex-auth-agent from this checkout as a Debian package and install it on this
+# machine (Debian 12, root). Installs the build dependencies it needs (and Rust through
+# rustup when there is no cargo), builds the .deb (packaging/build-deb.sh), installs it with
+# apt (which pulls its dependencies, enables and starts the service and both timers when
+# systemd runs), and finally validates the config. Safe to run again: an upgrade keeps
+# /etc/codex-auth-agent (an existing config.toml is kept) and /var/lib/codex-auth-agent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "run as root (it installs to /usr/bin and /etc)" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "run as root (it installs a package)" >&2; exit 2; }
 export DEBIAN_FRONTEND=noninteractive
 need=()
 for p in gcc pkg-config; do command -v "$p" >/dev/null || need+=("$p"); done
@@ -17,11 +20,15 @@ if ! command -v cargo >/dev/null; then
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   . "$HOME/.cargo/env"
 fi
-cargo build --release --locked --bins
-install -m 0755 target/release/codex-auth-agent target/release/codex-authctl /usr/bin/
-install -d -m 0755 /etc/codex-auth-agent /etc/codex-auth-agent/config.d
-install -d -m 0700 /etc/codex-auth-agent/seeds
-[ -e /etc/codex-auth-agent/config.toml ] || install -m 0644 packaging/config.toml /etc/codex-auth-agent/config.toml
-install -d -m 0700 /var/lib/codex-auth-agent
+# lintian is the packaging QA of the test suite (tests/e2e/run.sh), not needed to install.
+LINTIAN=0 bash packaging/build-deb.sh
+# confold: a config.toml already in /etc (yours) is kept, never replaced or asked about.
+apt-get install -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+  ./target/debian/codex-auth-agent_*.deb
 codex-auth-agent --version
 codex-auth-agent check-config >/dev/null && echo "installed; config OK: /etc/codex-auth-agent/config.toml"
+if [ -d /run/systemd/system ]; then
+  systemctl --no-pager --lines=0 status codex-auth-agent.service || true
+else
+  echo "note: systemd is not running here, so the service and timers are enabled but not started"
+fi

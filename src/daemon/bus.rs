@@ -379,7 +379,8 @@ impl Publisher {
         }
     }
 
-    pub async fn handle(&mut self, event: Event) {
+    /// Publish one core event; true when the summary (STATUS=) changed.
+    pub async fn handle(&mut self, event: Event) -> bool {
         let mut manager_changes = Vec::new();
         match event {
             Event::Account(name) => {
@@ -418,11 +419,13 @@ impl Publisher {
             }
         }
         let summary = self.core.summary();
-        if summary != self.summary {
+        let summary_changed = summary != self.summary;
+        if summary_changed {
             manager_changes.push(("Summary", Value::from(summary.clone())));
             self.summary = summary;
         }
         self.emit(MANAGER_PATH, MANAGER_IFACE, manager_changes).await;
+        summary_changed
     }
 
     pub fn summary(&self) -> &str {

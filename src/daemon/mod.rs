@@ -86,8 +86,9 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
                 let _ = core.reload();
             }
             Some(ev) = events.recv() => {
-                publisher.handle(ev).await;
-                notify::status(publisher.summary());
+                if publisher.handle(ev).await {
+                    notify::status(publisher.summary());
+                }
             }
             _ = tokio::time::sleep(sleep) => core.kick(core.due(core.now(), false)),
             _ = ping.tick(), if watchdog.is_some() => notify::watchdog(),

@@ -3,6 +3,8 @@
 //! `mod support;`, so not every helper is used everywhere.
 #![allow(dead_code)]
 
+pub mod dbus;
+
 use mock_openai::{Credentials, MockServer};
 use serde_json::{Value, json};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

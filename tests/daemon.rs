@@ -1,0 +1,416 @@
+//! The daemon on a private dbus-daemon with the mock token endpoint: properties match the
+//! files, PropertiesChanged, single-flight, backoff, quarantine, reload, Store/Seed,
+//! access control from the caller's credentials, sd-notify, SIGTERM, and no token value
+//! in any property, status file or log line.
+
+mod support;
+
+use codex_auth_agent::daemon::view::AccountView;
+use codex_auth_agent::names::{ACCOUNT_IFACE, BUS_NAME, MANAGER_IFACE, MANAGER_PATH, account_path};
+use futures_util::StreamExt;
+use mock_openai::{Fault, MockConfig, MockServer};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::dbus::*;
+use support::*;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+use zbus::{Connection, Proxy};
+
+struct World {
+    m: MockServer,
+    s: Scratch,
+    bus: PrivateBus,
+}
+
+fn world() -> World {
+    let s = Scratch::new();
+    let bus = PrivateBus::start(s.path());
+    World { m: MockServer::start(MockConfig::default()), s, bus }
+}
+
+fn account_cfg(home: &Path, name: &str) -> String {
+    format!("\n[accounts.{name}]\nuser = \"{}\"\ncodex_home = \"{}\"\n", me(), home.display())
+}
+
+impl World {
+    fn config(&self, accounts: &str) -> PathBuf {
+        self.s.config(&format!("[defaults]\nrequest_timeout = \"3s\"\n{accounts}"))
+    }
+    fn daemon(&self, cfg: &Path) -> AgentDaemon {
+        AgentDaemon::start(&self.s, &self.m, cfg, &self.bus)
+    }
+    async fn conn(&self) -> Connection {
+        zbus::connection::Builder::address(self.bus.address.as_str()).unwrap().build().await.unwrap()
+    }
+}
+
+async fn view(conn: &Connection, name: &str) -> AccountView {
+    let p = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(BUS_NAME)
+        .unwrap()
+        .path(account_path(name))
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let all: HashMap<String, OwnedValue> =
+        p.get_all(zbus::names::InterfaceName::from_static_str_unchecked(ACCOUNT_IFACE)).await.unwrap();
+    AccountView::from_properties(&all)
+}
+
+/// Uncached proxies: every property read asks the daemon.
+async fn uncached(conn: &Connection, path: String, iface: &'static str) -> Proxy<'static> {
+    zbus::proxy::Builder::new(conn)
+        .destination(BUS_NAME)
+        .unwrap()
+        .path(path)
+        .unwrap()
+        .interface(iface)
+        .unwrap()
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn account(conn: &Connection, name: &str) -> Proxy<'static> {
+    uncached(conn, account_path(name), ACCOUNT_IFACE).await
+}
+
+async fn manager(conn: &Connection) -> Proxy<'static> {
+    uncached(conn, MANAGER_PATH.to_string(), MANAGER_IFACE).await
+}
+
+async fn wait_state(conn: &Connection, name: &str, state: &str) -> AccountView {
+    let t0 = Instant::now();
+    loop {
+        let v = view(conn, name).await;
+        if v.state == state {
+            return v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{name} stayed {} (wanted {state}): {v:?}", v.state);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn file_rt(home: &Path) -> String {
+    read_json(&home.join("auth.json"))["tokens"]["refresh_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn properties_match_the_files_and_change_on_refresh() {
+    let w = world();
+    let c = w.m.issue_family("acct-a");
+    let home = w.s.codex_home("a", Some(&auth_json(&c, OLD)));
+    let cfg = w.config(&account_cfg(&home, "alice"));
+    let mut d = w.daemon(&cfg);
+    let conn = w.conn().await;
+    // The start-up pass refreshes what is due.
+    let v = wait_state(&conn, "alice", "ok").await;
+    assert_eq!(w.m.token_requests(), 1);
+    let rt = file_rt(&home);
+    assert_eq!(v.token_fingerprint, codex_auth_agent::authfile::fingerprint(&rt));
+    let auth =
+        codex_auth_agent::authfile::AuthFile::parse(&std::fs::read(home.join("auth.json")).unwrap(), &home).unwrap();
+    assert_eq!(v.access_token_expires_at as i64, auth.access_expires_at().unwrap().timestamp());
+    assert_eq!(v.last_refresh as i64, auth.last_refresh().unwrap().timestamp());
+    assert_eq!(
+        (v.name.as_str(), v.user.as_str(), v.codex_home.clone()),
+        ("alice", me().as_str(), home.display().to_string())
+    );
+    assert_eq!(v.last_outcome, "refreshed");
+    assert!(v.next_attempt > v.last_refresh, "next attempt is scheduled");
+    let st = read_json(&w.s.state_dir().join("accounts/alice/status.json"));
+    assert_eq!(st["token_fp"], v.token_fingerprint.as_str());
+    // Manager properties.
+    let m = manager(&conn).await;
+    let accounts: Vec<OwnedObjectPath> = m.get_property("Accounts").await.unwrap();
+    assert_eq!(accounts.len(), 1);
+    let summary: String = m.get_property("Summary").await.unwrap();
+    assert!(summary.starts_with("1 account: 1 ok; next refresh "), "{summary}");
+    assert_eq!(m.get_property::<String>("Version").await.unwrap(), env!("CARGO_PKG_VERSION"));
+    assert_eq!(m.get_property::<String>("BootId").await.unwrap().len(), 36);
+    // sd-notify: READY then STATUS= lines following the state.
+    assert!(d.notes()[0].contains("READY=1"));
+    d.wait_note("STATUS=1 account: 1 ok", Duration::from_secs(5));
+    // PropertiesChanged on a forced refresh.
+    let props = zbus::fdo::PropertiesProxy::builder(&conn)
+        .destination(BUS_NAME)
+        .unwrap()
+        .path(account_path("alice"))
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let mut changes = props.receive_properties_changed().await.unwrap();
+    let a = account(&conn, "alice").await;
+    let (outcome, _): (String, String) = a.call("Refresh", &(true,)).await.unwrap();
+    assert_eq!(outcome, "refreshed");
+    let mut seen = std::collections::HashSet::new();
+    let t0 = Instant::now();
+    while !(seen.contains("TokenFingerprint") && seen.contains("State")) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "saw only {seen:?}");
+        if let Ok(Some(sig)) = tokio::time::timeout(Duration::from_secs(5), changes.next()).await {
+            let args = sig.args().unwrap();
+            seen.extend(args.changed_properties().keys().map(|k| k.to_string()));
+        }
+    }
+    let v2 = view(&conn, "alice").await;
+    assert_ne!(v2.token_fingerprint, v.token_fingerprint);
+    assert_eq!(v2.token_fingerprint, codex_auth_agent::authfile::fingerprint(&file_rt(&home)));
+    // Nothing secret anywhere we publish.
+    let props_text = format!("{v:?}{v2:?}{summary}");
+    let mut all = secrets(&c);
+    all.push(rt);
+    all.push(file_rt(&home));
+    assert_no_secrets(
+        &[("properties", &props_text), ("daemon log", &d.log_text()), ("notify", &d.notes().join("\n"))],
+        &all,
+    );
+    assert_clean(&Run { code: 0, stdout: String::new(), stderr: String::new() }, &w.s.state_dir(), &all);
+    assert_eq!(d.stop(), 0, "SIGTERM exits 0");
+    assert!(d.notes().iter().any(|n| n.contains("STOPPING=1")), "{:?}", d.notes());
+}
+
+#[tokio::test]
+async fn fifty_concurrent_refresh_calls_send_one_token_request() {
+    let w = world();
+    let c = w.m.issue_family("acct-a");
+    let home = w.s.codex_home("a", Some(&auth_json(&c, &recent())));
+    let cfg = w.config(&account_cfg(&home, "alice"));
+    let _d = w.daemon(&cfg);
+    let conn = w.conn().await;
+    // The start-up pass checks it: fresh, so no token request.
+    wait_state(&conn, "alice", "ok").await;
+    assert_eq!(w.m.token_requests(), 0);
+    w.m.set_latency(Duration::from_millis(800));
+    let a = account(&conn, "alice").await;
+    let calls = (0..50).map(|_| a.call::<_, _, (String, String)>("Refresh", &(true,)));
+    let results: Vec<(String, String)> =
+        futures_util::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(w.m.token_requests(), 1);
+    assert_eq!(w.m.reuse_detections(), 0);
+    assert!(results.iter().all(|r| r == &results[0]), "{results:?}");
+    assert_eq!(results[0].0, "refreshed");
+    assert!(w.m.is_live_refresh_token(&file_rt(&home)));
+}
+
+#[tokio::test]
+async fn transient_failures_back_off_and_permanent_ones_quarantine() {
+    let w = world();
+    let (ct, cp) = (w.m.issue_family("acct-t"), w.m.issue_family("acct-p"));
+    let (ht, hp) =
+        (w.s.codex_home("t", Some(&auth_json(&ct, &recent()))), w.s.codex_home("p", Some(&auth_json(&cp, &recent()))));
+    let cfg = w.config(&(account_cfg(&ht, "tina") + &account_cfg(&hp, "paul")));
+    let d = w.daemon(&cfg);
+    let conn = w.conn().await;
+    wait_state(&conn, "tina", "ok").await;
+    wait_state(&conn, "paul", "ok").await;
+    // Transient: a 503 schedules a retry ≈1 min out; a second unforced call waits for it.
+    w.m.set_sticky_fault_for("acct-t", Some(Fault::service_unavailable()));
+    let t = account(&conn, "tina").await;
+    let before = ct.refresh_token.clone();
+    let (o, _): (String, String) = t.call("Refresh", &(true,)).await.unwrap();
+    assert_eq!(o, "failed");
+    let v = wait_state(&conn, "tina", "failed_transient").await;
+    assert_eq!(v.consecutive_failures, 1);
+    let wait = v.next_attempt as i64 - v.last_attempt as i64;
+    assert!((45..=75).contains(&wait), "first retry ≈1 min, got {wait}s");
+    let n = w.m.token_requests();
+    let (o, reason): (String, String) = t.call("Refresh", &(false,)).await.unwrap();
+    assert_eq!(o, "failed");
+    assert!(reason.contains("backing off"), "{reason}");
+    assert_eq!(w.m.token_requests(), n, "no request while backing off");
+    assert_eq!(file_rt(&ht), before, "file untouched");
+    // Permanent: one token request, then none until the file changes, one err entry.
+    w.m.push_fault_for("acct-p", Fault::refresh_token_reused());
+    let p = account(&conn, "paul").await;
+    let (o, _): (String, String) = p.call("Refresh", &(true,)).await.unwrap();
+    assert_eq!(o, "failed");
+    wait_state(&conn, "paul", "failed_permanent").await;
+    let n = w.m.token_requests_for("acct-p");
+    for _ in 0..3 {
+        let (o, reason): (String, String) = p.call("Refresh", &(true,)).await.unwrap();
+        assert_eq!(o, "failed");
+        assert!(reason.contains("quarantined") && reason.contains("codex-authctl store paul"), "{reason}");
+    }
+    let m = manager(&conn).await;
+    let _: Vec<(String, String, String)> = m.call("RefreshAll", &(true,)).await.unwrap();
+    assert_eq!(w.m.token_requests_for("acct-p"), n, "no token request while quarantined");
+    let errs = d.log_text().lines().filter(|l| l.contains("ERROR") && l.contains("account=paul")).count();
+    assert_eq!(errs, 1, "exactly one err entry:\n{}", d.log_text());
+    let summary: String = m.get_property("Summary").await.unwrap();
+    assert!(summary.contains("failed_permanent (paul)"), "{summary}");
+    // A human logs in again: the file changes and the account works again.
+    let fresh = w.m.issue_family("acct-p");
+    std::fs::write(hp.join("auth.json"), auth_json(&fresh, OLD)).unwrap();
+    let (o, _): (String, String) = p.call("Refresh", &(false,)).await.unwrap();
+    assert_eq!(o, "refreshed");
+    wait_state(&conn, "paul", "ok").await;
+    assert_no_secrets(&[("daemon log", &d.log_text())], &[secrets(&ct), secrets(&cp), secrets(&fresh)].concat());
+}
+
+#[tokio::test]
+async fn reload_adds_and_removes_accounts_and_survives_a_bad_config() {
+    let w = world();
+    let (ca, cb) = (w.m.issue_family("a"), w.m.issue_family("b"));
+    let (ha, hb) =
+        (w.s.codex_home("a", Some(&auth_json(&ca, &recent()))), w.s.codex_home("b", Some(&auth_json(&cb, &recent()))));
+    let cfg = w.config(&account_cfg(&ha, "alice"));
+    let d = w.daemon(&cfg);
+    let conn = w.conn().await;
+    let m = manager(&conn).await;
+    let dropin = cfg.parent().unwrap().join("config.d/50-bob.toml");
+    std::fs::create_dir_all(dropin.parent().unwrap()).unwrap();
+    std::fs::write(&dropin, account_cfg(&hb, "bob")).unwrap();
+    m.call::<_, _, ()>("Reload", &()).await.unwrap();
+    let accounts: Vec<OwnedObjectPath> = m.get_property("Accounts").await.unwrap();
+    assert_eq!(accounts.len(), 2);
+    assert_eq!(view(&conn, "bob").await.name, "bob");
+    // SIGHUP does the same as Reload(): remove bob again.
+    std::fs::remove_file(&dropin).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let t0 = Instant::now();
+    while m.get_property::<Vec<OwnedObjectPath>>("Accounts").await.unwrap().len() != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "SIGHUP did not remove bob");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(account(&conn, "bob").await.get_property::<String>("Name").await.is_err(), "bob's object is gone");
+    // A broken config: Reload fails, the old config keeps running, Summary says why.
+    std::fs::write(&dropin, "[defaults]\nmax_age = \"never\"\n").unwrap();
+    let err = m.call::<_, _, ()>("Reload", &()).await.unwrap_err().to_string();
+    assert!(err.contains("defaults.max_age"), "{err}");
+    let summary: String = m.get_property("Summary").await.unwrap();
+    assert!(summary.contains("config error") && summary.contains("1 account"), "{summary}");
+    assert_eq!(view(&conn, "alice").await.name, "alice");
+    assert!(d.log_text().contains("reload failed"));
+}
+
+#[tokio::test]
+async fn store_and_seed_install_through_the_worker() {
+    if !require_root("store_and_seed_install_through_the_worker") {
+        return;
+    }
+    let w = world();
+    let c = w.m.issue_family("acct");
+    let home = w.s.codex_home("a", Some(&auth_json(&c, &recent())));
+    let cfg = w.config(&account_cfg(&home, "alice"));
+    let _d = w.daemon(&cfg);
+    // Store: stdin is handed over as a file descriptor.
+    let stored = w.m.issue_family("acct");
+    let file = w.s.path().join("new-auth.json");
+    std::fs::write(&file, auth_json(&stored, &recent())).unwrap();
+    let mut cmd = ctl(&w.bus);
+    cmd.args(["store", "alice"]).stdin(std::fs::File::open(&file).unwrap());
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.starts_with("alice: fresh"), "{}", r.stdout);
+    assert_eq!(file_rt(&home), stored.refresh_token);
+    assert_eq!(mode(&home.join("auth.json")), 0o600);
+    // Not an auth.json: refused with a clear error, nothing written.
+    let mut cmd = ctl(&w.bus);
+    cmd.args(["store", "alice"]).stdin(std::fs::File::open("/etc/hostname").unwrap());
+    let r = run(cmd);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not valid JSON"), "{}", r.stderr);
+    assert_eq!(file_rt(&home), stored.refresh_token);
+    // Seed: becomes the seed file (0600) and is installed.
+    let seeded = w.m.issue_family("acct");
+    std::fs::write(&file, auth_json(&seeded, &recent())).unwrap();
+    let mut cmd = ctl(&w.bus);
+    cmd.args(["seed", "alice"]).stdin(std::fs::File::open(&file).unwrap());
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let seed_file = w.s.path().join("etc/seeds/alice.json");
+    assert_eq!(mode(&seed_file), 0o600);
+    assert_eq!(file_rt(&home), seeded.refresh_token);
+    assert_clean(&r, &w.s.state_dir(), &[secrets(&stored), secrets(&seeded)].concat());
+}
+
+#[test]
+fn ctl_reports_an_unreachable_daemon_with_69() {
+    let s = Scratch::new();
+    let mut cmd = Command::new(CTL);
+    cmd.args(["--address", &format!("unix:path={}/nothing", s.path().display()), "status"]);
+    let r = run(cmd);
+    assert_eq!(r.code, 69, "{}", r.stderr);
+    assert!(r.stderr.contains("systemctl start codex-auth-agent"), "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn ctl_status_table_and_json_agree_with_the_bus() {
+    let w = world();
+    let c = w.m.issue_family("acct");
+    let home = w.s.codex_home("a", Some(&auth_json(&c, OLD)));
+    let cfg = w.config(&account_cfg(&home, "alice"));
+    let _d = w.daemon(&cfg);
+    let conn = w.conn().await;
+    let v = wait_state(&conn, "alice", "ok").await;
+    let mut cmd = ctl(&w.bus);
+    cmd.args(["status", "--json"]);
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j = r.one();
+    assert_eq!(j["state"], "ok");
+    assert_eq!(j["token_fingerprint"], v.token_fingerprint.as_str());
+    let mut cmd = ctl(&w.bus);
+    cmd.arg("status");
+    let r = run(cmd);
+    assert!(r.stdout.contains("ACCOUNT") && r.stdout.contains("alice") && r.stdout.contains(" ok "), "{}", r.stdout);
+    let mut cmd = ctl(&w.bus);
+    cmd.args(["refresh", "alice", "--force"]);
+    let r = run(cmd);
+    assert_eq!((r.code, r.stdout.starts_with("alice: refreshed")), (0, true), "{}", r.stdout);
+    w.m.push_fault(Fault::refresh_token_reused());
+    let mut cmd = ctl(&w.bus);
+    cmd.args(["refresh", "--all", "--force"]);
+    let r = run(cmd);
+    assert_eq!(r.code, 3, "permanent failure exits 3: {}", r.stdout);
+}
+
+/// Run codex-authctl as `user` (its binary copied where that user can execute it).
+fn ctl_as(w: &World, user: &nix::unistd::User, args: &[&str]) -> Run {
+    let bin = w.s.path().join("codex-authctl");
+    if !bin.exists() {
+        std::fs::copy(CTL, &bin).unwrap();
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", &user.uid.to_string(), "--regid", &user.gid.to_string(), "--init-groups", "--"])
+        .arg(&bin)
+        .args(["--address", &w.bus.address])
+        .args(args);
+    run(cmd)
+}
+
+#[tokio::test]
+async fn non_root_callers_may_read_but_not_act() {
+    if !require_root("non_root_callers_may_read_but_not_act") {
+        return;
+    }
+    let bob = ensure_user("caa-bob");
+    let w = world();
+    let c = w.m.issue_family("acct");
+    let home = w.s.codex_home("a", Some(&auth_json(&c, &recent())));
+    let cfg = w.config(&account_cfg(&home, "alice"));
+    let d = w.daemon(&cfg);
+    let _ = Command::new("gpasswd").args(["-d", "caa-bob", "codex-auth"]).output();
+    let r = ctl_as(&w, &bob, &["status", "--json"]);
+    assert_eq!(r.code, 0, "reads are open: {}", r.stderr);
+    for args in [&["refresh", "alice"][..], &["refresh", "--all"], &["reload"], &["store", "alice"], &["seed", "alice"]]
+    {
+        let r = ctl_as(&w, &bob, args);
+        assert_eq!(r.code, 77, "{args:?}: {}{}", r.stdout, r.stderr);
+    }
+    assert_eq!(w.m.token_requests(), 0);
+    assert!(d.log_text().contains("access denied"), "denials are logged");
+    // Members of codex-auth may refresh, but still not store.
+    assert!(Command::new("groupadd").args(["-f", "--system", "codex-auth"]).status().unwrap().success());
+    assert!(Command::new("usermod").args(["-aG", "codex-auth", "caa-bob"]).status().unwrap().success());
+    let r = ctl_as(&w, &bob, &["refresh", "alice", "--force"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = ctl_as(&w, &bob, &["store", "alice"]);
+    assert_eq!(r.code, 77, "{}", r.stderr);
+    let _ = Command::new("gpasswd").args(["-d", "caa-bob", "codex-auth"]).output();
+}

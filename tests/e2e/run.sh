@@ -1,0 +1,375 @@
+#!/usr/bin/env bash
+# End-to-end test of the Debian package in a real booted Debian 12 systemd (issue 5), as
+# root: builds the .deb (and a version-bumped twin for the upgrade), boots a throwaway
+# systemd-nspawn container over a cached debootstrap rootfs, starts tests/mock-openai on
+# the host's 127.0.0.1 (the container shares the host's network), and checks inside:
+#   1 install with apt → service active with STATUS=, both timers listed
+#   2 two users with due auth.json files (canary refresh tokens), a config.d drop-in, reload
+#   3 the refresh service refreshes both (0600, owned by the user, new tokens), journal
+#     entries per ACCOUNT, no token anywhere in the journal
+#   4 busctl introspect / get-property State = ok; codex-authctl status --json agrees; a
+#     ctl call starts the stopped daemon (bus activation)
+#   5 an unprivileged user: refresh denied (77), status works
+#   6 refresh_token_reused for one account → failed_permanent, one err entry, the other
+#     account fine, codex-auth-refresh.service failed
+#   7 upgrade to a bumped version keeps config and state and restarts the daemon; purge
+#     removes every file of the package and leaves the users' auth.json alone
+#   8 systemd-analyze security exposure ≤ 3.0
+# Prints one PASS/FAIL line per check and ends with "N passed, M failed"; exits 1 on any
+# failure. The container is stopped and its cgroups removed on every exit path.
+# Env: CODEX_AUTH_AGENT_E2E_KEEP=1 keeps the work directory; CODEX_AUTH_AGENT_CODEX_BIN names
+# a native Codex CLI binary to run under the service's sandbox (else CODEX_AUTH_AGENT_TEST_CODEX
+# from tests/run-all.sh, else the test cache; skipped when there is none).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=tests/e2e/lib.sh
+source tests/e2e/lib.sh
+export DEBIAN_FRONTEND=noninteractive
+
+if [ "$(id -u)" != 0 ]; then
+  echo "e2e: SKIPPED (needs root: it boots a container)"
+  exit 0
+fi
+
+PASSED=0
+FAILED=0
+pass() {
+  PASSED=$((PASSED + 1))
+  echo "PASS [$STEP] $*"
+}
+fail() {
+  FAILED=$((FAILED + 1))
+  echo "FAIL [$STEP] $*"
+}
+# check DESCRIPTION CMD…: PASS when CMD succeeds; on failure its output is shown.
+check() {
+  local desc=$1 out
+  shift
+  if out=$("$@" 2>&1); then
+    pass "$desc"
+  else
+    fail "$desc"
+    [ -n "$out" ] && printf '%s\n' "$out" | tail -n 15 | sed 's/^/      | /'
+  fi
+  return 0
+}
+STEP=0
+
+WORK=$(mktemp -d /tmp/caa-e2e.XXXXXX)
+MOCK_PID=
+FINISHED=0
+cleanup() {
+  local rc=$?
+  if [ "$FINISHED" = 0 ]; then
+    # An unexpected error stopped the harness: count it, and still print the summary.
+    FAILED=$((FAILED + 1))
+    echo "FAIL [$STEP] the harness stopped early (exit $rc): see the output above"
+    echo "$PASSED passed, $FAILED failed"
+    rc=1
+  fi
+  ct_stop
+  if [ -n "$MOCK_PID" ]; then
+    kill "$MOCK_PID" 2>/dev/null || true
+    wait "$MOCK_PID" 2>/dev/null || true
+  fi
+  if [ "${CODEX_AUTH_AGENT_E2E_KEEP:-0}" = 1 ]; then
+    ct_log "kept $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+finish() {
+  FINISHED=1
+  echo "$PASSED passed, $FAILED failed"
+  [ "$FAILED" = 0 ]
+  exit $?
+}
+
+# ---- 0: host tools, packages, mock server, container ----------------------------------
+ct_need_host_tools
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+mkdir -p "$WORK/debs/v1" "$WORK/debs/v2"
+if bash packaging/build-deb.sh >"$WORK/build-deb.log" 2>&1; then
+  pass "packaging/build-deb.sh builds the .deb; lintian reports no errors"
+else
+  fail "packaging/build-deb.sh builds the .deb; lintian reports no errors"
+  tail -n 30 "$WORK/build-deb.log" | sed 's/^/      | /'
+  finish
+fi
+cp "target/debian/codex-auth-agent_${version}-1_amd64.deb" "$WORK/debs/v1/"
+# The upgrade: same binaries, a higher package version.
+v2="${version}+e2e1-1"
+if LINTIAN=0 bash packaging/build-deb.sh --deb-version "$v2" -o "$WORK/debs/v2/" >>"$WORK/build-deb.log" 2>&1; then
+  pass "a version-bumped package ($v2) builds"
+else
+  fail "a version-bumped package ($v2) builds"
+  tail -n 30 "$WORK/build-deb.log" | sed 's/^/      | /'
+fi
+
+cargo build --locked -q -p mock-openai --bin mock-openai
+target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+"$target_dir/debug/mock-openai" --listen 127.0.0.1:0 --port-file "$WORK/mock.port" >"$WORK/mock.log" 2>&1 &
+MOCK_PID=$!
+for _ in $(seq 1 100); do [ -s "$WORK/mock.port" ] && break; sleep 0.05; done
+MOCK="http://127.0.0.1:$(cat "$WORK/mock.port")"
+admin() { curl -fsS -X "$1" "$MOCK/__admin/$2" ${3:+-d "$3"}; }
+
+ct_rootfs
+codex_bin=${CODEX_AUTH_AGENT_CODEX_BIN:-${CODEX_AUTH_AGENT_TEST_CODEX:-}}
+[ -n "$codex_bin" ] || codex_bin=$(ls -1d "$CT_CACHE"/codex-*/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex 2>/dev/null | tail -n1 || true)
+binds=(--bind-ro="$WORK/debs:/debs")
+[ -n "$codex_bin" ] && [ -x "$codex_bin" ] && binds+=(--bind-ro="$(dirname "$codex_bin"):/opt/codex-bin")
+ct_boot "caa-e2e-$$" "${binds[@]}"
+ct_log "container up (init pid $CT_PID); mock at $MOCK"
+
+# Helpers that run inside. (No `cmd | grep -q` under pipefail: grep -q exits at the first
+# match and the writer's SIGPIPE would fail the pipeline; grep a captured string instead.)
+unit_active() { [ "$(ct_exec systemctl is-active "$1" || true)" = active ]; }
+wait_active() {
+  for _ in $(seq 1 100); do unit_active "$1" && return 0; sleep 0.1; done
+  ct_exec systemctl status --no-pager "$1" | tail -n 15
+  return 1
+}
+state_of() {
+  ct_exec busctl get-property org.codexauth.Agent1 "/org/codexauth/Agent1/account/$1" \
+    org.codexauth.Agent1.Account State 2>/dev/null | sed -n 's/^s "\(.*\)"$/\1/p'
+}
+auth_field() { ct_exec cat "/home/$1/.codex/auth.json" | jq -r "$2"; }
+# auth.json for USER from a fresh mock login, last refreshed 30 days ago (due: max_age 7d).
+write_auth() {
+  local user=$1 creds=$2 last=${3:-$(date -u -d '30 days ago' +%Y-%m-%dT%H:%M:%SZ)}
+  ct_exec install -d -o "$user" -g "$user" -m 0700 "/home/$user/.codex"
+  jq -n --argjson c "$creds" --arg last "$last" '{auth_mode: "chatgpt", OPENAI_API_KEY: null,
+      tokens: {id_token: $c.id_token, access_token: $c.access_token, refresh_token: $c.refresh_token,
+               account_id: $c.account_id}, last_refresh: $last}' |
+    ct_exec setpriv --reuid="$user" --regid="$user" --init-groups \
+      sh -c "umask 077 && cat >/home/$user/.codex/auth.json.new && mv /home/$user/.codex/auth.json.new /home/$user/.codex/auth.json"
+}
+live() { admin POST check "{\"refresh_token\":\"$1\"}" | jq -e '.live == true'; }
+journal_match() { grep . >/dev/null <<<"$(ct_exec journalctl -u codex-auth-agent --no-pager -o cat "$@")"; }
+journal_has_no() {
+  # Every field of every entry, binary fields included.
+  local j
+  j=$(ct_exec journalctl -o export --no-pager)
+  local s
+  for s in "$@"; do
+    if grep -qaF -- "$s" <<<"$j"; then
+      echo "found ${s:0:16}… in the journal"
+      return 1
+    fi
+  done
+}
+
+# ---- 1: install --------------------------------------------------------------------------
+STEP=1
+deb1=$(cd "$WORK/debs/v1" && ls codex-auth-agent_*.deb)
+if ! ct_exec apt-get install -y -q "/debs/v1/$deb1" >"$WORK/apt1.log" 2>&1; then
+  # The cached rootfs's package lists may be too old for a new dependency.
+  ct_exec apt-get update -q >>"$WORK/apt1.log" 2>&1 || true
+  ct_exec apt-get install -y -q "/debs/v1/$deb1" >>"$WORK/apt1.log" 2>&1 || true
+fi
+installed() { test "$(ct_exec dpkg-query -W -f='${Status}' codex-auth-agent 2>&1)" = "install ok installed" || tail -n 20 "$WORK/apt1.log"; }
+check "apt-get install /debs/v1/$deb1 (with its dependencies)" installed
+check "codex-auth-agent.service is active" wait_active codex-auth-agent.service
+status_line() { ct_exec systemctl status --no-pager codex-auth-agent.service | grep -E '^ *Status: ".+"'; }
+check "systemctl status shows the STATUS= line" status_line
+timers=$(ct_exec systemctl list-timers --all --no-pager || true)
+check "systemctl list-timers shows codex-auth-refresh.timer" grep -q 'codex-auth-refresh.timer' <<<"$timers"
+check "systemctl list-timers shows codex-auth-preflight.timer" grep -q 'codex-auth-preflight.timer' <<<"$timers"
+check "both timers are enabled" ct_exec systemctl is-enabled codex-auth-refresh.timer codex-auth-preflight.timer
+check "group codex-auth exists" ct_exec getent group codex-auth
+check "/etc/codex-auth-agent/seeds is 0700 root" \
+  test "$(ct_exec stat -c '%a %U' /etc/codex-auth-agent/seeds)" = "700 root"
+check "the shipped config passes check-config" ct_exec codex-auth-agent check-config
+check "man pages are installed" ct_exec test -s /usr/share/man/man8/codex-auth-agent.8.gz \
+  -a -s /usr/share/man/man1/codex-authctl.1.gz -a -s /usr/share/man/man5/codex-auth-agent.toml.5.gz
+
+# ---- 2: two users, due auth.json, a drop-in, reload --------------------------------------
+STEP=2
+ct_exec useradd -m -s /bin/sh alice
+ct_exec useradd -m -s /bin/sh bob
+ct_exec useradd -m -s /bin/sh eve # neither root nor in codex-auth
+creds_a=$(admin POST families '{"account_id":"acct-alice"}')
+creds_b=$(admin POST families '{"account_id":"acct-bob"}')
+rt_a0=$(jq -r .refresh_token <<<"$creds_a")
+rt_b0=$(jq -r .refresh_token <<<"$creds_b")
+at_a0=$(jq -r .access_token <<<"$creds_a")
+at_b0=$(jq -r .access_token <<<"$creds_b")
+write_auth alice "$creds_a"
+write_auth bob "$creds_b"
+check "alice's auth.json holds a canary refresh token" test "$(auth_field alice .tokens.refresh_token)" = "$rt_a0"
+ct_exec sh -c "cat >/etc/codex-auth-agent/config.d/50-e2e.toml" <<EOF
+# end-to-end test: two accounts against the mock token endpoint on the host
+[defaults]
+token_url = "$MOCK/oauth/token"
+preflight = false
+
+[accounts.alice]
+user = "alice"
+
+[accounts.bob]
+user = "bob"
+EOF
+check "check-config accepts the drop-in" ct_exec codex-auth-agent check-config
+check "systemctl reload codex-auth-agent" ct_exec systemctl reload codex-auth-agent.service
+accounts_after_reload() {
+  for _ in $(seq 1 50); do
+    ct_exec busctl get-property org.codexauth.Agent1 /org/codexauth/Agent1 org.codexauth.Agent1.Manager Accounts 2>/dev/null |
+      grep '^ao 2 ' >/dev/null && return 0
+    sleep 0.1
+  done
+  ct_exec busctl get-property org.codexauth.Agent1 /org/codexauth/Agent1 org.codexauth.Agent1.Manager Accounts
+  return 1
+}
+check "the daemon serves both accounts after the reload" accounts_after_reload
+
+# ---- 3: the refresh service --------------------------------------------------------------
+STEP=3
+check "systemctl start codex-auth-refresh.service succeeds" ct_exec systemctl start codex-auth-refresh.service
+for u in alice bob; do
+  rt0=$rt_a0
+  [ $u = bob ] && rt0=$rt_b0
+  rt1=$(auth_field $u .tokens.refresh_token || true)
+  check "$u: auth.json has a new refresh token" test -n "$rt1" -a "$rt1" != null -a "$rt1" != "$rt0"
+  check "$u: the new refresh token is the mock's live one" live "$rt1"
+  check "$u: auth.json is 0600 and owned by $u" \
+    test "$(ct_exec stat -c '%a %U %G' /home/$u/.codex/auth.json)" = "600 $u $u"
+  check "$u: journalctl -u codex-auth-agent ACCOUNT=$u shows OUTCOME=refreshed" \
+    journal_match ACCOUNT=$u OUTCOME=refreshed
+done
+rt_a1=$(auth_field alice .tokens.refresh_token || true)
+rt_b1=$(auth_field bob .tokens.refresh_token || true)
+at_a1=$(auth_field alice .tokens.access_token || true)
+check "no token (canary prefix, old or new tokens) anywhere in journalctl -o export" \
+  journal_has_no CANARY- "$rt_a0" "$rt_b0" "$at_a0" "$at_b0" "$rt_a1" "$rt_b1" "$at_a1"
+
+# ---- 4: D-Bus ----------------------------------------------------------------------------
+STEP=4
+introspect() { grep '^org.codexauth.Agent1.Manager ' <<<"$(ct_exec busctl introspect org.codexauth.Agent1 /org/codexauth/Agent1)"; }
+check "busctl introspect org.codexauth.Agent1 /org/codexauth/Agent1 shows the Manager" introspect
+check "busctl get-property …/account/alice State is ok" test "$(state_of alice)" = ok
+check "busctl get-property …/account/bob State is ok" test "$(state_of bob)" = ok
+status_json=$(ct_exec codex-authctl status --json 2>&1 || true)
+ctl_state() { jq -r --arg n "$1" 'select((.name // .account) == $n) | .state' <<<"$status_json" 2>/dev/null; }
+check "codex-authctl status --json agrees (alice ok)" test "$(ctl_state alice)" = ok
+check "codex-authctl status --json agrees (bob ok)" test "$(ctl_state bob)" = ok
+# D-Bus activation: with the daemon stopped, a ctl call starts it (SystemdService=).
+ct_exec systemctl stop codex-auth-agent.service
+activated() {
+  ! unit_active codex-auth-agent.service &&
+    ct_exec codex-authctl status >/dev/null && unit_active codex-auth-agent.service
+}
+check "a codex-authctl call starts the stopped daemon (bus activation)" activated
+
+# ---- 5: an unprivileged user ---------------------------------------------------------------
+STEP=5
+set +e
+ct_exec setpriv --reuid=eve --regid=eve --init-groups codex-authctl refresh alice >"$WORK/eve.out" 2>&1
+rc_eve=$?
+ct_exec setpriv --reuid=eve --regid=eve --init-groups codex-authctl status >"$WORK/eve-status.out" 2>&1
+rc_eve_status=$?
+set -e
+check "as eve: codex-authctl refresh alice is denied (exit 77, got $rc_eve)" test "$rc_eve" = 77
+check "as eve: codex-authctl status works (exit 0, got $rc_eve_status)" test "$rc_eve_status" = 0
+check "as eve: the status lists alice" grep -q alice "$WORK/eve-status.out"
+
+# ---- 6: a dead login ------------------------------------------------------------------------
+STEP=6
+admin POST fault '{"fault":{"kind":"preset","name":"refresh_token_reused"},"sticky":true,"account_id":"acct-alice"}' >/dev/null
+# Make alice due again (same, current tokens; last refresh long ago) so the timer's
+# `refresh --all` (no --force) sends her token and meets the fault.
+write_auth alice "$(ct_exec cat /home/alice/.codex/auth.json | jq -c '.tokens')"
+bob_before=$(ct_exec sha256sum /home/bob/.codex/auth.json)
+set +e
+ct_exec systemctl start codex-auth-refresh.service >"$WORK/refresh6.out" 2>&1
+rc6=$?
+set -e
+check "systemctl start codex-auth-refresh.service fails (exit $rc6)" test "$rc6" != 0
+listed_failed() { grep 'codex-auth-refresh.service' <<<"$(ct_exec systemctl --failed --no-pager --plain)"; }
+check "codex-auth-refresh.service is failed (systemctl --failed shows it)" listed_failed
+check "alice: State is failed_permanent" test "$(state_of alice)" = failed_permanent
+n_err=$(ct_exec journalctl -u codex-auth-agent --no-pager -o cat -p err ACCOUNT=alice | grep -c . || true)
+check "alice: exactly one err journal entry (got $n_err)" test "$n_err" = 1
+check "bob: State is still ok" test "$(state_of bob)" = ok
+check "bob: auth.json untouched" test "$(ct_exec sha256sum /home/bob/.codex/auth.json)" = "$bob_before"
+check "bob: his refresh token is still live" live "$rt_b1"
+check "still no token in the journal" journal_has_no CANARY- "$rt_a1" "$rt_b1" "$at_a1"
+admin POST clear >/dev/null
+
+# ---- 7: upgrade, then purge -----------------------------------------------------------------
+STEP=7
+pid_before=$(ct_exec systemctl show -P MainPID codex-auth-agent.service)
+state_files_before=$(ct_exec sh -c 'cd /var/lib/codex-auth-agent && find . -type f | sort')
+conf_before=$(ct_exec cat /etc/codex-auth-agent/config.d/50-e2e.toml)
+deb2=$(cd "$WORK/debs/v2" && ls codex-auth-agent_*.deb 2>/dev/null || true)
+check "apt-get install of the bumped package ($deb2)" ct_exec apt-get install -y -q "/debs/v2/$deb2"
+check "the installed version is $v2" \
+  test "$(ct_exec dpkg-query -W -f='${Version}' codex-auth-agent)" = "$v2"
+restarted() {
+  wait_active codex-auth-agent.service && test "$(ct_exec systemctl show -P MainPID codex-auth-agent.service)" != "$pid_before"
+}
+check "the daemon was restarted (new main pid)" restarted
+check "the config drop-in is kept" test "$(ct_exec cat /etc/codex-auth-agent/config.d/50-e2e.toml)" = "$conf_before"
+check "the state files are kept" test -n "$state_files_before" -a \
+  "$(ct_exec sh -c 'cd /var/lib/codex-auth-agent && find . -type f | sort')" = "$state_files_before"
+check "after the upgrade the daemon still reports bob ok" test "$(state_of bob)" = ok
+check "after the upgrade both timers are still active" \
+  test "$(ct_exec systemctl is-active codex-auth-refresh.timer codex-auth-preflight.timer | sort -u)" = active
+files=$(ct_exec dpkg-query -L codex-auth-agent | sort)
+auth_a=$(ct_exec sha256sum /home/alice/.codex/auth.json)
+auth_b=$(ct_exec sha256sum /home/bob/.codex/auth.json)
+check "apt-get purge codex-auth-agent" ct_exec apt-get purge -y -q codex-auth-agent
+left=$(for f in $files; do
+  # Shared directories (/usr/share/man/man8, …) stay, the package's own files must not.
+  case "$f" in /. | /etc | /usr | /usr/* | /lib | /lib/*) [ -d "$(ct_path "$f")" ] && continue ;; esac
+  if [ -e "$(ct_path "$f")" ] || [ -L "$(ct_path "$f")" ]; then echo "$f"; fi
+done)
+check "purge: no file of the package is left" test -z "$left"
+gone() { local p; for p in "$@"; do ! ct_exec test -e "$p" || { echo "$p is still there"; return 1; }; done; }
+check "purge: /etc/codex-auth-agent and /var/lib/codex-auth-agent are gone" \
+  gone /etc/codex-auth-agent /var/lib/codex-auth-agent
+no_units() {
+  ! ct_exec sh -c 'ls -d /etc/systemd/system/*/codex-auth-* /etc/systemd/system/codex-auth-* 2>/dev/null' | grep . &&
+    test "$(ct_exec systemctl show -P LoadState codex-auth-agent.service)" = not-found
+}
+check "purge: no unit is left enabled, masked or loaded" no_units
+off_bus() { ! ct_exec busctl status org.codexauth.Agent1 >/dev/null 2>&1; }
+check "purge: the daemon is gone from the bus" off_bus
+check "purge: users' auth.json untouched" test "$(ct_exec sha256sum /home/alice/.codex/auth.json)" = "$auth_a" -a \
+  "$(ct_exec sha256sum /home/bob/.codex/auth.json)" = "$auth_b"
+
+# ---- 8: hardening ----------------------------------------------------------------------------
+STEP=8
+# Reinstall after the purge (measures the shipped unit, and a purge must not block a new
+# installation).
+ct_exec apt-get install -y -q "/debs/v1/$deb1" >"$WORK/apt8.log" 2>&1 || true
+check "reinstall after the purge: the service is active again" wait_active codex-auth-agent.service
+sec=$(ct_exec systemd-analyze security --no-pager codex-auth-agent.service 2>&1 || true)
+printf '%s\n' "$sec" | grep -E '✗|Overall' | sed 's/^/      /'
+score=$(printf '%s\n' "$sec" | sed -n 's/.*Overall exposure level for codex-auth-agent.service: \([0-9.]*\).*/\1/p')
+check "systemd-analyze security exposure ${score:-?} ≤ 3.0" awk -v s="${score:-99}" 'BEGIN { exit !(s <= 3.0) }'
+# The Codex CLI's native binary under the service's own sandbox (MemoryDenyWriteExecute,
+# the system call filter, NoNewPrivileges…), as an account user, the way the preflight runs it.
+if ct_exec test -x /opt/codex-bin/codex; then
+  props=()
+  while IFS= read -r line; do props+=(-p "$line"); done < <(
+    ct_exec sed -n '/^\[Service\]/,/^\[/p' /usr/lib/systemd/system/codex-auth-agent.service |
+      grep -E '^[A-Z][A-Za-z]+=' |
+      grep -vE '^(Type|BusName|ExecStart|ExecReload|Restart|RestartSec|WatchdogSec|NotifyAccess|TimeoutStopSec|KillMode|StateDirectory|StateDirectoryMode|ConfigurationDirectory|ConfigurationDirectoryMode)='
+  )
+  codex_sandboxed() {
+    ct_exec systemd-run --wait --pipe --quiet "${props[@]}" \
+      setpriv --reuid=alice --regid=alice --init-groups env HOME=/tmp /opt/codex-bin/codex --version |
+      grep '^codex'
+  }
+  check "codex --version runs under the service's sandbox as alice (MemoryDenyWriteExecute=yes)" codex_sandboxed
+else
+  echo "SKIP [8] codex --version under the service's sandbox (no Codex CLI binary; set CODEX_AUTH_AGENT_CODEX_BIN)"
+fi
+
+finish

@@ -1,0 +1,164 @@
+//! A private dbus-daemon (session type, any local user may connect) and the agent daemon
+//! running against it, for the daemon tests.
+
+use super::*;
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CTL: &str = env!("CARGO_BIN_EXE_codex-authctl");
+
+pub struct PrivateBus {
+    child: Child,
+    pub address: String,
+}
+
+impl PrivateBus {
+    pub fn start(dir: &Path) -> PrivateBus {
+        let sock = dir.join("bus");
+        let conf = dir.join("bus.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"#,
+                sock.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .arg("--nofork")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (package dbus) is needed for the daemon tests");
+        let t0 = Instant::now();
+        while !sock.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "dbus-daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        PrivateBus { child, address: format!("unix:path={}", sock.display()) }
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent daemon under test, with its stderr log and the sd-notify messages it sent.
+pub struct AgentDaemon {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    /// Every sd-notify message, collected by a thread so the daemon is never blocked.
+    notes: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl AgentDaemon {
+    pub fn start(s: &Scratch, m: &MockServer, cfg: &Path, bus: &PrivateBus) -> AgentDaemon {
+        let log = s.path().join(format!("daemon-{}.log", fastrand_suffix()));
+        let sock = s.path().join(format!("notify-{}.sock", fastrand_suffix()));
+        let notify = UnixDatagram::bind(&sock).unwrap();
+        let notes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = notes.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = notify.recv(&mut buf) {
+                sink.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        let mut cmd = agent(s, m);
+        cmd.arg("--config")
+            .arg(cfg)
+            .args(["daemon", "--bus", &bus.address])
+            .env("NOTIFY_SOCKET", &sock)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().unwrap();
+        let mut d = AgentDaemon { child: Some(child), log, notes };
+        d.wait_note("READY=1", Duration::from_secs(20));
+        d
+    }
+
+    /// Wait until a notify message containing `what` arrived.
+    pub fn wait_note(&mut self, what: &str, limit: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Some(n) = self.notes().into_iter().find(|n| n.contains(what)) {
+                return n;
+            }
+            assert!(t0.elapsed() < limit, "no sd-notify {what:?}; got {:?}\nlog:\n{}", self.notes(), self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.lock().unwrap().clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().unwrap().id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+
+    /// SIGTERM and the exit code.
+    pub fn stop(&mut self) -> i32 {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(t0.elapsed() < Duration::from_secs(40), "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentDaemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn fastrand_suffix() -> String {
+    format!("{:08x}", std::process::id() ^ (Instant::now().elapsed().as_nanos() as u32) ^ rand_u32())
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    u32::from_ne_bytes(b)
+}
+
+/// codex-authctl against the private bus.
+pub fn ctl(bus: &PrivateBus) -> Command {
+    let mut c = Command::new(CTL);
+    c.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).args(["--address", &bus.address]);
+    c
+}
