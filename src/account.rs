@@ -6,10 +6,11 @@ use crate::clock::Clock;
 use crate::config::{AccountSettings, Settings};
 use crate::logging;
 use crate::outcome::{Failure, Report};
+use crate::preflight::{PreflightJob, PreflightReport};
 use crate::privsep::{self, Identity};
 use crate::seed::{self, SeedInput};
 use crate::status;
-use crate::worker::Job;
+use crate::worker::{self, Job};
 
 /// Flags of one refresh request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,7 +41,54 @@ pub fn job_for(settings: &Settings, acct: &AccountSettings, id: &Identity, opts:
         dry_run: opts.dry_run,
         seed,
         store: None,
+        refresh_method: acct.refresh.refresh_method,
+        codex_bin: settings.agent.codex_bin.clone(),
+        codex_base_url: acct.refresh.codex_base_url.clone(),
+        temp_dir: std::env::temp_dir(),
+        preflight_timeout: acct.refresh.preflight_timeout,
     }
+}
+
+/// Build the preflight job for `acct` (no root-only input: it works on auth.json as is).
+pub fn preflight_job_for(settings: &Settings, acct: &AccountSettings, id: &Identity) -> PreflightJob {
+    let r = &acct.refresh;
+    PreflightJob {
+        account: acct.name.clone(),
+        codex_home: acct.codex_home.clone(),
+        owner_uid: id.uid,
+        timeout: r.preflight_timeout,
+        lock_wait: worker::cycle_lock_wait(
+            worker::refresh_limit(r.refresh_method, r.request_timeout),
+            r.preflight_timeout,
+        ),
+        codex_bin: settings.agent.codex_bin.clone(),
+        codex_base_url: r.codex_base_url.clone(),
+        token_url: r.token_url.clone(),
+        temp_dir: std::env::temp_dir(),
+    }
+}
+
+/// Preflight one account (`codex exec` on a throwaway copy, as its user) and record the
+/// runner status. Blocking, up to `preflight_timeout` plus lock waits. Runs whatever the
+/// account's `preflight` key says: that key only gates the automatic triggers.
+pub fn preflight(settings: &Settings, acct: &AccountSettings, clock: &dyn Clock) -> PreflightReport {
+    let report = match Identity::lookup(&acct.user) {
+        Ok(id) => privsep::preflight_as(&id, &preflight_job_for(settings, acct, &id), clock),
+        Err(e) => PreflightReport::failed(&acct.name, Failure::permanent(e)),
+    };
+    record_preflight(settings, &report, clock);
+    report
+}
+
+/// Fold a preflight into status.json (runner fields) and write its journal entries.
+pub fn record_preflight(settings: &Settings, report: &PreflightReport, clock: &dyn Clock) {
+    let state_dir = &settings.agent.state_dir;
+    let mut st = status::load(state_dir, &report.account);
+    st.update_runner(report, clock.now(), status::boot_id().as_deref());
+    if let Err(e) = status::save(state_dir, &st) {
+        tracing::warn!(account = %report.account, "could not save status: {e}");
+    }
+    logging::log_preflight(report);
 }
 
 /// Refresh one account and record the outcome.

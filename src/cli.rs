@@ -6,7 +6,7 @@ use crate::account;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, AccountSettings, Env, Settings};
 use crate::logging;
-use crate::outcome::{Report, exit};
+use crate::outcome::exit;
 use crate::privsep::{self, Identity};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -36,6 +36,9 @@ pub enum Command {
     CheckConfig,
     /// Refresh the credentials that are due, in this process (no daemon needed)
     Refresh(RefreshArgs),
+    /// Prove each login works: `codex exec` on a throwaway copy, as the account's user
+    /// (`--all` skips accounts with preflight = false)
+    Preflight(PreflightArgs),
     /// Run the agent: D-Bus service, schedules, sd-notify (what the systemd unit starts)
     Daemon {
         /// `system`, `session`, or a D-Bus address such as unix:path=/run/x
@@ -47,9 +50,10 @@ pub enum Command {
     Worker,
 }
 
+/// Which accounts a one-shot command works on.
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("target").required(true).args(["account", "all", "codex_home"])))]
-pub struct RefreshArgs {
+pub struct Target {
     /// A configured account
     #[arg(long, value_name = "NAME")]
     pub account: Option<String>,
@@ -59,12 +63,28 @@ pub struct RefreshArgs {
     /// Single-user mode: this CODEX_HOME, as the invoking user, no config file needed
     #[arg(long, value_name = "DIR")]
     pub codex_home: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RefreshArgs {
+    #[command(flatten)]
+    pub target: Target,
     /// Refresh even when the credential is fresh
     #[arg(long)]
     pub force: bool,
     /// Say what would happen; send and write nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// One JSON object per account and line
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--all` skips accounts with `preflight = false`; `--account` runs regardless.
+#[derive(Args, Debug)]
+pub struct PreflightArgs {
+    #[command(flatten)]
+    pub target: Target,
     /// One JSON object per account and line
     #[arg(long)]
     pub json: bool,
@@ -87,6 +107,7 @@ pub fn main() -> i32 {
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Daemon { bus } => crate::daemon::main(cli.config.as_deref(), bus),
         Command::Refresh(args) => refresh(cli.config.as_deref(), &args, &clock),
+        Command::Preflight(args) => preflight(cli.config.as_deref(), &args, &clock),
     }
 }
 
@@ -117,9 +138,9 @@ fn user_state_dir(me: &Identity) -> PathBuf {
 }
 
 /// The settings and the accounts to work on, or an exit code.
-fn select(flag: Option<&Path>, args: &RefreshArgs) -> Result<(Settings, Vec<String>), i32> {
+fn select(flag: Option<&Path>, target: &Target) -> Result<(Settings, Vec<String>), i32> {
     let env = Env::from_process();
-    if let Some(home) = &args.codex_home {
+    if let Some(home) = &target.codex_home {
         let me = Identity::current().map_err(|e| {
             eprintln!("{e}");
             exit::USAGE
@@ -139,7 +160,7 @@ fn select(flag: Option<&Path>, args: &RefreshArgs) -> Result<(Settings, Vec<Stri
     for w in &settings.warnings {
         eprintln!("warning: {w}");
     }
-    let names: Vec<String> = match &args.account {
+    let names: Vec<String> = match &target.account {
         Some(name) if settings.accounts.contains_key(name) => vec![name.clone()],
         Some(name) => {
             let known: Vec<&str> = settings.accounts.keys().map(String::as_str).collect();
@@ -162,7 +183,7 @@ fn select(flag: Option<&Path>, args: &RefreshArgs) -> Result<(Settings, Vec<Stri
 }
 
 fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
-    let (settings, names) = match select(flag, args) {
+    let (settings, names) = match select(flag, &args.target) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -181,13 +202,42 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
     code
 }
 
-/// Run `f` for each named account with at most `parallel` at once; reports in order.
-fn run_parallel<F>(settings: &Settings, names: &[String], parallel: usize, f: F) -> Vec<Report>
+fn preflight(flag: Option<&Path>, args: &PreflightArgs, clock: &dyn Clock) -> i32 {
+    let (settings, mut names) = match select(flag, &args.target) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if args.target.all {
+        names.retain(|n| {
+            let on = settings.accounts[n].refresh.preflight;
+            if !on {
+                eprintln!("account {n}: skipped (preflight = false)");
+            }
+            on
+        });
+    }
+    if names.is_empty() {
+        eprintln!("no accounts to preflight; add [accounts.NAME] sections (with preflight = true) to the config");
+        return exit::OK;
+    }
+    let reports =
+        run_parallel(&settings, &names, settings.agent.max_parallel, |a| account::preflight(&settings, a, clock));
+    let mut code = exit::OK;
+    for r in &reports {
+        println!("{}", if args.json { r.json_line() } else { r.human_line() });
+        code = exit::worst(code, r.exit_code());
+    }
+    code
+}
+
+/// Run `f` for each named account with at most `parallel` at once; results in order.
+fn run_parallel<R, F>(settings: &Settings, names: &[String], parallel: usize, f: F) -> Vec<R>
 where
-    F: Fn(&AccountSettings) -> Report + Sync,
+    R: Send,
+    F: Fn(&AccountSettings) -> R + Sync,
 {
     let next = AtomicUsize::new(0);
-    let slots: Mutex<Vec<Option<Report>>> = Mutex::new(vec![None; names.len()]);
+    let slots: Mutex<Vec<Option<R>>> = Mutex::new(names.iter().map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..parallel.clamp(1, names.len()) {
             s.spawn(|| {

@@ -10,6 +10,8 @@ pub mod authfile;
 pub mod cli;
 /// The one place that reads the wall clock; everything else takes `now` as a parameter.
 pub mod clock;
+/// The real Codex CLI in a throwaway home: offline config, scrubbed env, cleanup.
+pub mod codexrun;
 /// Config files: fragments → merged with defaults → validated settings.
 pub mod config;
 /// `codex-authctl`: the D-Bus client of the daemon.
@@ -24,6 +26,8 @@ pub mod names;
 pub mod outcome;
 /// Pure refresh decision from (auth facts, settings, now).
 pub mod policy;
+/// `codex exec` on a throwaway copy proves a login works; adopts what Codex refreshed.
+pub mod preflight;
 /// Running one account's job as its Unix user: privilege drop and the worker child.
 pub mod privsep;
 /// Token refresh over OAuth and Codex's error classification.

@@ -3,7 +3,8 @@
 //! opaque token before it reaches stderr — defence in depth, since no code path logs
 //! token values in the first place.
 
-use crate::outcome::{Event, FailureClass, Report};
+use crate::outcome::{Event, Failure, FailureClass, Report};
+use crate::preflight::PreflightReport;
 use chrono::SecondsFormat;
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -129,33 +130,86 @@ fn journal_outcome(r: &Report) -> &'static str {
 /// One structured entry per cycle (plus one per secondary event), with the contract's
 /// fields: ACCOUNT, OUTCOME, FAILURE_CLASS, REASON, HTTP_STATUS, TOKEN_FP, EXPIRES_AT.
 pub fn log_report(r: &Report) {
-    let class = r.class();
-    let level = match class {
-        Some(FailureClass::Permanent) => Level::ERROR,
-        Some(_) => Level::WARN,
-        None => Level::INFO,
-    };
-    let expires = r.expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
-    let http = r.failure.as_ref().and_then(|f| f.http_status);
     for e in &r.events {
         let (outcome, msg) = match e {
             Event::Adopted => ("adopted", "adopted the credential on disk"),
             Event::Seeded => ("seeded", "installed a new seed"),
             Event::Stored => ("stored", "installed the stored auth.json"),
         };
-        tracing::info!(account = %r.account, outcome, token_fp = r.token_fp.as_deref(), "{}: {msg}", r.account);
+        log_event(&r.account, outcome, r.token_fp.as_deref(), msg);
     }
-    let msg = redact(&r.human_line()).into_owned();
+    let main = Entry::new(&r.account, journal_outcome(r), r.failure.as_ref(), &r.reason, r.human_line());
+    log_entry(&Entry { token_fp: r.token_fp.as_deref(), expires_at: r.expires_at, ..main });
+}
+
+/// One preflight's entries: OUTCOME=adopted when Codex's refreshed credential was
+/// adopted, then OUTCOME=preflight_ok or preflight_failed.
+pub fn log_preflight(r: &PreflightReport) {
+    if r.adopted {
+        log_event(
+            &r.account,
+            "adopted",
+            r.token_fp.as_deref(),
+            "adopted the credential Codex refreshed in the preflight",
+        );
+    }
+    let main = Entry::new(&r.account, r.outcome(), r.failure.as_ref(), &r.reason, r.human_line());
+    log_entry(&Entry { token_fp: r.token_fp.as_deref(), expires_at: r.expires_at, ..main });
+}
+
+/// A secondary event (info): ACCOUNT, OUTCOME, TOKEN_FP.
+fn log_event(account: &str, outcome: &str, token_fp: Option<&str>, msg: &str) {
+    tracing::info!(account = %account, outcome, token_fp, "{account}: {msg}");
+}
+
+/// The contract's fields of one main journal entry.
+struct Entry<'a> {
+    account: &'a str,
+    outcome: &'a str,
+    class: Option<FailureClass>,
+    reason: &'a str,
+    http_status: Option<u16>,
+    token_fp: Option<&'a str>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The human line; redacted before it is written.
+    message: String,
+}
+
+impl<'a> Entry<'a> {
+    /// An entry without credential facts (token_fp, expires_at).
+    fn new(account: &'a str, outcome: &'a str, failure: Option<&Failure>, reason: &'a str, message: String) -> Self {
+        Entry {
+            account,
+            outcome,
+            class: failure.map(|f| f.class),
+            reason,
+            http_status: failure.and_then(|f| f.http_status),
+            token_fp: None,
+            expires_at: None,
+            message,
+        }
+    }
+}
+
+/// Write one main entry at the priority its class calls for.
+fn log_entry(e: &Entry) {
+    let level = match e.class {
+        Some(FailureClass::Permanent) => Level::ERROR,
+        Some(_) => Level::WARN,
+        None => Level::INFO,
+    };
+    let expires = e.expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
+    let msg = redact(&e.message).into_owned();
     macro_rules! emit {
         ($lvl:expr) => {
             tracing::event!(
                 $lvl,
-                account = %r.account,
-                outcome = journal_outcome(r),
-                failure_class = class.map(FailureClass::as_str),
-                reason = %redact(&r.reason),
-                http_status = http,
-                token_fp = r.token_fp.as_deref(),
+                account = %e.account,
+                outcome = e.outcome,
+                failure_class = e.class.map(FailureClass::as_str),
+                reason = %redact(e.reason),
+                http_status = e.http_status,
+                token_fp = e.token_fp,
                 expires_at = expires.as_deref(),
                 "{msg}"
             )

@@ -6,6 +6,7 @@
 
 use crate::clock::Clock;
 use crate::outcome::{Failure, Report};
+use crate::preflight::{self, PreflightJob, PreflightReport};
 use crate::worker::{self, Job};
 use nix::unistd::{Gid, Uid, User};
 use serde::{Deserialize, Serialize};
@@ -13,8 +14,8 @@ use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 /// Largest job or report we accept over the pipe.
 const MAX_PIPE_BYTES: u64 = 4 * 1024 * 1024;
@@ -47,12 +48,64 @@ impl Identity {
     }
 }
 
+/// One unit of work done as the account's user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    Refresh(Job),
+    Preflight(PreflightJob),
+}
+
+/// The result of a [`Task`], of the matching kind.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskReport {
+    Refresh(Report),
+    Preflight(PreflightReport),
+}
+
+impl Task {
+    fn account(&self) -> &str {
+        match self {
+            Task::Refresh(j) => &j.account,
+            Task::Preflight(j) => &j.account,
+        }
+    }
+
+    /// After this the parent kills the worker.
+    fn deadline(&self) -> Duration {
+        match self {
+            Task::Refresh(j) => j.deadline(),
+            Task::Preflight(j) => j.deadline(),
+        }
+    }
+
+    /// Do it here, as whoever this process is now.
+    fn run(&self, clock: &dyn Clock) -> TaskReport {
+        match self {
+            Task::Refresh(j) => TaskReport::Refresh(worker::run(j, clock)),
+            Task::Preflight(j) => TaskReport::Preflight(preflight::run(j, clock)),
+        }
+    }
+
+    /// A failed report of the matching kind.
+    fn failed(&self, f: Failure) -> TaskReport {
+        match self {
+            Task::Refresh(_) => TaskReport::Refresh(Report::failed(self.account(), f)),
+            Task::Preflight(_) => TaskReport::Preflight(PreflightReport::failed(self.account(), f)),
+        }
+    }
+}
+
 /// What the parent sends the worker child.
 #[derive(Serialize, Deserialize)]
 pub struct WorkerRequest {
     pub identity: Identity,
-    pub job: Job,
+    pub task: Task,
 }
+
+/// A worker answering a different kind of task than it was given is a bug of ours.
+const MISMATCH: &str = "the worker answered with a report of the wrong kind; will retry";
 
 /// Make this process undumpable and core-less: it may hold tokens in memory.
 pub fn harden_process() {
@@ -84,28 +137,64 @@ pub fn drop_privileges(id: &Identity) -> Result<(), String> {
     Ok(())
 }
 
-/// Run `job` as `id`: in-process when we already are that user, else in a worker child
-/// (which needs root). Always returns a report.
+/// Run the refresh `job` as `id`: in-process when we already are that user, else in a
+/// worker child (which needs root). Always returns a report.
 pub fn run_as(id: &Identity, job: &Job, clock: &dyn Clock) -> Report {
+    match run_task(id, Task::Refresh(job.clone()), clock) {
+        TaskReport::Refresh(r) => r,
+        TaskReport::Preflight(_) => Report::failed(&job.account, Failure::transient(MISMATCH)),
+    }
+}
+
+/// Run the preflight `job` as `id`, like [`run_as`].
+pub fn preflight_as(id: &Identity, job: &PreflightJob, clock: &dyn Clock) -> PreflightReport {
+    match run_task(id, Task::Preflight(job.clone()), clock) {
+        TaskReport::Preflight(r) => r,
+        TaskReport::Refresh(_) => PreflightReport::failed(&job.account, Failure::transient(MISMATCH)),
+    }
+}
+
+/// The one path for every task: in-process as its user, or in a dropped worker child.
+fn run_task(id: &Identity, task: Task, clock: &dyn Clock) -> TaskReport {
     let euid = nix::unistd::geteuid();
     if euid.as_raw() == id.uid {
-        return worker::run(job, clock);
+        return task.run(clock);
     }
     if !euid.is_root() {
-        return Report::failed(
-            &job.account,
-            Failure::permanent(format!("must run as root or as user {} to work on this account", id.user)),
-        );
+        return task
+            .failed(Failure::permanent(format!("must run as root or as user {} to work on this account", id.user)));
     }
-    spawn_worker(&WorkerRequest { identity: id.clone(), job: job.clone() }, job.deadline())
+    let deadline = task.deadline();
+    spawn_worker(&WorkerRequest { identity: id.clone(), task }, deadline)
+}
+
+/// Wait for `child` at most `limit`; past it, SIGKILL its whole process group (it was
+/// started with `process_group(0)`). The group is killed once the leader has exited too,
+/// so nothing it started outlives it. None when the limit was hit.
+pub fn wait_or_kill_group(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        // A blocking wait on a helper thread sees the exit at once (polling cost ~2.5 ms a
+        // run on average, which is most of the preflight's overhead budget).
+        s.spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = match rx.recv_timeout(limit) {
+            Ok(Ok(status)) => Some(status),
+            // Past the limit (or wait failed): the kill below lets the helper reap it.
+            _ => None,
+        };
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        status
+    })
 }
 
 /// Env the worker may see: nothing secret, just enough to log and find binaries.
 const PASSTHROUGH_ENV: &[&str] = &["PATH", "JOURNAL_STREAM", "CODEX_AUTH_AGENT_LOG", "RUST_LOG", "LANG", "LC_ALL"];
 
-fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> Report {
-    let account = req.job.account.clone();
-    let fail = |why: String| Report::failed(&account, Failure::transient(why));
+fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> TaskReport {
+    let fail = |why: String| req.task.failed(Failure::transient(why));
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => return fail(format!("cannot locate our own executable: {e}")),
@@ -134,25 +223,12 @@ fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> Report {
         let _ = (&mut stdout).take(MAX_PIPE_BYTES).read_to_end(&mut out);
         out
     });
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) | Err(_) => {
-                let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-                let _ = child.wait();
-                let _ = reader.join();
-                return fail(format!(
-                    "worker did not finish within {}s and was killed; will retry",
-                    deadline.as_secs()
-                ));
-            }
-        }
+    let Some(status) = wait_or_kill_group(&mut child, deadline) else {
+        let _ = reader.join();
+        return fail(format!("worker did not finish within {}s and was killed; will retry", deadline.as_secs()));
     };
     let out = reader.join().unwrap_or_default();
-    match serde_json::from_slice::<Report>(&out) {
+    match serde_json::from_slice::<TaskReport>(&out) {
         Ok(report) => report,
         Err(_) => fail(format!("worker exited ({status}) without a report; will retry")),
     }
@@ -179,10 +255,8 @@ pub fn worker_main(clock: &dyn Clock) -> i32 {
         }
     };
     let report = match drop_privileges(&req.identity) {
-        Ok(()) => worker::run(&req.job, clock),
-        Err(e) => {
-            Report::failed(&req.job.account, Failure::transient(format!("cannot run as {}: {e}", req.identity.user)))
-        }
+        Ok(()) => req.task.run(clock),
+        Err(e) => req.task.failed(Failure::transient(format!("cannot run as {}: {e}", req.identity.user))),
     };
     println!("{}", serde_json::to_string(&report).unwrap_or_default());
     crate::outcome::exit::OK

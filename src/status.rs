@@ -4,6 +4,7 @@
 
 use crate::authfile::dir::{DirError, SafeDir};
 use crate::outcome::{FailureClass, Outcome, Report};
+use crate::preflight::{PreflightReport, RunnerState};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,14 @@ pub struct AccountStatus {
     pub last_attempt: Option<DateTime<Utc>>,
     pub last_success: Option<DateTime<Utc>>,
     pub consecutive_failures: u32,
+    /// The preflight (runner): last verdict, when it last passed, failed and ran, the
+    /// kernel boot id at the last check, and the last reason.
+    pub runner_state: RunnerState,
+    pub runner_last_ok: Option<DateTime<Utc>>,
+    pub runner_last_fail: Option<DateTime<Utc>>,
+    pub runner_last_check: Option<DateTime<Utc>>,
+    pub runner_boot_id: Option<String>,
+    pub runner_last_reason: String,
 }
 
 impl AccountStatus {
@@ -68,6 +77,36 @@ impl AccountStatus {
             self.seed_sha256 = r.seed_applied.clone();
         }
     }
+}
+
+impl AccountStatus {
+    /// Fold one preflight's report in (pure). A preflight that adopted Codex's refreshed
+    /// credential changed the canonical file, so its facts replace ours.
+    pub fn update_runner(&mut self, r: &PreflightReport, now: DateTime<Utc>, boot_id: Option<&str>) {
+        self.account = r.account.clone();
+        self.runner_state = r.state;
+        self.runner_last_check = Some(now);
+        match r.state {
+            RunnerState::Ok => self.runner_last_ok = Some(now),
+            _ => self.runner_last_fail = Some(now),
+        }
+        self.runner_boot_id = boot_id.map(str::to_string);
+        self.runner_last_reason = r.reason.clone();
+        if r.adopted {
+            self.expires_at = r.expires_at;
+            self.last_refresh = r.last_refresh;
+            self.token_fp = r.token_fp.clone();
+            self.auth_sha256 = r.auth_sha256.clone();
+        }
+    }
+}
+
+/// The kernel's boot id (changes on every boot), recorded with each preflight.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 pub fn account_dir(state_dir: &Path, account: &str) -> PathBuf {
@@ -129,6 +168,35 @@ mod tests {
         s.update(&ok, now());
         assert_eq!(s.consecutive_failures, 0);
         assert_eq!(s.last_success, Some(now()));
+    }
+
+    #[test]
+    fn runner_fields_follow_preflights() {
+        use crate::outcome::Failure;
+        let mut s = AccountStatus { token_fp: Some("old".into()), ..Default::default() };
+        assert_eq!(s.runner_state, RunnerState::Unknown);
+        let mut ok = PreflightReport::failed("a", Failure::transient("x"));
+        (ok.state, ok.failure, ok.reason) = (RunnerState::Ok, None, "codex exec answered Banana".into());
+        ok.token_fp = Some("new".into());
+        s.update_runner(&ok, now(), Some("boot-1"));
+        assert_eq!((s.runner_state, s.runner_last_ok, s.runner_last_fail), (RunnerState::Ok, Some(now()), None));
+        assert_eq!(s.runner_boot_id.as_deref(), Some("boot-1"));
+        assert_eq!(s.token_fp.as_deref(), Some("old"), "nothing adopted: credential facts kept");
+        ok.adopted = true;
+        s.update_runner(&ok, now(), None);
+        assert_eq!(s.token_fp.as_deref(), Some("new"));
+        let later = now() + chrono::Duration::seconds(60);
+        s.update_runner(&PreflightReport::failed("a", Failure::permanent("gone")), later, Some("boot-2"));
+        assert_eq!(
+            (s.runner_state, s.runner_last_fail, s.runner_last_check),
+            (RunnerState::Fail, Some(later), Some(later))
+        );
+        assert_eq!((s.runner_last_ok, s.runner_last_reason.as_str()), (Some(now()), "gone"));
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["runner_state"], "fail");
+        // Old status files without runner fields still load.
+        let old: AccountStatus = serde_json::from_str(r#"{"account":"a","consecutive_failures":2}"#).unwrap();
+        assert_eq!(old.runner_state, RunnerState::Unknown);
     }
 
     #[test]

@@ -6,9 +6,11 @@
 use crate::authfile::dir::{DirError, FileRead, SafeDir};
 use crate::authfile::{AuthFile, NewTokens, sha256_hex};
 use crate::clock::Clock;
+use crate::codexrun::CodexSetup;
+use crate::config::RefreshMethod;
 use crate::outcome::{Event, Failure, Outcome, Report};
 use crate::policy::{self, Decision, Thresholds};
-use crate::refresh::oauth;
+use crate::refresh::{appserver, oauth};
 use crate::seed::{self, SeedInput};
 use crate::status;
 use serde::{Deserialize, Serialize};
@@ -42,21 +44,54 @@ pub struct Job {
     /// An auth.json to install first, whatever is on disk (the daemon's Store).
     #[serde(default)]
     pub store: Option<SeedInput>,
+    /// How the refresh step gets new tokens: our OAuth request or Codex's app-server.
+    pub refresh_method: RefreshMethod,
+    /// `agent.codex_bin`, `codex_base_url` and the parent of throwaway Codex homes, for
+    /// `refresh_method = "app-server"`.
+    pub codex_bin: String,
+    pub codex_base_url: String,
+    pub temp_dir: PathBuf,
+    /// A preflight holds our cycle lock this long at most; a refresh may wait for it.
+    pub preflight_timeout: Duration,
+}
+
+/// The longest the refresh step itself may take with `method`.
+pub fn refresh_limit(method: RefreshMethod, request_timeout: Duration) -> Duration {
+    match method {
+        RefreshMethod::Oauth => request_timeout,
+        RefreshMethod::AppServer => appserver::time_limit(request_timeout),
+    }
+}
+
+/// How long one cycle of ours waits for another on the same account: a refresh (its
+/// refresh step) or a preflight (which holds the same lock), plus the commit waits.
+pub fn cycle_lock_wait(refresh_limit: Duration, preflight_timeout: Duration) -> Duration {
+    refresh_limit.max(preflight_timeout) + CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT + Duration::from_secs(5)
 }
 
 impl Job {
+    /// The longest the refresh step itself may take.
+    pub fn refresh_limit(&self) -> Duration {
+        refresh_limit(self.refresh_method, self.request_timeout)
+    }
+
     /// How long to wait for another cycle of ours on the same account.
     pub fn lock_wait(&self) -> Duration {
-        self.request_timeout + CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT + Duration::from_secs(5)
+        cycle_lock_wait(self.refresh_limit(), self.preflight_timeout)
     }
 
     /// After this the parent kills the worker: every wait above, bounded.
     pub fn deadline(&self) -> Duration {
-        self.lock_wait() + self.request_timeout + CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT + Duration::from_secs(10)
+        self.lock_wait() + self.refresh_limit() + CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT + Duration::from_secs(10)
+    }
+
+    /// What the app-server refresh runs.
+    pub fn codex_setup(&self) -> CodexSetup {
+        CodexSetup::new(&self.codex_bin, &self.codex_base_url, &self.token_url, &self.temp_dir)
     }
 }
 
-fn dir_failure(e: DirError) -> Failure {
+pub(crate) fn dir_failure(e: DirError) -> Failure {
     match e {
         DirError::Unsafe { .. } => Failure::unsafe_file(format!("refused: {e}")),
         DirError::Missing { path } => Failure::permanent(format!(
@@ -218,7 +253,7 @@ impl Cycle<'_> {
         if self.job.dry_run {
             return Ok(Snapshot { bytes, auth });
         }
-        match self.commit(current.map(|f| f.bytes.as_slice()), &bytes) {
+        match commit(self.home, current.map(|f| f.bytes.as_slice()), &bytes) {
             Ok(Committed::Written) => {
                 tracing::debug!(account = %self.account(), "{what}: installed as auth.json");
                 Ok(Snapshot { bytes, auth })
@@ -247,10 +282,7 @@ impl Cycle<'_> {
             let r = Report::new(self.account(), Outcome::WouldRefresh, format!("dry run: would refresh: {reason}"));
             return self.describe(r, &snap.bytes, &snap.auth);
         }
-        let Some(refresh_token) = snap.auth.refresh_token() else {
-            unreachable!("decide() refreshes only with a refresh token")
-        };
-        let tokens = match oauth::refresh(&self.job.token_url, refresh_token, self.job.request_timeout) {
+        let tokens = match self.refresh_tokens(&snap) {
             Ok(t) => t,
             Err(f) => {
                 let r = self.failed(f);
@@ -260,11 +292,31 @@ impl Cycle<'_> {
         self.save(snap, &tokens, reason)
     }
 
+    /// The refresh step by `refresh_method`: our own OAuth request, or Codex's app-server
+    /// refreshing a throwaway copy. Either way the new tokens then take the same commit.
+    fn refresh_tokens(&self, snap: &Snapshot) -> Result<NewTokens, Failure> {
+        match self.job.refresh_method {
+            RefreshMethod::Oauth => {
+                let Some(refresh_token) = snap.auth.refresh_token() else {
+                    unreachable!("decide() refreshes only with a refresh token")
+                };
+                oauth::refresh(&self.job.token_url, refresh_token, self.job.request_timeout)
+            }
+            RefreshMethod::AppServer => appserver::refresh(
+                &self.job.codex_setup(),
+                self.job.owner_uid,
+                (&snap.bytes, &snap.auth),
+                self.job.request_timeout,
+                self.clock.now(),
+            ),
+        }
+    }
+
     fn save(&self, snap: Snapshot, tokens: &NewTokens, reason: policy::RefreshReason) -> Report {
         let mut updated = snap.auth.clone();
         updated.apply_refresh(tokens, self.clock.now());
         let new_bytes = updated.to_bytes();
-        match self.commit(Some(&snap.bytes), &new_bytes) {
+        match commit(self.home, Some(&snap.bytes), &new_bytes) {
             Ok(Committed::Written) => {
                 let r = Report::new(self.account(), Outcome::Refreshed, format!("refreshed ({reason})"));
                 self.describe(r, &new_bytes, &updated)
@@ -288,27 +340,28 @@ impl Cycle<'_> {
             }
         }
     }
-
-    /// Codex's commit protocol: auth.lock → re-read (changed? adopt) → auth.json.lock →
-    /// atomic write. `expected` is the content we started from (None: no file).
-    fn commit(&self, expected: Option<&[u8]>, new: &[u8]) -> Result<Committed, Failure> {
-        let _codex = self.home.lock(CODEX_LOCK, Some(CODEX_LOCK_WAIT)).map_err(dir_failure)?;
-        let on_disk = self.home.read(AUTH_FILE).map_err(dir_failure)?;
-        if on_disk.as_ref().map(|f| f.bytes.as_slice()) != expected {
-            return Ok(Committed::Changed(on_disk.map(|f| f.bytes).unwrap_or_default()));
-        }
-        let _commit = self.home.lock(CODEX_COMMIT_LOCK, Some(COMMIT_LOCK_WAIT)).map_err(|e| match e {
-            DirError::Busy { .. } => {
-                Failure::transient("credential commit lock (auth.json.lock) timed out; will retry")
-            }
-            e => dir_failure(e),
-        })?;
-        self.home.write_atomic(AUTH_FILE, new).map_err(dir_failure)?;
-        Ok(Committed::Written)
-    }
 }
 
-enum Committed {
+/// Codex's commit protocol, the one way anything of ours writes auth.json (refresh, seed,
+/// store, preflight adoption): auth.lock → re-read (changed? keep theirs) →
+/// auth.json.lock → atomic write. `expected` is the content we started from (None: no
+/// file). Call with our cycle lock held.
+pub fn commit(home: &SafeDir, expected: Option<&[u8]>, new: &[u8]) -> Result<Committed, Failure> {
+    let _codex = home.lock(CODEX_LOCK, Some(CODEX_LOCK_WAIT)).map_err(dir_failure)?;
+    let on_disk = home.read(AUTH_FILE).map_err(dir_failure)?;
+    if on_disk.as_ref().map(|f| f.bytes.as_slice()) != expected {
+        return Ok(Committed::Changed(on_disk.map(|f| f.bytes).unwrap_or_default()));
+    }
+    let _commit = home.lock(CODEX_COMMIT_LOCK, Some(COMMIT_LOCK_WAIT)).map_err(|e| match e {
+        DirError::Busy { .. } => Failure::transient("credential commit lock (auth.json.lock) timed out; will retry"),
+        e => dir_failure(e),
+    })?;
+    home.write_atomic(AUTH_FILE, new).map_err(dir_failure)?;
+    Ok(Committed::Written)
+}
+
+/// What [`commit`] did.
+pub enum Committed {
     Written,
     /// Someone else changed auth.json since we read it: its bytes now.
     Changed(Vec<u8>),

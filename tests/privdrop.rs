@@ -18,14 +18,6 @@ fn users() -> Users {
     Users { alice: ensure_user("caa-alice"), bob: ensure_user("caa-bob") }
 }
 
-/// A CODEX_HOME for `u` under the scratch area, owned by `u`.
-fn home_for(s: &Scratch, u: &nix::unistd::User, auth: Option<&str>) -> PathBuf {
-    let home = s.codex_home(&format!("{}/.codex", u.name), auth);
-    std::fs::set_permissions(home.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    chown_r(&home, u.uid.as_raw(), u.gid.as_raw());
-    home
-}
-
 fn accounts(s: &Scratch, list: &[(&str, &nix::unistd::User, &Path)], extra: &str) -> PathBuf {
     let mut body = String::from("[defaults]\nrequest_timeout = \"3s\"\n");
     for (name, u, home) in list {
@@ -39,14 +31,6 @@ fn refresh_all(s: &Scratch, m: &MockServer, cfg: &Path) -> Run {
     let mut cmd = agent(s, m);
     cmd.arg("--config").arg(cfg).args(["refresh", "--all", "--json"]);
     run(cmd)
-}
-
-/// Every entry under `dir` belongs to `uid`: root created nothing in the user's home.
-fn assert_all_owned_by(dir: &Path, uid: u32) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let md = std::fs::symlink_metadata(e.path()).unwrap();
-        assert_eq!(md.uid(), uid, "{} is owned by uid {}", e.path().display(), md.uid());
-    }
 }
 
 #[test]

@@ -8,6 +8,7 @@ if [ "$(id -u)" = 0 ]; then
   need=()
   command -v useradd >/dev/null || need+=(passwd)
   command -v gcc >/dev/null || need+=(build-essential)
+  command -v npm >/dev/null || need+=(npm)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
   fi
@@ -15,4 +16,30 @@ fi
 # Every config file we ship must pass check-config.
 cargo build --locked --bins
 CODEX_AUTH_AGENT_LOG=stderr target/debug/codex-auth-agent --config packaging/config.toml check-config >/dev/null
+# The real Codex CLI for the preflight and app-server tests (tests/support/codex.rs),
+# installed once: as root where the throwaway test users can reach it, else in target/.
+codex_version=0.169.0
+if [ "$(id -u)" = 0 ]; then
+  codex_dir=/var/cache/codex-auth-agent-test/codex-$codex_version
+else
+  codex_dir=$PWD/target/codex-$codex_version
+fi
+codex_native=node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex
+if [ ! -x "$codex_dir/$codex_native" ]; then
+  install -d -m 0755 "$(dirname "$codex_dir")" "$codex_dir"
+  (cd "$codex_dir" && npm install --no-audit --no-fund --loglevel=error "@openai/codex@$codex_version")
+fi
+export CODEX_AUTH_AGENT_TEST_CODEX="$codex_dir/$codex_native"
 cargo test --locked --workspace --no-fail-fast
+# End-to-end (as root): build the .deb (lintian must pass) and test it in a real booted
+# Debian 12 systemd (systemd-nspawn). CODEX_AUTH_AGENT_E2E=0 skips it locally.
+if [ "$(id -u)" = 0 ] && [ "${CODEX_AUTH_AGENT_E2E:-1}" != 0 ]; then
+  need=()
+  for t in systemd-nspawn:systemd-container debootstrap:debootstrap zstd:zstd lintian:lintian jq:jq curl:curl; do
+    command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  bash tests/e2e/run.sh
+fi

@@ -162,6 +162,23 @@ impl AuthFile {
         self.token("refresh_token")
     }
 
+    /// `tokens.account_id` exactly as stored (no fallback to the id_token's claim): Codex
+    /// needs it to refresh.
+    pub fn stored_account_id(&self) -> Option<&str> {
+        self.token("account_id")
+    }
+
+    /// The three token values, as a refresh response carrying all of them (to adopt a
+    /// credential Codex refreshed itself through the same merge as our own refresh).
+    pub fn tokens(&self) -> NewTokens {
+        let owned = |k| self.token(k).map(str::to_string);
+        NewTokens {
+            id_token: owned("id_token"),
+            access_token: owned("access_token"),
+            refresh_token: owned("refresh_token"),
+        }
+    }
+
     pub fn access_claims(&self) -> Option<Claims> {
         self.token("access_token").and_then(|t| jwt::claims(t).ok())
     }

@@ -4,7 +4,7 @@
 use crate::outcome::Failure;
 use serde_json::Value;
 
-const RELOGIN: &str = "log in again: codex login --device-auth, then codex-authctl store <account>";
+pub const RELOGIN: &str = "log in again: codex login --device-auth, then codex-authctl store <account>";
 
 /// The error code of a token-endpoint body, in either shape OpenAI uses:
 /// `{"error":{"code":…}}` or `{"error":"…"}`.
@@ -38,6 +38,53 @@ pub fn classify_http(status: u16, body: &[u8]) -> Failure {
         None => Failure::transient(format!("token endpoint answered HTTP {status}; will retry")),
     };
     failure.with_status(status)
+}
+
+/// Codex 0.169's messages for the three permanent codes (`codex exec` prints them on
+/// stderr), matched on the distinctive part; each with the code it stands for.
+const CODEX_PERMANENT_MESSAGES: &[(&str, &str, &str)] = &[
+    ("refresh token has expired", "refresh_token_expired", "refresh token has expired"),
+    ("refresh token was already used", "refresh_token_reused", "refresh token was already used"),
+    ("refresh token was revoked", "refresh_token_invalidated", "refresh token was revoked"),
+];
+/// What Codex prints for its other permanent rows (any other 401, 400 invalid_grant).
+const CODEX_GENERIC_PERMANENT: &str = "access token could not be refreshed. Please log out and sign in again";
+/// Codex's log line for any failed refresh: `Failed to refresh token status=401 Unauthorized`.
+const CODEX_REFRESH_FAILED: &str = "Failed to refresh token";
+
+/// Classify a failed refresh from Codex's own log output (stderr of `codex exec` or
+/// `codex app-server`, ANSI colours removed), following the same table as
+/// [`classify_http`]. None when the log shows no failed refresh. The reason is built
+/// from fixed texts and the parsed status only, never copied from the log.
+pub fn from_codex_log(log: &str) -> Option<Failure> {
+    let status = codex_refresh_status(log);
+    let with_status = |f: Failure| match status {
+        Some(s) => f.with_status(s),
+        None => f,
+    };
+    if let Some((_, code, what)) = CODEX_PERMANENT_MESSAGES.iter().find(|(m, _, _)| log.contains(m)) {
+        return Some(with_status(Failure::permanent(format!("Codex could not refresh: {what} ({code}); {RELOGIN}"))));
+    }
+    if log.contains(CODEX_GENERIC_PERMANENT) || status == Some(401) {
+        return Some(with_status(Failure::permanent(format!(
+            "Codex could not refresh: the token endpoint rejected the refresh token{}; {RELOGIN}",
+            status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+        ))));
+    }
+    if log.contains(CODEX_REFRESH_FAILED) {
+        return Some(with_status(Failure::transient(match status {
+            Some(s) => format!("Codex could not refresh: the token endpoint answered HTTP {s}; will retry"),
+            None => "Codex could not refresh: the token endpoint was not reachable; will retry".to_string(),
+        })));
+    }
+    None
+}
+
+/// The HTTP status of Codex's last `Failed to refresh token status=NNN` line.
+fn codex_refresh_status(log: &str) -> Option<u16> {
+    let marker = "Failed to refresh token status=";
+    let at = log.rfind(marker)? + marker.len();
+    log[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
 }
 
 /// Error codes come from the server; keep only a short, plain rendering of them.
@@ -83,6 +130,40 @@ mod tests {
     fn permanent_reasons_say_how_to_fix() {
         let f = classify_http(401, br#"{"error":"refresh_token_reused"}"#);
         assert!(f.reason.contains("already used") && f.reason.contains("codex login --device-auth"));
+    }
+
+    #[test]
+    fn codex_log_lines() {
+        // As printed by codex exec 0.169 (verified against the mock).
+        let line =
+            |m: &str| format!("2026-11-23T05:09:26Z ERROR codex_login::auth::manager: Failed to refresh token: {m}\n");
+        let reused = format!(
+            "2026-11-23T05:09:26Z ERROR codex_login::auth::manager: Failed to refresh token status=401 Unauthorized\n{}ERROR: x\n",
+            line(
+                "Your access token could not be refreshed because your refresh token was already used. Please log out and sign in again."
+            )
+        );
+        let f = from_codex_log(&reused).unwrap();
+        assert_eq!((f.class, f.http_status), (Permanent, Some(401)));
+        assert!(f.reason.contains("refresh_token_reused") && f.reason.contains("codex login"), "{}", f.reason);
+        for (msg, code) in [
+            ("because your refresh token has expired. Please log out", "refresh_token_expired"),
+            ("because your refresh token was revoked. Please log out", "refresh_token_invalidated"),
+        ] {
+            let f = from_codex_log(&line(&format!("Your access token could not be refreshed {msg}"))).unwrap();
+            assert!(f.class == Permanent && f.reason.contains(code), "{}", f.reason);
+        }
+        let generic = line("Your access token could not be refreshed. Please log out and sign in again.");
+        assert_eq!(from_codex_log(&generic).unwrap().class, Permanent);
+        // codex app-server logs only the status line.
+        let app = "ERROR codex_login::auth::manager: Failed to refresh token status=401 Unauthorized";
+        assert_eq!(from_codex_log(app).unwrap().class, Permanent);
+        let t = from_codex_log("ERROR x: Failed to refresh token status=500 Internal Server Error\nFailed to refresh token: Failed to refresh token: 500 Internal Server Error").unwrap();
+        assert_eq!((t.class, t.http_status), (Transient, Some(500)));
+        let net = from_codex_log(&line("error sending request for url (http://127.0.0.1:9/oauth/token)")).unwrap();
+        assert_eq!((net.class, net.http_status), (Transient, None));
+        assert!(!net.reason.contains("127.0.0.1"), "{}", net.reason);
+        assert_eq!(from_codex_log("ERROR: Reconnecting... 1/5"), None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Getting new tokens: the OAuth refresh grant (oauth.rs) and Codex's classification of
-//! its failures (classify.rs). The app-server method joins here later.
+//! Getting new tokens: the OAuth refresh grant (oauth.rs), Codex's own app-server
+//! refreshing a throwaway copy (appserver.rs), and Codex's classification of failures
+//! (classify.rs).
 
+pub mod appserver;
 pub mod classify;
 pub mod oauth;
 

@@ -65,8 +65,11 @@ impl Drop for PrivateBus {
 pub struct AgentDaemon {
     pub child: Option<Child>,
     pub log: PathBuf,
-    /// Every sd-notify message, collected by a thread so the daemon is never blocked.
-    notes: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Every sd-notify message with its arrival time, collected by a thread so the daemon
+    /// is never blocked.
+    notes: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+    /// When the daemon was spawned.
+    pub started: Instant,
 }
 
 impl AgentDaemon {
@@ -79,7 +82,7 @@ impl AgentDaemon {
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = notify.recv(&mut buf) {
-                sink.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                sink.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned()));
             }
         });
         let mut cmd = agent(s, m);
@@ -89,8 +92,9 @@ impl AgentDaemon {
             .env("NOTIFY_SOCKET", &sock)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        let started = Instant::now();
         let child = cmd.spawn().unwrap();
-        let mut d = AgentDaemon { child: Some(child), log, notes };
+        let mut d = AgentDaemon { child: Some(child), log, notes, started };
         d.wait_note("READY=1", Duration::from_secs(20));
         d
     }
@@ -108,7 +112,12 @@ impl AgentDaemon {
     }
 
     pub fn notes(&self) -> Vec<String> {
-        self.notes.lock().unwrap().clone()
+        self.notes.lock().unwrap().iter().map(|(_, n)| n.clone()).collect()
+    }
+
+    /// When the first message containing `what` arrived.
+    pub fn note_at(&self, what: &str) -> Option<Instant> {
+        self.notes.lock().unwrap().iter().find(|(_, n)| n.contains(what)).map(|(t, _)| *t)
     }
 
     pub fn log_text(&self) -> String {

@@ -3,6 +3,7 @@
 //! `mod support;`, so not every helper is used everywhere.
 #![allow(dead_code)]
 
+pub mod codex;
 pub mod dbus;
 
 use mock_openai::{Credentials, MockServer};
@@ -205,6 +206,22 @@ pub fn ensure_user(name: &str) -> nix::unistd::User {
         assert!(out.status.success(), "useradd {name}: {}", String::from_utf8_lossy(&out.stderr));
     }
     nix::unistd::User::from_name(name).unwrap().unwrap()
+}
+
+/// A CODEX_HOME for `u` under the scratch area, owned by `u`.
+pub fn home_for(s: &Scratch, u: &nix::unistd::User, auth: Option<&str>) -> PathBuf {
+    let home = s.codex_home(&format!("{}/.codex", u.name), auth);
+    std::fs::set_permissions(home.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_r(&home, u.uid.as_raw(), u.gid.as_raw());
+    home
+}
+
+/// Every entry under `dir` belongs to `uid`: root created nothing in the user's home.
+pub fn assert_all_owned_by(dir: &Path, uid: u32) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let md = std::fs::symlink_metadata(e.path()).unwrap();
+        assert_eq!(md.uid(), uid, "{} is owned by uid {}", e.path().display(), md.uid());
+    }
 }
 
 /// chown -R

@@ -47,10 +47,25 @@ pub fn request(
     body: Option<(&str, &[u8])>,
     timeout: Duration,
 ) -> io::Result<ClientResponse> {
+    request_with_headers(addr, method, path, &[], body, timeout)
+}
+
+/// [`request`] with extra headers (e.g. `authorization` for the backend routes).
+pub fn request_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+) -> io::Result<ClientResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut out = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
     if let Some((content_type, bytes)) = body {
         out.push_str(&format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n", bytes.len()));
     }

@@ -4,10 +4,14 @@
 //!
 //! It rotates single-use refresh tokens per login family, detects reuse and revokes the
 //! family like the real service, mints JWTs with the claims Codex reads, and can inject
-//! HTTP- and transport-level faults ahead of that logic. HTTP is hand-written over
+//! HTTP- and transport-level faults ahead of that logic. It also serves what the Codex CLI
+//! calls on its ChatGPT backend (`/backend-api/codex/responses`, `/backend-api/wham/...`),
+//! so the real `codex` binary can run against it. HTTP is hand-written over
 //! `std::net` precisely so those faults can break the protocol.
 
 mod admin;
+/// Bodies of Codex's backend endpoints (`/backend-api/...`).
+pub mod backend;
 pub mod client;
 mod fault;
 mod http;

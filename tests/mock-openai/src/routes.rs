@@ -1,6 +1,7 @@
 //! Request routing: one function per route, chosen by a match on (method, path), and the
-//! execution of whatever a route decided (including transport faults). New endpoints
-//! (e.g. Codex's `/backend-api/...`) get an arm in [`route`] and a function here.
+//! execution of whatever a route decided (including transport faults). Codex's backend
+//! (`/backend-api/...`, bodies in `backend.rs`) shares the fault machinery of the token
+//! endpoint but has its own fault queue, and answers expired or unknown access tokens 401.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::backend::{self, ACCOUNTS_CHECK_PATH, RESPONSES_PATH, USAGE_PATH};
 use crate::fault::{Fault, object_error_body};
 use crate::http::{self, Request, Response};
 use crate::server::{Shared, lock};
@@ -72,27 +74,26 @@ pub(crate) fn route(shared: &Shared, req: &Request, peer: Option<SocketAddr>) ->
     match (req.method.as_str(), path) {
         ("POST", "/oauth/token") => oauth_token(shared, req),
         (_, "/oauth/token") => Routed::plain(Reply::Respond(error_json(405, "invalid_request", "Use POST."))),
+        ("POST", RESPONSES_PATH) => backend_call(shared, req, responses),
+        ("GET", ACCOUNTS_CHECK_PATH) => backend_call(shared, req, accounts_check),
+        ("GET", USAGE_PATH) => backend_call(shared, req, usage),
+        (_, p) if p.starts_with(backend::BACKEND_PREFIX) => {
+            backend_call(shared, req, |_, _| error_json(404, "not_found", "No such backend route."))
+        }
         _ => Routed::plain(Reply::Respond(error_json(404, "not_found", "No such route."))),
     }
 }
 
-/// `POST /oauth/token`: faults first, then the real rotation logic.
-fn oauth_token(shared: &Shared, req: &Request) -> Routed {
-    let plan = lock(&shared.state).begin_token_request(&req.body);
-    let fault_kind = plan.fault.as_ref().map(Fault::kind);
-    let done = |reply| Routed { reply, account: plan.account.clone(), fault: fault_kind, log: true };
-    if !plan.latency.is_zero() && !shared.stop.sleep(plan.latency) {
-        return done(Reply::Close);
-    }
-    let refresh = || lock(&shared.state).refresh(&req.body);
-    let reply = match plan.fault.clone() {
-        None => Reply::Respond(refresh()),
+/// Carry out `fault` (if any) around the route's real `answer`.
+fn with_fault(shared: &Shared, fault: Option<Fault>, answer: impl FnOnce() -> Response) -> Reply {
+    match fault {
+        None => Reply::Respond(answer()),
         Some(Fault::Status { status, body, content_type }) => {
             Reply::Respond(Response::raw(status, &content_type, body))
         }
         Some(Fault::Delay(d)) => {
             if shared.stop.sleep(d) {
-                Reply::Respond(refresh())
+                Reply::Respond(answer())
             } else {
                 Reply::Close
             }
@@ -104,13 +105,56 @@ fn oauth_token(shared: &Shared, req: &Request) -> Routed {
             Response::raw(503, "application/json", object_error_body("server_overloaded")),
             byte_interval,
         ),
+        // The server acts (a rotation, a model answer) but the client never hears of it.
         Some(Fault::RotateThenReset) => {
-            refresh();
+            answer();
             Reply::Reset
         }
         Some(Fault::Hang) => Reply::Hang,
-    };
-    done(reply)
+    }
+}
+
+/// A `/backend-api/...` request: count it, apply its fault, then demand a live access
+/// token before `answer` (which gets the token's account id and the reply text).
+fn backend_call(shared: &Shared, req: &Request, answer: fn(&str, &str) -> Response) -> Routed {
+    let plan = lock(&shared.state).begin_backend_request(req.path(), backend::bearer(req.header("authorization")));
+    let fault = plan.fault.as_ref().map(Fault::kind);
+    let reply = with_fault(shared, plan.fault.clone(), || {
+        if !plan.authorized {
+            return Response::json(401, &backend::unauthorized_body());
+        }
+        answer(plan.account.as_deref().unwrap_or_default(), &plan.reply_text)
+    });
+    Routed { reply, account: plan.account.clone(), fault, log: true }
+}
+
+/// `POST /backend-api/codex/responses`: the SSE stream saying the configured reply.
+fn responses(_account: &str, reply_text: &str) -> Response {
+    let id = format!("resp_{}", crate::jwt::random_hex16());
+    Response::raw(200, "text/event-stream", backend::responses_sse(reply_text, &id))
+}
+
+/// `GET /backend-api/wham/accounts/check`.
+fn accounts_check(account: &str, _reply_text: &str) -> Response {
+    Response::json(200, &backend::accounts_check_body(account))
+}
+
+/// `GET /backend-api/wham/usage`.
+fn usage(_account: &str, _reply_text: &str) -> Response {
+    let now = crate::state::wall_now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Response::json(200, &backend::usage_body(now))
+}
+
+/// `POST /oauth/token`: faults first, then the real rotation logic.
+fn oauth_token(shared: &Shared, req: &Request) -> Routed {
+    let plan = lock(&shared.state).begin_token_request(&req.body);
+    let fault_kind = plan.fault.as_ref().map(Fault::kind);
+    let done = |reply| Routed { reply, account: plan.account.clone(), fault: fault_kind, log: true };
+    if !plan.latency.is_zero() && !shared.stop.sleep(plan.latency) {
+        return done(Reply::Close);
+    }
+    let refresh = || lock(&shared.state).refresh(&req.body);
+    done(with_fault(shared, plan.fault.clone(), refresh))
 }
 
 pub(crate) fn send(shared: &Shared, mut stream: TcpStream, reply: Reply) {

@@ -158,6 +158,11 @@ impl MockServer {
         format!("{}/oauth/token", self.url())
     }
 
+    /// `{url}/backend-api/`: Codex's `chatgpt_base_url` when pointed at the mock.
+    pub fn backend_url(&self) -> String {
+        format!("{}{}", self.url(), crate::backend::BACKEND_PREFIX)
+    }
+
     // --- credentials ---------------------------------------------------------------
 
     /// Simulates a fresh login of `account_id`: a new family with generation-1 tokens.
@@ -244,9 +249,30 @@ impl MockServer {
         self.state().set_sticky_fault_for(account_id, f);
     }
 
-    /// Drops every queued and sticky fault (global and per-account).
+    /// Drops every queued and sticky fault (global and per-account, token and backend).
     pub fn clear_faults(&self) {
         self.state().clear_faults();
+    }
+
+    /// Applies to the next `/backend-api/...` request only (FIFO); token requests are
+    /// unaffected. `Delay` answers normally afterwards, `Hang` never answers.
+    pub fn push_backend_fault(&self, f: Fault) {
+        self.state().push_backend_fault(f);
+    }
+
+    /// Applies to every backend request until cleared with `None`.
+    pub fn set_sticky_backend_fault(&self, f: Option<Fault>) {
+        self.state().set_sticky_backend_fault(f);
+    }
+
+    /// One-shot backend fault for requests whose access token belongs to `account_id`.
+    pub fn push_backend_fault_for(&self, account_id: &str, f: Fault) {
+        self.state().push_backend_fault_for(account_id, f);
+    }
+
+    /// What the assistant answers in `codex/responses` (default "Banana").
+    pub fn set_reply_text(&self, text: &str) {
+        self.state().set_reply_text(text);
     }
 
     // --- counters ------------------------------------------------------------------
@@ -267,6 +293,16 @@ impl MockServer {
 
     pub fn reuse_detections(&self) -> u64 {
         self.state().reuse_detections()
+    }
+
+    /// Every `/backend-api/...` request received, faulted or not.
+    pub fn backend_requests(&self) -> u64 {
+        self.state().backend_requests()
+    }
+
+    /// Backend requests to one path (e.g. [`crate::backend::RESPONSES_PATH`]).
+    pub fn backend_requests_to(&self, path: &str) -> u64 {
+        self.state().backend_requests_to(path)
     }
 
     /// Non-admin requests, oldest first (capped at the latest 100 000).

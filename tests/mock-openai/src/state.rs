@@ -54,6 +54,9 @@ pub struct Stats {
     pub pending_faults: u64,
     pub latency_ms: u64,
     pub clock_offset_secs: u64,
+    /// Requests to `/backend-api/...` (Codex's backend), faulted or not.
+    pub backend_requests: u64,
+    pub backend_requests_by_path: BTreeMap<String, u64>,
 }
 
 /// Real wall-clock time. The workspace bans `SystemTime::now` so the daemon's decisions
@@ -113,6 +116,8 @@ struct Counters {
     by_account: BTreeMap<String, u64>,
     successful_refreshes: u64,
     reuse_detections: u64,
+    backend_requests: u64,
+    backend_by_path: BTreeMap<String, u64>,
 }
 
 /// What the server should do with an arriving token request, decided on arrival so
@@ -121,6 +126,17 @@ pub(crate) struct TokenPlan {
     pub account: Option<String>,
     pub fault: Option<Fault>,
     pub latency: Duration,
+}
+
+/// What the server should do with an arriving backend request (`/backend-api/...`).
+pub(crate) struct BackendPlan {
+    /// Account the bearer access token was minted for, when it is one of ours.
+    pub account: Option<String>,
+    /// The bearer token is live (ours, family not revoked, `exp` not passed).
+    pub authorized: bool,
+    pub fault: Option<Fault>,
+    /// What the assistant says in `codex/responses`.
+    pub reply_text: String,
 }
 
 /// Runtime settings, initially taken from `MockConfig`.
@@ -142,6 +158,9 @@ pub(crate) struct State {
     /// Access-token `jti` → (family index, exp), for `is_live_access_token`.
     access_jtis: HashMap<String, (usize, u64)>,
     faults: Faults,
+    /// Faults for `/backend-api/...`, kept apart so a backend fault never hits a refresh.
+    backend_faults: Faults,
+    reply_text: String,
     counters: Counters,
     log: VecDeque<RequestLogEntry>,
 }
@@ -157,6 +176,8 @@ impl State {
             refresh_tokens: HashMap::new(),
             access_jtis: HashMap::new(),
             faults: Faults::default(),
+            backend_faults: Faults::default(),
+            reply_text: crate::backend::DEFAULT_REPLY.to_string(),
             counters: Counters::default(),
             log: VecDeque::new(),
         }
@@ -320,6 +341,23 @@ impl State {
 
     pub fn clear_faults(&mut self) {
         self.faults = Faults::default();
+        self.backend_faults = Faults::default();
+    }
+
+    pub fn push_backend_fault(&mut self, f: Fault) {
+        self.backend_faults.one_shot.push_back(f);
+    }
+
+    pub fn set_sticky_backend_fault(&mut self, f: Option<Fault>) {
+        self.backend_faults.sticky = f;
+    }
+
+    pub fn push_backend_fault_for(&mut self, account_id: &str, f: Fault) {
+        self.backend_faults.one_shot_for.entry(account_id.to_string()).or_default().push_back(f);
+    }
+
+    pub fn set_reply_text(&mut self, text: &str) {
+        self.reply_text = text.to_string();
     }
 
     // --- counters and log ----------------------------------------------------------
@@ -338,6 +376,14 @@ impl State {
 
     pub fn reuse_detections(&self) -> u64 {
         self.counters.reuse_detections
+    }
+
+    pub fn backend_requests(&self) -> u64 {
+        self.counters.backend_requests
+    }
+
+    pub fn backend_requests_to(&self, path: &str) -> u64 {
+        self.counters.backend_by_path.get(path).copied().unwrap_or(0)
     }
 
     pub fn reset_counters(&mut self) {
@@ -364,9 +410,11 @@ impl State {
             token_requests_by_account: self.counters.by_account.clone(),
             families: self.families.len() as u64,
             revoked_families: self.families.iter().filter(|f| f.revoked).count() as u64,
-            pending_faults: self.faults.pending() as u64,
+            pending_faults: (self.faults.pending() + self.backend_faults.pending()) as u64,
             latency_ms: u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX),
             clock_offset_secs: self.clock_offset.as_secs(),
+            backend_requests: self.counters.backend_requests,
+            backend_requests_by_path: self.counters.backend_by_path.clone(),
         }
     }
 
@@ -386,6 +434,18 @@ impl State {
         }
         let fault = self.faults.take(account.as_deref());
         TokenPlan { account, fault, latency: self.latency }
+    }
+
+    /// Counts an arriving backend request, checks its bearer token and picks its fault.
+    pub fn begin_backend_request(&mut self, path: &str, access_token: Option<&str>) -> BackendPlan {
+        self.counters.backend_requests += 1;
+        *self.counters.backend_by_path.entry(path.to_string()).or_default() += 1;
+        let account = access_token
+            .and_then(decode_jwt_payload)
+            .and_then(|p| p["https://api.openai.com/auth"]["chatgpt_account_id"].as_str().map(str::to_string));
+        let authorized = access_token.is_some_and(|t| self.is_live_access_token(t));
+        let fault = self.backend_faults.take(account.as_deref());
+        BackendPlan { account, authorized, fault, reply_text: self.reply_text.clone() }
     }
 
     /// The real endpoint's decision for a request body.
@@ -545,6 +605,25 @@ mod tests {
         assert_eq!(plan.account.as_deref(), Some("a"));
         assert_eq!(s.token_requests(), 4);
         assert_eq!(s.token_requests_for("a"), 3);
+    }
+
+    #[test]
+    fn backend_plan_authorizes_live_tokens_only() {
+        let mut s = state();
+        let a = s.issue_family("a");
+        s.push_backend_fault(Fault::internal_server_error());
+        let p = s.begin_backend_request("/backend-api/wham/usage", Some(&a.access_token));
+        assert!(p.authorized);
+        assert_eq!(p.account.as_deref(), Some("a"));
+        assert_eq!(p.fault, Some(Fault::internal_server_error()));
+        assert_eq!(p.reply_text, "Banana");
+        assert!(!s.begin_backend_request("/backend-api/wham/usage", Some("junk")).authorized);
+        assert!(!s.begin_backend_request("/backend-api/wham/usage", None).authorized);
+        s.advance_clock(Duration::from_secs(3601));
+        assert!(!s.begin_backend_request("/backend-api/wham/usage", Some(&a.access_token)).authorized);
+        assert_eq!(s.backend_requests(), 4);
+        assert_eq!(s.backend_requests_to("/backend-api/wham/usage"), 4);
+        assert_eq!(s.token_requests(), 0, "backend traffic is not token traffic");
     }
 
     #[test]
