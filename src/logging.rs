@@ -157,6 +157,7 @@ pub fn log_report(r: &Report) {
                 http_status = http,
                 token_fp = r.token_fp.as_deref(),
                 expires_at = expires.as_deref(),
+                store_version = r.store_version,
                 "{msg}"
             )
         };
