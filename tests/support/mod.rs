@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dbus;
+pub mod openbao;
 
 use mock_openai::{Credentials, MockServer};
 use serde_json::{Value, json};
