@@ -75,6 +75,11 @@ fn client(settings: &VaultSettings) -> Result<Arc<Vault>, VaultError> {
     Ok(v)
 }
 
+/// The auth.json a `return_auth` worker handed back (empty if none).
+fn returned_auth(r: &Report) -> Vec<u8> {
+    r.auth_b64.as_ref().and_then(|b| base64::engine::general_purpose::STANDARD.decode(&b.0).ok()).unwrap_or_default()
+}
+
 fn vault_failure(e: &VaultError) -> Failure {
     // Every Vault problem is retried with backoff: a fixed policy or a returning server
     // must heal the account without a new login (a permanent class would quarantine it).
@@ -236,11 +241,7 @@ impl Run<'_> {
 
     /// Write a fresh refresh result to the rotating key with cas = the version we used.
     fn publish(&self, v: &Vault, st: &mut FleetState, base: &Entry, mut report: Report) -> Report {
-        let bytes = report
-            .auth_b64
-            .as_ref()
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(&b.0).ok())
-            .unwrap_or_default();
+        let bytes = returned_auth(&report);
         let sha = sha256_hex(&bytes);
         if bytes.is_empty() || report.auth_sha256.as_deref() != Some(sha.as_str()) {
             return Report::failed(
@@ -310,11 +311,7 @@ impl Run<'_> {
             st.pending = None;
             return Ok(entry);
         }
-        let bytes = local
-            .auth_b64
-            .as_ref()
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(&b.0).ok())
-            .unwrap_or_default();
+        let bytes = returned_auth(&local);
         match v.write(&self.fleet.vault_rotating_key, &bytes, p.base_version, self.clock.now()) {
             Ok(version) => {
                 tracing::info!(account = %self.name(), "fleet: uploaded the credential refreshed while Vault was unreachable (version {version})");
