@@ -46,6 +46,9 @@ pub fn job_for(settings: &Settings, acct: &AccountSettings, id: &Identity, opts:
         codex_base_url: acct.refresh.codex_base_url.clone(),
         temp_dir: std::env::temp_dir(),
         preflight_timeout: acct.refresh.preflight_timeout,
+        materialize: false,
+        follow: false,
+        return_auth: false,
     }
 }
 
@@ -104,12 +107,18 @@ pub fn refresh_with(
     store: Option<SeedInput>,
     clock: &dyn Clock,
 ) -> Report {
-    let id = match Identity::lookup(&acct.user) {
-        Ok(id) => id,
-        Err(e) => return Report::failed(&acct.name, Failure::permanent(e)),
+    let report = match &acct.fleet {
+        // Fleet mode: Vault is the source of truth. A Store and a dry run stay local.
+        Some(fleet) if store.is_none() && !opts.dry_run => crate::fleet::run(settings, acct, fleet, opts, clock),
+        _ => {
+            let id = match Identity::lookup(&acct.user) {
+                Ok(id) => id,
+                Err(e) => return Report::failed(&acct.name, Failure::permanent(e)),
+            };
+            let job = Job { store, ..job_for(settings, acct, &id, opts) };
+            privsep::run_as(&id, &job, clock)
+        }
     };
-    let job = Job { store, ..job_for(settings, acct, &id, opts) };
-    let report = privsep::run_as(&id, &job, clock);
     if !opts.dry_run {
         record(settings, &report, clock);
     }

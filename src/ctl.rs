@@ -71,6 +71,14 @@ pub enum CtlCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Fleet mode: install the newest credential from Vault now (the daemon's Refresh without
+    /// force: a follower syncs, a refresher syncs and refreshes what is due)
+    Sync {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        account: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
     /// Install the auth.json given on stdin as the account's credential (a preflight follows)
     Store { account: String },
     /// Make the auth.json given on stdin the account's seed and install it (no preflight)
@@ -210,7 +218,12 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
         .build()
         .await
         .map_err(|e| unreachable_(&e.to_string()))?;
-    match cli.command {
+    // `sync` is Refresh(false): in fleet mode every run starts by reading Vault.
+    let command = match cli.command {
+        CtlCommand::Sync { account, all } => CtlCommand::Refresh { account, all, force: false },
+        c => c,
+    };
+    match command {
         CtlCommand::Status { account, json } => {
             let names = match account {
                 Some(a) => vec![a],
@@ -248,6 +261,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             }
             finish(&conn, &results.into_iter().map(|(a, o, _)| (a, o)).collect::<Vec<_>>()).await
         }
+        CtlCommand::Sync { .. } => unreachable!("mapped to Refresh above"),
         CtlCommand::Store { account } => pass_fd(&conn, &account, "Store").await,
         CtlCommand::Seed { account } => pass_fd(&conn, &account, "Seed").await,
         CtlCommand::Reload => {

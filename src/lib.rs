@@ -18,6 +18,8 @@ pub mod config;
 pub mod ctl;
 /// The daemon: D-Bus service, scheduler, sd-notify.
 pub mod daemon;
+/// Fleet mode: one refresher per account across hosts through Vault/OpenBao KV v2.
+pub mod fleet;
 /// Journald/stderr logging, the contract's field names, and the redaction guard.
 pub mod logging;
 /// D-Bus names and paths shared by the daemon and codex-authctl.

@@ -139,7 +139,12 @@ pub fn log_report(r: &Report) {
         log_event(&r.account, outcome, r.token_fp.as_deref(), msg);
     }
     let main = Entry::new(&r.account, journal_outcome(r), r.failure.as_ref(), &r.reason, r.human_line());
-    log_entry(&Entry { token_fp: r.token_fp.as_deref(), expires_at: r.expires_at, ..main });
+    log_entry(&Entry {
+        token_fp: r.token_fp.as_deref(),
+        expires_at: r.expires_at,
+        store_version: r.store_version,
+        ..main
+    });
 }
 
 /// One preflight's entries: OUTCOME=adopted when Codex's refreshed credential was
@@ -171,6 +176,8 @@ struct Entry<'a> {
     http_status: Option<u16>,
     token_fp: Option<&'a str>,
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Fleet mode: the rotating key's version (STORE_VERSION).
+    store_version: Option<u64>,
     /// The human line; redacted before it is written.
     message: String,
 }
@@ -186,6 +193,7 @@ impl<'a> Entry<'a> {
             http_status: failure.and_then(|f| f.http_status),
             token_fp: None,
             expires_at: None,
+            store_version: None,
             message,
         }
     }
@@ -211,6 +219,7 @@ fn log_entry(e: &Entry) {
                 http_status = e.http_status,
                 token_fp = e.token_fp,
                 expires_at = expires.as_deref(),
+                store_version = e.store_version,
                 "{msg}"
             )
         };

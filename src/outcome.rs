@@ -144,6 +144,28 @@ pub struct Report {
     #[serde(default)]
     pub account_id: Option<String>,
     pub events: Vec<Event>,
+    /// Fleet mode: the KV version of the rotating key this host's credential matches.
+    #[serde(default)]
+    pub store_version: Option<u64>,
+    /// Fleet mode: the host holding the refresher lease, when known.
+    #[serde(default)]
+    pub lease_holder: Option<String>,
+    /// Fleet mode only (`Job::return_auth`): the committed auth.json, base64, handed from
+    /// the worker to its parent over the private stdout pipe. Never printed: `json_line`,
+    /// `human_line`, logs and status.json leave it out, and `Debug` redacts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_b64: Option<AuthBytes>,
+}
+
+/// A credential in transit from the worker (base64 of auth.json).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AuthBytes(pub String);
+
+impl std::fmt::Debug for AuthBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthBytes(<redacted>)")
+    }
 }
 
 impl Report {
@@ -160,6 +182,9 @@ impl Report {
             seed_applied: None,
             account_id: None,
             events: Vec::new(),
+            store_version: None,
+            lease_holder: None,
+            auth_b64: None,
         }
     }
 

@@ -27,6 +27,15 @@ impl std::fmt::Debug for SeedInput {
 }
 
 impl SeedInput {
+    /// An auth.json handed over whole (Store, fleet): counts as new.
+    pub fn from_bytes(bytes: &[u8]) -> SeedInput {
+        SeedInput {
+            b64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            sha256: crate::authfile::sha256_hex(bytes),
+            is_new: true,
+        }
+    }
+
     pub fn bytes(&self) -> Vec<u8> {
         base64::engine::general_purpose::STANDARD.decode(&self.b64).unwrap_or_default()
     }
@@ -57,7 +66,7 @@ pub fn load(path: &Path, applied: Option<&str>) -> Result<Option<SeedInput>, Str
     AuthFile::parse(&bytes, path).map_err(|e| format!("seed {e}; ignored"))?;
     let sha256 = sha256_hex(&bytes);
     let is_new = applied != Some(sha256.as_str());
-    Ok(Some(SeedInput { b64: base64::engine::general_purpose::STANDARD.encode(&bytes), sha256, is_new }))
+    Ok(Some(SeedInput { is_new, ..SeedInput::from_bytes(&bytes) }))
 }
 
 /// What the current auth.json looks like, for the seed decision.

@@ -40,6 +40,9 @@ pub struct AccountStatus {
     pub runner_last_check: Option<DateTime<Utc>>,
     pub runner_boot_id: Option<String>,
     pub runner_last_reason: String,
+    /// Fleet mode: the rotating key's version installed here, and the lease holder.
+    pub store_version: Option<u64>,
+    pub lease_holder: Option<String>,
 }
 
 impl AccountStatus {
@@ -72,6 +75,12 @@ impl AccountStatus {
         }
         if r.account_id.is_some() {
             self.account_id = r.account_id.clone();
+        }
+        if r.store_version.is_some() {
+            self.store_version = r.store_version;
+        }
+        if r.lease_holder.is_some() {
+            self.lease_holder = r.lease_holder.clone();
         }
         if r.seed_applied.is_some() {
             self.seed_sha256 = r.seed_applied.clone();

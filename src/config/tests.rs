@@ -141,3 +141,100 @@ fn account_names() {
     assert!(!valid_account_name(&"a".repeat(64)));
     assert!(!valid_account_name(""));
 }
+
+/// A Vault secret file with the given mode, owned by us.
+fn secret(dir: &Path, name: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = write(dir, name, "s.secret\n");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+#[test]
+fn fleet_keys_default_from_the_account_name() {
+    let t = tempfile::tempdir().unwrap();
+    let tok = secret(t.path(), "vault-token", 0o600);
+    let main = write(
+        t.path(),
+        "config.toml",
+        &format!(
+            "[agent]\nhost_id = \"vm-1\"\n[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"{}\"\n\
+             [accounts.team]\nuser = \"root\"\nfleet_role = \"refresher\"\n\
+             [accounts.default]\nuser = \"root\"\nfleet_role = \"follower\"\nvault_rotating_key = \"x/rot\"\n\
+             [accounts.solo]\nuser = \"root\"\n",
+            tok.display()
+        ),
+    );
+    let s = load(&main, &Env::default()).unwrap();
+    let v = s.vault.as_ref().unwrap();
+    assert_eq!((v.mount.as_str(), v.request_timeout), ("secret", Duration::from_secs(10)));
+    assert_eq!(v.auth, VaultAuth::Token { token_file: tok.clone() });
+    assert_eq!((s.agent.host_id.as_str(), s.agent.lease_ttl), ("vm-1", DEFAULT_LEASE_TTL));
+    let team = s.accounts["team"].fleet.as_ref().unwrap();
+    assert_eq!(team.fleet_role, FleetRole::Refresher);
+    assert_eq!(team.vault_seed_key, "codex-auth-json-b64-team");
+    assert_eq!(team.vault_rotating_key, "codex-auth-json-b64-rotating-team");
+    let d = s.accounts["default"].fleet.as_ref().unwrap();
+    assert_eq!((d.vault_seed_key.as_str(), d.vault_rotating_key.as_str()), ("codex-auth-json-b64", "x/rot"));
+    assert!(s.accounts["solo"].fleet.is_none());
+    let out = s.render();
+    assert!(out.contains("fleet_role = \"refresher\"") && out.contains("token_file"), "{out}");
+    assert!(!out.contains("s.secret"), "the secret itself is never printed");
+}
+
+#[test]
+fn fleet_errors_name_the_key() {
+    let t = tempfile::tempdir().unwrap();
+    let ok = secret(t.path(), "ok", 0o400);
+    let loose = secret(t.path(), "loose", 0o644);
+    let vault = |extra: &str| format!("[vault]\naddress = \"http://127.0.0.1:8200\"\n{extra}\n");
+    let tok = format!("token_file = \"{}\"", ok.display());
+    let cases = [
+        ("[accounts.a]\nuser = \"root\"\nfleet_role = \"refresher\"\n".to_string(), "accounts.a.fleet_role"),
+        (format!("{}[accounts.a]\nuser = \"root\"\nfleet_role = \"boss\"\n", vault(&tok)), "accounts.a.fleet_role"),
+        (
+            format!("{}[accounts.a]\nuser = \"root\"\nvault_seed_key = \"k\"\n", vault(&tok)),
+            "accounts.a.vault_seed_key",
+        ),
+        (
+            format!(
+                "{}[accounts.a]\nuser = \"root\"\nfleet_role = \"follower\"\nvault_rotating_key = \"../x\"\n",
+                vault(&tok)
+            ),
+            "accounts.a.vault_rotating_key",
+        ),
+        (format!("[vault]\n{tok}\n"), "vault.address"),
+        (vault(""), "vault.address"),
+        (vault(&format!("token_file = \"{}\"", loose.display())), "vault.token_file"),
+        (vault("token_file = \"/nonexistent/caa-token\""), "vault.token_file"),
+        (vault(&format!("approle_role_id_file = \"{}\"", ok.display())), "vault.approle_role_id_file"),
+        (vault(&format!("{tok}\nrequest_timeout = \"soon\"")), "vault.request_timeout"),
+        (vault(&format!("{tok}\nmount = \"/secret\"")), "vault.mount"),
+        ("[vault]\naddress = \"http://vault.example\"\n".to_string(), "vault.address"),
+        ("[agent]\nlease_ttl = \"x\"\n".to_string(), "agent.lease_ttl"),
+        ("[agent]\nhost_id = \"a b\"\n".to_string(), "agent.host_id"),
+    ];
+    for (text, key) in cases {
+        let e = load_text(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{text} → {e}");
+        assert!(e.file.is_some(), "{text} → {e}");
+    }
+    let e = load_text(&vault(&format!("token_file = \"{}\"", loose.display()))).unwrap_err().to_string();
+    assert!(e.contains(&loose.display().to_string()) && e.contains("chmod 600"), "{e}");
+    let e = load_text("[vault]\naddress = \"http://127.0.0.1:1\"\ntokn_file = \"/x\"\n").unwrap_err().to_string();
+    assert!(e.contains("tokn_file"), "{e}");
+}
+
+#[test]
+fn approle_needs_both_files() {
+    let t = tempfile::tempdir().unwrap();
+    let r = secret(t.path(), "role", 0o600);
+    let s = secret(t.path(), "sec", 0o600);
+    let text = format!(
+        "[vault]\naddress = \"https://vault.example:8200\"\napprole_role_id_file = \"{}\"\napprole_secret_id_file = \"{}\"\n",
+        r.display(),
+        s.display()
+    );
+    let settings = load_text(&text).unwrap();
+    assert!(matches!(settings.vault.unwrap().auth, VaultAuth::AppRole { .. }));
+}

@@ -6,11 +6,10 @@
 use super::core::{Core, Event, Request};
 use super::view::AccountView;
 use crate::authfile::dir::SafeDir;
-use crate::authfile::{AuthFile, MAX_AUTH_BYTES, sha256_hex};
+use crate::authfile::{AuthFile, MAX_AUTH_BYTES};
 use crate::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, OPERATOR_GROUP, account_path};
 use crate::outcome::Report;
 use crate::seed::SeedInput;
-use base64::Engine;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -209,6 +208,18 @@ impl Account {
         self.v().runner_boot_id
     }
     #[zbus(property)]
+    fn fleet_role(&self) -> String {
+        self.v().fleet_role
+    }
+    #[zbus(property)]
+    fn store_version(&self) -> u64 {
+        self.v().store_version
+    }
+    #[zbus(property)]
+    fn lease_holder(&self) -> String {
+        self.v().lease_holder
+    }
+    #[zbus(property)]
     fn runner_last_reason(&self) -> String {
         self.v().runner_last_reason
     }
@@ -287,11 +298,7 @@ impl Account {
             }
             _ => {}
         }
-        Ok(SeedInput {
-            b64: base64::engine::general_purpose::STANDARD.encode(&bytes),
-            sha256: sha256_hex(&bytes),
-            is_new: true,
-        })
+        Ok(SeedInput::from_bytes(&bytes))
     }
 }
 

@@ -31,6 +31,10 @@ pub struct AccountView {
     pub runner_last_check: u64,
     pub runner_boot_id: String,
     pub runner_last_reason: String,
+    /// Fleet mode ("" = local only), the rotating key's version here, the lease holder.
+    pub fleet_role: String,
+    pub store_version: u64,
+    pub lease_holder: String,
 }
 
 fn secs(t: Option<DateTime<Utc>>) -> u64 {
@@ -58,6 +62,9 @@ impl AccountView {
             }
             .to_string(),
             runner_state: "unknown".into(),
+            fleet_role: acct.fleet.as_ref().map(|f| f.fleet_role.as_str().to_string()).unwrap_or_default(),
+            store_version: st.store_version.unwrap_or_default(),
+            lease_holder: st.lease_holder.clone().unwrap_or_default(),
             ..Default::default()
         }
     }
@@ -84,6 +91,9 @@ impl AccountView {
             ("RunnerLastCheck", Value::from(self.runner_last_check)),
             ("RunnerBootId", Value::from(self.runner_boot_id.clone())),
             ("RunnerLastReason", Value::from(self.runner_last_reason.clone())),
+            ("FleetRole", Value::from(self.fleet_role.clone())),
+            ("StoreVersion", Value::from(self.store_version)),
+            ("LeaseHolder", Value::from(self.lease_holder.clone())),
         ]
     }
 
@@ -122,6 +132,9 @@ impl AccountView {
             runner_last_check: t("RunnerLastCheck"),
             runner_boot_id: s("RunnerBootId"),
             runner_last_reason: s("RunnerLastReason"),
+            fleet_role: s("FleetRole"),
+            store_version: t("StoreVersion"),
+            lease_holder: s("LeaseHolder"),
         }
     }
 }
@@ -142,11 +155,11 @@ mod tests {
         let map: HashMap<String, OwnedValue> =
             v.properties().into_iter().map(|(k, val)| (k.to_string(), OwnedValue::try_from(val).unwrap())).collect();
         assert_eq!(AccountView::from_properties(&map), v);
-        assert_eq!(v.properties().len(), 19);
+        assert_eq!(v.properties().len(), 22);
         let mut w = v.clone();
         w.state = "refreshing".into();
         let changed: Vec<_> = w.changed_since(Some(&v)).into_iter().map(|(k, _)| k).collect();
         assert_eq!(changed, ["State"]);
-        assert_eq!(w.changed_since(None).len(), 19);
+        assert_eq!(w.changed_since(None).len(), 22);
     }
 }

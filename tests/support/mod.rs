@@ -5,6 +5,7 @@
 
 pub mod codex;
 pub mod dbus;
+pub mod openbao;
 
 use mock_openai::{Credentials, MockServer};
 use serde_json::{Value, json};

@@ -1,0 +1,323 @@
+//! A small Vault/OpenBao KV v2 client over ureq: read a key (value bytes + version), write
+//! it with check-and-set, and log in with a token file or AppRole. Values are
+//! base64(bytes) in the field `value` (seed document 002). Tokens and values never appear
+//! in an error, a log line or a `Debug` output; response bodies are read with a cap.
+
+use crate::config::{VaultAuth, VaultSettings};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use std::fmt;
+use std::io::Read;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Largest Vault answer we read (auth.json is far below this).
+const MAX_BODY: u64 = 1024 * 1024;
+/// Log in again when less than this share of the token's TTL is left…
+const RELOGIN_FRACTION: f64 = 1.0 / 3.0;
+/// …or less than this, whichever is larger.
+const RELOGIN_MARGIN: chrono::Duration = chrono::Duration::seconds(30);
+
+/// Bytes that must never be printed (a credential or a Vault token).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// One read of a KV entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Secret,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VaultError {
+    #[error("{key} does not exist in Vault")]
+    NotFound { key: String },
+    #[error("check-and-set conflict on {key}: someone else wrote it since we read it")]
+    CasMismatch { key: String },
+    #[error(
+        "Vault denied access to {path} (HTTP 403): the token lacks the \"{capability}\" capability on it (or is invalid or expired); grant it in the policy (see docs/fleet-policies/)"
+    )]
+    Denied { key: String, path: String, capability: &'static str },
+    #[error("Vault at {address} is unreachable ({why}); local files keep working; will retry")]
+    Unreachable { address: String, why: String },
+    #[error("Vault login failed: {0}")]
+    Login(String),
+    #[error("Vault answered unexpectedly for {key}: {why}")]
+    Invalid { key: String, why: String },
+}
+
+impl VaultError {
+    /// Retrying later can help (Vault down, overloaded, or answering oddly).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, VaultError::Unreachable { .. } | VaultError::Invalid { .. } | VaultError::CasMismatch { .. })
+    }
+}
+
+/// A login token and when it stops working (None: a static token from a file).
+#[derive(Clone)]
+struct Token {
+    value: String,
+    obtained: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Whether a cached token can still be used at `now` (pure). Log in again once less than a
+/// third of its TTL (at least 30 s) is left, so a request never races the expiry.
+pub fn token_usable(obtained: DateTime<Utc>, expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    let Some(exp) = expires_at else { return true };
+    let ttl = exp - obtained;
+    let margin = chrono::Duration::milliseconds((ttl.num_milliseconds() as f64 * RELOGIN_FRACTION) as i64);
+    now + margin.max(RELOGIN_MARGIN) < exp
+}
+
+pub struct Vault {
+    agent: ureq::Agent,
+    settings: VaultSettings,
+    token: Mutex<Option<Token>>,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault").field("address", &self.settings.address).field("mount", &self.settings.mount).finish()
+    }
+}
+
+/// TLS roots: the system's, plus `ca_file` when set.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().unwrap_or_default() {
+        let _ = roots.add(cert);
+    }
+    if let Some(ca) = ca_file {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("ca_file {} is not PEM: {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!("ca_file {} holds no certificate", ca.display()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+impl Vault {
+    pub fn new(settings: &VaultSettings) -> Result<Vault, VaultError> {
+        let mut b = ureq::AgentBuilder::new().timeout(settings.request_timeout).redirects(0);
+        if settings.address.starts_with("https://") {
+            b = b.tls_config(tls_config(settings.ca_file.as_deref()).map_err(VaultError::Login)?);
+        }
+        Ok(Vault { agent: b.build(), settings: settings.clone(), token: Mutex::new(None) })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.settings.address
+    }
+
+    fn data_path(&self, key: &str) -> String {
+        format!("{}/data/{key}", self.settings.mount)
+    }
+
+    fn unreachable(&self, why: impl Into<String>) -> VaultError {
+        VaultError::Unreachable { address: self.settings.address.clone(), why: why.into() }
+    }
+
+    /// A usable token: the file's, or a cached AppRole login renewed before it expires.
+    fn token(&self, now: DateTime<Utc>) -> Result<String, VaultError> {
+        let mut cached = self.token.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = cached.as_ref().filter(|t| token_usable(t.obtained, t.expires_at, now)) {
+            return Ok(t.value.clone());
+        }
+        let t = match &self.settings.auth {
+            VaultAuth::Token { token_file } => {
+                Token { value: read_secret(token_file)?, obtained: now, expires_at: None }
+            }
+            VaultAuth::AppRole { approle_role_id_file, approle_secret_id_file } => {
+                self.approle_login(&read_secret(approle_role_id_file)?, &read_secret(approle_secret_id_file)?, now)?
+            }
+        };
+        *cached = Some(t.clone());
+        Ok(t.value)
+    }
+
+    /// Forget the cached token (after a 403 it may have been revoked or expired early).
+    fn forget_token(&self) {
+        *self.token.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn approle_login(&self, role_id: &str, secret_id: &str, now: DateTime<Utc>) -> Result<Token, VaultError> {
+        let url = format!("{}/v1/auth/approle/login", self.settings.address);
+        let body = json!({"role_id": role_id, "secret_id": secret_id});
+        let v = match self.agent.post(&url).send_json(body) {
+            Ok(resp) => read_json(resp).map_err(|why| VaultError::Login(format!("unreadable answer: {why}")))?,
+            Err(ureq::Error::Status(code, _)) if code < 500 && code != 429 => {
+                return Err(VaultError::Login(format!(
+                    "AppRole login refused (HTTP {code}); check approle_role_id_file and approle_secret_id_file and that the approle auth method is enabled"
+                )));
+            }
+            Err(ureq::Error::Status(code, _)) => return Err(self.unreachable(format!("HTTP {code} on AppRole login"))),
+            Err(ureq::Error::Transport(t)) => return Err(self.unreachable(t.kind().to_string())),
+        };
+        let auth = &v["auth"];
+        let Some(token) = auth["client_token"].as_str().filter(|t| !t.is_empty()) else {
+            return Err(VaultError::Login("the AppRole login answer holds no client_token".into()));
+        };
+        let lease = auth["lease_duration"].as_i64().unwrap_or(0);
+        let expires_at = (lease > 0).then(|| now + chrono::Duration::seconds(lease));
+        Ok(Token { value: token.to_string(), obtained: now, expires_at })
+    }
+
+    /// Send one request with the token; a 403 is retried once with a fresh login.
+    fn call(
+        &self,
+        key: &str,
+        capability: &'static str,
+        body: Option<&Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Value, VaultError> {
+        let url = format!("{}/v1/{}", self.settings.address, self.data_path(key));
+        let mut relogged = false;
+        loop {
+            let token = self.token(now)?;
+            let req = match body {
+                Some(_) => self.agent.post(&url),
+                None => self.agent.get(&url),
+            }
+            .set("X-Vault-Token", &token);
+            let result = match body {
+                Some(b) => req.send_json(b.clone()),
+                None => req.call(),
+            };
+            return match result {
+                Ok(resp) => read_json(resp).map_err(|why| VaultError::Invalid { key: key.to_string(), why }),
+                Err(ureq::Error::Status(403, _))
+                    if !relogged && matches!(self.settings.auth, VaultAuth::AppRole { .. }) =>
+                {
+                    self.forget_token();
+                    relogged = true;
+                    continue;
+                }
+                Err(ureq::Error::Status(403, _)) => {
+                    Err(VaultError::Denied { key: key.to_string(), path: self.data_path(key), capability })
+                }
+                Err(ureq::Error::Status(404, _)) => Err(VaultError::NotFound { key: key.to_string() }),
+                Err(ureq::Error::Status(400, resp)) if body.is_some() => {
+                    let text = read_json(resp).map(|v| v.to_string()).unwrap_or_default();
+                    if text.contains("check-and-set") {
+                        Err(VaultError::CasMismatch { key: key.to_string() })
+                    } else {
+                        Err(VaultError::Invalid { key: key.to_string(), why: "HTTP 400 on write".into() })
+                    }
+                }
+                Err(ureq::Error::Status(code, _)) if code >= 500 || code == 429 => {
+                    Err(self.unreachable(format!("HTTP {code}")))
+                }
+                Err(ureq::Error::Status(code, _)) => {
+                    Err(VaultError::Invalid { key: key.to_string(), why: format!("HTTP {code}") })
+                }
+                Err(ureq::Error::Transport(t)) => Err(self.unreachable(t.kind().to_string())),
+            };
+        }
+    }
+
+    /// Read `key`: its value and version, or None when it does not exist (or its newest
+    /// version is deleted).
+    pub fn read(&self, key: &str, now: DateTime<Utc>) -> Result<Option<Entry>, VaultError> {
+        let v = match self.call(key, "read", None, now) {
+            Ok(v) => v,
+            Err(VaultError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let invalid = |why: &str| VaultError::Invalid { key: key.to_string(), why: why.to_string() };
+        let version = v["data"]["metadata"]["version"].as_u64().ok_or_else(|| invalid("no data.metadata.version"))?;
+        let Some(text) = v["data"]["data"]["value"].as_str() else {
+            return Err(invalid("no field `value` (expected base64 of the content)"));
+        };
+        let value = B64.decode(text.trim()).map_err(|_| invalid("field `value` is not base64"))?;
+        Ok(Some(Entry { value: Secret(value), version }))
+    }
+
+    /// Write `value` to `key` if its current version is `cas` (0: only if absent); returns
+    /// the new version.
+    pub fn write(&self, key: &str, value: &[u8], cas: u64, now: DateTime<Utc>) -> Result<u64, VaultError> {
+        let body = json!({"data": {"value": B64.encode(value)}, "options": {"cas": cas}});
+        let v = self.call(key, "create/update", Some(&body), now)?;
+        v["data"]["version"]
+            .as_u64()
+            .ok_or_else(|| VaultError::Invalid { key: key.to_string(), why: "no data.version in the answer".into() })
+    }
+}
+
+/// A capped JSON body.
+fn read_json(resp: ureq::Response) -> Result<Value, String> {
+    let mut buf = Vec::new();
+    resp.into_reader().take(MAX_BODY).read_to_end(&mut buf).map_err(|e| e.kind().to_string())?;
+    serde_json::from_slice(&buf).map_err(|_| "not JSON".to_string())
+}
+
+/// A one-line secret from a root-only file (checked by the config too), trimmed.
+fn read_secret(path: &std::path::Path) -> Result<String, VaultError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| VaultError::Login(format!("cannot read {}: {e}", path.display())))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(VaultError::Login(format!("{} is empty", path.display())));
+    }
+    Ok(t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_renewed_before_they_expire() {
+        assert!(token_usable(t(0), None, t(1_000_000)), "static tokens never expire here");
+        // 1 h TTL: usable until 40 min are gone (a third left).
+        assert!(token_usable(t(0), Some(t(3600)), t(2399)));
+        assert!(!token_usable(t(0), Some(t(3600)), t(2400)));
+        // 60 s TTL: the 30 s minimum margin applies.
+        assert!(token_usable(t(0), Some(t(60)), t(29)));
+        assert!(!token_usable(t(0), Some(t(60)), t(30)));
+    }
+
+    #[test]
+    fn secrets_and_clients_do_not_print_their_content() {
+        let s = Secret(b"hvs.very-secret".to_vec());
+        assert!(!format!("{s:?}").contains("very-secret"));
+        let v = Vault::new(&VaultSettings {
+            address: "http://127.0.0.1:1".into(),
+            mount: "secret".into(),
+            auth: VaultAuth::Token { token_file: "/nonexistent".into() },
+            ca_file: None,
+            request_timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        assert!(format!("{v:?}").contains("127.0.0.1:1"));
+        let e = v.read("k", t(0)).unwrap_err();
+        assert!(matches!(e, VaultError::Login(_)), "{e}");
+    }
+}

@@ -1,0 +1,258 @@
+//! Fleet mode end to end: separate `codex-auth-agent refresh` processes (each with its own
+//! state dir, CODEX_HOME and host id) sharing one account through a real OpenBao dev
+//! server, with the mock token endpoint counting token calls and reuse detections.
+
+mod support;
+
+use mock_openai::{Credentials, MockConfig, MockServer};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::openbao::Bao;
+use support::*;
+
+const ROTATING: &str = "codex-auth-json-b64-rotating-team";
+const SEED: &str = "codex-auth-json-b64-team";
+const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/fleet-policies");
+
+/// One simulated VM: its own scratch (state dir, CODEX_HOME, config).
+struct Host {
+    scratch: Scratch,
+    home: PathBuf,
+    config: PathBuf,
+}
+
+/// How a host logs in to Vault.
+enum Login<'a> {
+    Token(&'a str),
+    AppRole { role_id: &'a str, secret_id: &'a str },
+}
+
+fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+impl Host {
+    fn new(bao: &Bao, host_id: &str, role: &str, login: Login) -> Host {
+        let scratch = Scratch::new();
+        let home = scratch.codex_home("codex", None);
+        let auth = match login {
+            Login::Token(t) => format!("token_file = \"{}\"", secret_file(scratch.path(), "vault-token", t).display()),
+            Login::AppRole { role_id, secret_id } => format!(
+                "approle_role_id_file = \"{}\"\napprole_secret_id_file = \"{}\"",
+                secret_file(scratch.path(), "role-id", role_id).display(),
+                secret_file(scratch.path(), "secret-id", secret_id).display()
+            ),
+        };
+        let config = scratch.config(&format!(
+            "host_id = \"{host_id}\"\n\n[vault]\naddress = \"{}\"\n{auth}\nrequest_timeout = \"1s\"\n\n\
+             [defaults]\nrequest_timeout = \"5s\"\n\n[accounts.team]\nuser = \"{}\"\ncodex_home = \"{}\"\nfleet_role = \"{role}\"\n",
+            bao.addr,
+            me(),
+            home.display()
+        ));
+        // Scratch::config puts host_id after state_dir inside [agent].
+        Host { scratch, home, config }
+    }
+
+    fn cmd(&self, mock: &MockServer, extra: &[&str]) -> Command {
+        let mut c = agent(&self.scratch, mock);
+        c.arg("--config").arg(&self.config).args(["refresh", "--account", "team", "--json"]).args(extra);
+        c
+    }
+
+    fn refresh(&self, mock: &MockServer, extra: &[&str]) -> Run {
+        run(self.cmd(mock, extra))
+    }
+
+    fn auth(&self) -> Vec<u8> {
+        std::fs::read(self.home.join("auth.json")).unwrap_or_default()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        read_json(&self.scratch.state_dir().join("accounts/team/status.json"))
+    }
+}
+
+/// A login whose refresh is due, stored as the account's seed in Vault.
+fn seeded(bao: &Bao, mock: &MockServer) -> Credentials {
+    let c = mock.issue_family("acct-team");
+    bao.put(SEED, auth_json(&c, OLD).as_bytes());
+    c
+}
+
+/// Every token value the mock issued for the account so far (canaries).
+fn all_secrets(mock: &MockServer, c: &Credentials, bao_tokens: &[&str]) -> Vec<String> {
+    let mut s = secrets(c);
+    if let Some(rt) = mock.current_refresh_token("acct-team") {
+        s.push(rt);
+    }
+    s.extend(bao_tokens.iter().map(|t| t.to_string()));
+    s
+}
+
+fn install_policies(bao: &Bao) {
+    bao.cli(&["policy", "write", "fleet-refresher", &format!("{POLICIES}/refresher.hcl")]);
+    bao.cli(&["policy", "write", "fleet-follower", &format!("{POLICIES}/follower.hcl")]);
+}
+
+#[test]
+fn refresher_by_approle_and_three_followers_converge_with_one_token_call() {
+    let Some(bao) = Bao::start("refresher_by_approle_and_three_followers_converge_with_one_token_call") else {
+        return;
+    };
+    let mock = MockServer::start(MockConfig::default());
+    let c = seeded(&bao, &mock);
+    install_policies(&bao);
+    bao.cli(&["auth", "enable", "approle"]);
+    bao.cli(&["write", "auth/approle/role/fleet", "token_policies=fleet-refresher", "token_ttl=1h"]);
+    let role_id = bao.field(&["read", "-field=role_id", "auth/approle/role/fleet/role-id"]);
+    let secret_id = bao.field(&["write", "-f", "-field=secret_id", "auth/approle/role/fleet/secret-id"]);
+    let follower_token = bao.token(&["fleet-follower"]);
+    let refresher = Host::new(&bao, "vm-0", "refresher", Login::AppRole { role_id: &role_id, secret_id: &secret_id });
+    let followers: Vec<Host> =
+        (1..=3).map(|i| Host::new(&bao, &format!("vm-{i}"), "follower", Login::Token(&follower_token))).collect();
+
+    let r = refresher.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.one()["outcome"], "refreshed", "{}", r.stdout);
+    let (rotated, version) = bao.get(ROTATING).expect("the rotating key was written");
+    assert_eq!(version, 2, "mirrored from the seed (1), then the refreshed credential (2)");
+    assert_eq!(rotated, refresher.auth(), "Vault holds exactly what the refresher wrote locally");
+    assert_eq!(refresher.status()["store_version"], 2);
+    assert_eq!(refresher.status()["lease_holder"], "vm-0");
+
+    let mut runs = vec![r];
+    for f in &followers {
+        let r = f.refresh(&mock, &[]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.one()["outcome"], "fresh");
+        assert!(r.one()["reason"].as_str().unwrap().contains("version 2"), "{}", r.stdout);
+        assert_eq!(f.auth(), rotated, "the follower converged on the rotating credential");
+        assert_eq!(f.status()["store_version"], 2);
+        assert_eq!(f.status()["lease_holder"], "vm-0");
+        // A second sync changes nothing, and a forced follower still never calls the endpoint.
+        let again = f.refresh(&mock, &["--force"]);
+        assert_eq!(again.code, 0, "{}", again.stderr);
+        assert_eq!(f.auth(), rotated);
+        runs.push(r);
+        runs.push(again);
+    }
+    assert_eq!(mock.token_requests(), 1, "exactly one token call for the whole fleet");
+    assert_eq!(mock.reuse_detections(), 0);
+    let secrets = all_secrets(&mock, &c, &[&role_id, &secret_id, &follower_token]);
+    for (h, r) in std::iter::once(&refresher).chain(&followers).zip(&runs) {
+        assert_clean(r, &h.scratch.state_dir(), &secrets);
+    }
+}
+
+#[test]
+fn two_refreshers_racing_for_100_cycles_never_reuse_a_token() {
+    let Some(bao) = Bao::start("two_refreshers_racing_for_100_cycles_never_reuse_a_token") else { return };
+    let mock = MockServer::start(MockConfig::default());
+    seeded(&bao, &mock);
+    install_policies(&bao);
+    let token = bao.token(&["fleet-refresher"]);
+    let hosts = [
+        Host::new(&bao, "vm-a", "refresher", Login::Token(&token)),
+        Host::new(&bao, "vm-b", "refresher", Login::Token(&token)),
+    ];
+    const CYCLES: u64 = 100;
+    for cycle in 0..CYCLES {
+        // Both start at once, each forced: every cycle is due for both of them.
+        let spawned: Vec<_> = hosts
+            .iter()
+            .map(|h| h.cmd(&mock, &["--force"]).stdout(std::process::Stdio::piped()).spawn().unwrap())
+            .collect();
+        for c in spawned {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "cycle {cycle}: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        assert_eq!(mock.token_requests(), cycle + 1, "cycle {cycle}: exactly one token call");
+    }
+    assert_eq!(mock.reuse_detections(), 0, "no refresh_token_reused");
+    let (rotated, _) = bao.get(ROTATING).unwrap();
+    for h in &hosts {
+        let r = h.refresh(&mock, &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(h.auth(), rotated, "both hosts end on the fleet's credential");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&rotated).unwrap();
+    assert!(mock.is_live_refresh_token(v["tokens"]["refresh_token"].as_str().unwrap()));
+}
+
+#[test]
+fn openbao_stopped_mid_refresh_loses_nothing_and_catches_up() {
+    let Some(bao) = Bao::start("openbao_stopped_mid_refresh_loses_nothing_and_catches_up") else { return };
+    let mock = MockServer::start(MockConfig::default());
+    let c = seeded(&bao, &mock);
+    let refresher = Host::new(&bao, "vm-0", "refresher", Login::Token("root"));
+    let follower = Host::new(&bao, "vm-1", "follower", Login::Token("root"));
+    assert_eq!(refresher.refresh(&mock, &[]).code, 0);
+    assert_eq!(follower.refresh(&mock, &[]).code, 0);
+    let before = follower.auth();
+
+    // Stop Vault while the refresher waits for the token endpoint: its write must fail.
+    mock.set_latency(Duration::from_millis(2500));
+    let child = refresher.cmd(&mock, &["--force"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    bao.pause();
+    let out = child.wait_with_output().unwrap();
+    mock.set_latency(Duration::ZERO);
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(4), "transient failure: {line}");
+    assert!(line.contains("uploaded on the next run"), "{line}");
+    let refreshed_locally = refresher.auth();
+    let v: serde_json::Value = serde_json::from_slice(&refreshed_locally).unwrap();
+    assert!(mock.is_live_refresh_token(v["tokens"]["refresh_token"].as_str().unwrap()), "kept locally");
+
+    // Vault still down: the follower keeps its file and says why.
+    let r = follower.refresh(&mock, &[]);
+    assert_eq!(r.code, 4, "{}", r.stdout);
+    assert!(r.one()["reason"].as_str().unwrap().contains("unreachable"), "{}", r.stdout);
+    assert_eq!(follower.auth(), before);
+
+    bao.resume();
+    let r = refresher.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let (rotated, version) = bao.get(ROTATING).unwrap();
+    assert_eq!(rotated, refreshed_locally, "the pending credential was uploaded");
+    assert_eq!(version, 3);
+    let r = follower.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert_eq!(follower.auth(), rotated, "the follower caught up on its next run");
+    assert_eq!(mock.token_requests(), 2);
+    assert_eq!(mock.reuse_detections(), 0);
+    assert_clean(&r, &follower.scratch.state_dir(), &all_secrets(&mock, &c, &[]));
+}
+
+#[test]
+fn denied_access_names_the_key_and_the_missing_capability() {
+    let Some(bao) = Bao::start("denied_access_names_the_key_and_the_missing_capability") else { return };
+    let mock = MockServer::start(MockConfig::default());
+    seeded(&bao, &mock);
+    install_policies(&bao);
+    // A wrong token: the first read is refused.
+    let wrong = Host::new(&bao, "vm-x", "follower", Login::Token("s.CANARY-not-a-token"));
+    let r = wrong.refresh(&mock, &[]);
+    assert_eq!(r.code, 4, "{}", r.stdout);
+    let reason = r.one()["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("secret/data/codex-auth-json-b64-rotating-team") && reason.contains("\"read\""),
+        "{reason}"
+    );
+    assert!(!r.stdout.contains("CANARY-not-a-token") && !r.stderr.contains("CANARY-not-a-token"));
+    // A follower's read-only token on a refresher: the rotating key cannot be created.
+    let ro = bao.token(&["fleet-follower"]);
+    let h = Host::new(&bao, "vm-y", "refresher", Login::Token(&ro));
+    let r = h.refresh(&mock, &[]);
+    assert_eq!(r.code, 4, "{}", r.stdout);
+    let reason = r.one()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains(ROTATING) && reason.contains("create/update"), "{reason}");
+    assert_eq!(mock.token_requests(), 0, "nothing refreshed without Vault's blessing");
+    assert!(bao.get(ROTATING).is_none());
+}
