@@ -79,6 +79,13 @@ pub enum CtlCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Run the real Codex against a throwaway copy of the credential (one account or all)
+    Preflight {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        account: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
     /// Install the auth.json given on stdin as the account's credential (a preflight follows)
     Store { account: String },
     /// Make the auth.json given on stdin the account's seed and install it (no preflight)
@@ -262,6 +269,22 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             finish(&conn, &results.into_iter().map(|(a, o, _)| (a, o)).collect::<Vec<_>>()).await
         }
         CtlCommand::Sync { .. } => unreachable!("mapped to Refresh above"),
+        CtlCommand::Preflight { account: Some(a), .. } => {
+            let p = proxy(&conn, account_path(&a), ACCOUNT_IFACE).await?;
+            let (outcome, reason): (String, String) = p.call("Preflight", &()).await.map_err(|e| classify(e, &a))?;
+            println!("{a}: {outcome}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+            Ok(if outcome == "preflight_ok" { exit::OK } else { exit::TRANSIENT })
+        }
+        CtlCommand::Preflight { account: None, .. } => {
+            let m = proxy(&conn, MANAGER_PATH.into(), MANAGER_IFACE).await?;
+            let results: Vec<(String, String, String)> =
+                m.call("PreflightAll", &()).await.map_err(|e| classify(e, "preflight --all"))?;
+            for (a, o, r) in &results {
+                println!("{a}: {o}{}", if r.is_empty() { String::new() } else { format!(": {r}") });
+            }
+            let failed = results.iter().any(|(_, o, _)| o != "preflight_ok");
+            Ok(if failed { exit::TRANSIENT } else { exit::OK })
+        }
         CtlCommand::Store { account } => pass_fd(&conn, &account, "Store").await,
         CtlCommand::Seed { account } => pass_fd(&conn, &account, "Seed").await,
         CtlCommand::Reload => {

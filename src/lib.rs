@@ -20,6 +20,8 @@ pub mod ctl;
 pub mod daemon;
 /// Fleet mode: one refresher per account across hosts through Vault/OpenBao KV v2.
 pub mod fleet;
+/// The journald sink: native protocol, every field through the redaction guard.
+pub mod journal;
 /// Journald/stderr logging, the contract's field names, and the redaction guard.
 pub mod logging;
 /// D-Bus names and paths shared by the daemon and codex-authctl.

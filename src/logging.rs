@@ -3,6 +3,7 @@
 //! opaque token before it reaches stderr — defence in depth, since no code path logs
 //! token values in the first place.
 
+use crate::journal::JOURNAL_SOCKET;
 use crate::outcome::{Event, Failure, FailureClass, Report};
 use crate::preflight::PreflightReport;
 use chrono::SecondsFormat;
@@ -16,7 +17,6 @@ use tracing_subscriber::{Layer, filter::LevelFilter};
 pub const SYSLOG_IDENTIFIER: &str = "codex-auth-agent";
 /// `journal`, `stderr` or `both` overrides the automatic choice.
 pub const LOG_ENV: &str = "CODEX_AUTH_AGENT_LOG";
-const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// Where logs go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,15 +44,11 @@ pub fn init(verbose: bool) {
         std::path::Path::new(JOURNAL_SOCKET).exists(),
     );
     let level = if verbose { LevelFilter::DEBUG } else { LevelFilter::INFO };
-    let journal = sinks.journal.then(|| tracing_journald::layer().ok()).flatten().map(|l| {
-        l.with_field_prefix(None)
-            .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string())
-            .with_priority_mappings(tracing_journald::PriorityMappings {
-                info: tracing_journald::Priority::Informational,
-                ..tracing_journald::PriorityMappings::new()
-            })
-            .with_filter(level)
-    });
+    let journal = sinks
+        .journal
+        .then(|| crate::journal::JournalLayer::connect(std::path::Path::new(JOURNAL_SOCKET), SYSLOG_IDENTIFIER).ok())
+        .flatten()
+        .map(|l| l.with_filter(level));
     // Without a working journal, stderr is the fallback.
     let stderr = (sinks.stderr || journal.is_none()).then(|| {
         tracing_subscriber::fmt::layer()

@@ -119,6 +119,11 @@ pub fn harden_process() {
 
 /// Drop root to `id` for good, and prove it cannot be undone.
 pub fn drop_privileges(id: &Identity) -> Result<(), String> {
+    // Already exactly that user (a daemon running as the account's own user): nothing to drop.
+    if id.uid != 0 && nix::unistd::getuid().as_raw() == id.uid && nix::unistd::geteuid().as_raw() == id.uid {
+        harden_process();
+        return Ok(());
+    }
     let (uid, gid) = (Uid::from_raw(id.uid), Gid::from_raw(id.gid));
     let name = CString::new(id.user.as_str()).map_err(|_| "user name contains NUL".to_string())?;
     nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups({}) failed: {e}", id.user))?;
@@ -154,13 +159,24 @@ pub fn preflight_as(id: &Identity, job: &PreflightJob, clock: &dyn Clock) -> Pre
     }
 }
 
+/// Set once by the daemon: every task runs in a worker process, even for an account of
+/// the daemon's own user, so the long-lived daemon never opens a user's files itself and
+/// its memory stays flat whatever the accounts hold.
+static ALWAYS_WORKER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Make every later task of this process run in a worker child.
+pub fn always_use_workers() {
+    ALWAYS_WORKER.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// The one path for every task: in-process as its user, or in a dropped worker child.
 fn run_task(id: &Identity, task: Task, clock: &dyn Clock) -> TaskReport {
     let euid = nix::unistd::geteuid();
-    if euid.as_raw() == id.uid {
+    let isolate = ALWAYS_WORKER.load(std::sync::atomic::Ordering::SeqCst);
+    if euid.as_raw() == id.uid && !isolate {
         return task.run(clock);
     }
-    if !euid.is_root() {
+    if !euid.is_root() && euid.as_raw() != id.uid {
         return task
             .failed(Failure::permanent(format!("must run as root or as user {} to work on this account", id.user)));
     }

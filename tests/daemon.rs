@@ -398,8 +398,15 @@ async fn non_root_callers_may_read_but_not_act() {
     let _ = Command::new("gpasswd").args(["-d", "caa-bob", "codex-auth"]).output();
     let r = ctl_as(&w, &bob, &["status", "--json"]);
     assert_eq!(r.code, 0, "reads are open: {}", r.stderr);
-    for args in [&["refresh", "alice"][..], &["refresh", "--all"], &["reload"], &["store", "alice"], &["seed", "alice"]]
-    {
+    for args in [
+        &["refresh", "alice"][..],
+        &["refresh", "--all"],
+        &["preflight", "alice"],
+        &["preflight", "--all"],
+        &["reload"],
+        &["store", "alice"],
+        &["seed", "alice"],
+    ] {
         let r = ctl_as(&w, &bob, args);
         assert_eq!(r.code, 77, "{args:?}: {}{}", r.stdout, r.stderr);
     }
@@ -413,4 +420,47 @@ async fn non_root_callers_may_read_but_not_act() {
     let r = ctl_as(&w, &bob, &["store", "alice"]);
     assert_eq!(r.code, 77, "{}", r.stderr);
     let _ = Command::new("gpasswd").args(["-d", "caa-bob", "codex-auth"]).output();
+}
+
+#[tokio::test]
+async fn preflight_over_dbus_sets_the_runner_properties_and_follows_a_store() {
+    let cw = support::codex::World::new();
+    let bus = PrivateBus::start(cw.scratch.path());
+    let c = cw.mock.issue_family("acct-pf");
+    let home = cw.scratch.codex_home("pf", Some(&auth_json(&c, &recent())));
+    let cfg = cw.config_me(&home, "");
+    let d = AgentDaemon::start(&cw.scratch, &cw.mock, &cfg, &bus);
+    let conn = zbus::connection::Builder::address(bus.address.as_str()).unwrap().build().await.unwrap();
+    wait_state(&conn, "me", "ok").await;
+    assert_eq!(view(&conn, "me").await.runner_state, "unknown");
+    let a = account(&conn, "me").await;
+    let (outcome, reason): (String, String) = a.call("Preflight", &()).await.unwrap();
+    assert_eq!(outcome, "preflight_ok", "{reason}\n{}", d.log_text());
+    let v = view(&conn, "me").await;
+    assert_eq!(v.runner_state, "ok");
+    assert!(v.runner_last_ok > 0 && v.runner_last_check == v.runner_last_ok && v.runner_last_fail == 0, "{v:?}");
+    assert_eq!(v.runner_boot_id.len(), 36);
+    // PreflightAll through codex-authctl (what the daily timer runs).
+    let mut cmd = ctl(&bus);
+    cmd.args(["preflight", "--all"]);
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.starts_with("me: preflight_ok"), "{}", r.stdout);
+    // A Store answers at once; the preflight it triggers runs afterwards.
+    let checked = view(&conn, "me").await.runner_last_check;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stored = cw.mock.issue_family("acct-pf");
+    let file = cw.scratch.path().join("stored.json");
+    std::fs::write(&file, auth_json(&stored, &recent())).unwrap();
+    let fd = std::fs::File::open(&file).unwrap();
+    let (o, _): (String, String) =
+        a.call("Store", &(zbus::zvariant::Fd::from(std::os::fd::AsFd::as_fd(&fd)),)).await.unwrap();
+    assert_eq!(o, "fresh");
+    let t0 = Instant::now();
+    while view(&conn, "me").await.runner_last_check <= checked {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no preflight after Store:\n{}", d.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(view(&conn, "me").await.runner_state, "ok");
+    assert_no_secrets(&[("daemon log", &d.log_text())], &[secrets(&c), secrets(&stored)].concat());
 }

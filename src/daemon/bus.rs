@@ -116,6 +116,21 @@ impl Manager {
             .collect())
     }
 
+    async fn preflight_all(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<Vec<(String, String, String)>> {
+        authorize(conn, &hdr, Need::Operator, "PreflightAll").await?;
+        Ok(self
+            .core
+            .preflight_all()
+            .await
+            .into_iter()
+            .map(|r| (r.account.clone(), r.outcome().into(), r.reason))
+            .collect())
+    }
+
     async fn reload(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> fdo::Result<()> {
         authorize(conn, &hdr, Need::Operator, "Reload").await?;
         self.core.reload().map_err(|e| fdo::Error::Failed(e.to_string()))
@@ -233,6 +248,17 @@ impl Account {
         authorize(conn, &hdr, Need::Operator, "Refresh").await?;
         let req = Request { force, ..Default::default() };
         self.core.refresh(&self.name, req).await.map(pair).ok_or_else(|| gone(&self.name))
+    }
+
+    /// Run the real Codex once against a throwaway copy (adopting what it refreshed).
+    async fn preflight(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<(String, String)> {
+        authorize(conn, &hdr, Need::Operator, "Preflight").await?;
+        let r = self.core.preflight(&self.name).await.ok_or_else(|| gone(&self.name))?;
+        Ok((r.outcome().to_string(), r.reason))
     }
 
     /// Install the auth.json read from `fd` (at most 1 MiB) through the worker.

@@ -12,6 +12,7 @@ use crate::authfile::sha256_hex;
 use crate::clock::Clock;
 use crate::config::{self, AccountSettings, ConfigError, Env, Settings};
 use crate::outcome::{Failure, Report};
+use crate::preflight::PreflightReport;
 use crate::seed::SeedInput;
 use crate::status::{self, AccountStatus};
 use chrono::{DateTime, Utc};
@@ -55,6 +56,7 @@ pub struct Core {
     settings: RwLock<Arc<Settings>>,
     entries: Mutex<BTreeMap<String, Entry>>,
     inflight: Mutex<HashMap<String, watch::Receiver<Option<Report>>>>,
+    preflights: Mutex<HashMap<String, watch::Receiver<Option<PreflightReport>>>>,
     permits: RwLock<Arc<Semaphore>>,
     problem: Mutex<Option<String>>,
     clock: Arc<dyn Clock>,
@@ -95,6 +97,7 @@ impl Core {
             settings: RwLock::new(Arc::new(Settings { accounts: BTreeMap::new(), ..settings.clone() })),
             entries: Mutex::new(BTreeMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            preflights: Mutex::new(HashMap::new()),
             problem: Mutex::new(None),
             clock,
             events: tx,
@@ -352,15 +355,79 @@ impl Core {
 
     /// Runs in flight right now (SIGTERM waits for them).
     pub fn busy(&self) -> usize {
-        lock(&self.inflight).len()
+        lock(&self.inflight).len() + lock(&self.preflights).len()
     }
 
     /// A successful Store is followed by a preflight that the Store's answer does not wait
-    /// for. The preflight (issue 4) plugs in here.
+    /// for (Seed never triggers one).
     pub fn after_store(self: &Arc<Self>, name: &str, report: &Report) {
-        if report.failure.is_none() {
-            tracing::debug!(account = %name, "stored; the preflight runs from here once it is built");
+        let wanted = self.account_settings(name).is_some_and(|a| a.refresh.preflight);
+        if report.failure.is_none() && wanted {
+            let (me, name) = (self.clone(), name.to_string());
+            tokio::spawn(async move { me.preflight(&name).await });
         }
+    }
+
+    /// Preflight one account (or join the one in flight). Bounded by max_parallel like
+    /// refreshes: each runs a real Codex (≈150 MiB).
+    pub async fn preflight(self: &Arc<Self>, name: &str) -> Option<PreflightReport> {
+        let acct = self.account_settings(name)?;
+        let mut rx = {
+            let mut inflight = lock(&self.preflights);
+            match inflight.get(name) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(name.to_string(), rx.clone());
+                    let (me, name) = (self.clone(), name.to_string());
+                    tokio::spawn(async move {
+                        let permits = me.permits.read().unwrap_or_else(PoisonError::into_inner).clone();
+                        let _permit = permits.acquire_owned().await;
+                        let (s, c) = (me.settings(), me.clock.clone());
+                        let report = tokio::task::spawn_blocking(move || account::preflight(&s, &acct, &*c))
+                            .await
+                            .unwrap_or_else(|e| {
+                                PreflightReport::failed(
+                                    &name,
+                                    Failure::transient(format!("the preflight failed internally: {e}")),
+                                )
+                            });
+                        if let Some(e) = lock(&me.entries).get_mut(&name) {
+                            e.status = status::load(&me.settings().agent.state_dir, &name);
+                        }
+                        lock(&me.preflights).remove(&name);
+                        me.emit(Event::Account(name.clone()));
+                        let _ = tx.send(Some(report));
+                    });
+                    rx
+                }
+            }
+        };
+        let result = rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+        Some(result.unwrap_or_else(|| PreflightReport::failed(name, Failure::transient("the preflight was aborted"))))
+    }
+
+    /// Preflight every account whose `preflight` key is on (PreflightAll, the daily timer).
+    pub async fn preflight_all(self: &Arc<Self>) -> Vec<PreflightReport> {
+        let names: Vec<String> = self
+            .names()
+            .into_iter()
+            .filter(|n| self.account_settings(n).is_some_and(|a| a.refresh.preflight))
+            .collect();
+        let runs: Vec<_> = names
+            .into_iter()
+            .map(|n| {
+                let me = self.clone();
+                tokio::spawn(async move { me.preflight(&n).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for r in runs {
+            if let Ok(Some(rep)) = r.await {
+                out.push(rep);
+            }
+        }
+        out
     }
 
     /// The account id last seen in the account's auth.json.

@@ -52,6 +52,7 @@ pub fn main(config_flag: Option<&Path>, bus: BusChoice) -> i32 {
 }
 
 async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
+    crate::privsep::always_use_workers();
     let (core, mut events) = core::Core::new(path.to_path_buf(), settings, Arc::new(SystemClock));
     let conn = match bus::serve(&bus, core.clone()).await {
         Ok(c) => c,

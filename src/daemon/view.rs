@@ -61,11 +61,15 @@ impl AccountView {
                 RefreshMethod::AppServer => "app-server",
             }
             .to_string(),
-            runner_state: "unknown".into(),
+            runner_state: st.runner_state.as_str().to_string(),
+            runner_last_ok: secs(st.runner_last_ok),
+            runner_last_fail: secs(st.runner_last_fail),
+            runner_last_check: secs(st.runner_last_check),
+            runner_boot_id: st.runner_boot_id.clone().unwrap_or_default(),
+            runner_last_reason: st.runner_last_reason.clone(),
             fleet_role: acct.fleet.as_ref().map(|f| f.fleet_role.as_str().to_string()).unwrap_or_default(),
             store_version: st.store_version.unwrap_or_default(),
             lease_holder: st.lease_holder.clone().unwrap_or_default(),
-            ..Default::default()
         }
     }
 
