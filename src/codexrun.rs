@@ -160,11 +160,32 @@ pub fn resolve_bin(bin: &str, path_env: Option<&std::ffi::OsStr>) -> Result<Path
         let path = path_env.filter(|p| !p.is_empty()).unwrap_or(MINIMAL_PATH.as_ref());
         std::env::split_paths(path).map(|d| d.join(bin)).find(|p| p.is_absolute() && executable(p))
     };
-    found.ok_or_else(|| {
+    found.map(|p| native_of_npm_launcher(&p).unwrap_or(p)).ok_or_else(|| {
         Failure::transient(format!(
             "the Codex CLI `{bin}` (agent.codex_bin) was not found or is not executable; install @openai/codex or set agent.codex_bin to its path"
         ))
     })
+}
+
+/// npm installs `codex` as a Node.js launcher (`@openai/codex/bin/codex.js`) that starts
+/// the native binary from the platform package. Run that binary directly: it saves a
+/// Node.js process, and the packaged service's MemoryDenyWriteExecute stops Node.js.
+pub fn native_of_npm_launcher(launcher: &Path) -> Option<PathBuf> {
+    let script = std::fs::canonicalize(launcher).ok()?;
+    if !script.ends_with("@openai/codex/bin/codex.js") {
+        return None;
+    }
+    let package = script.parent()?.parent()?;
+    let (platform, triple) = match std::env::consts::ARCH {
+        "x86_64" => ("codex-linux-x64", "x86_64-unknown-linux-musl"),
+        "aarch64" => ("codex-linux-arm64", "aarch64-unknown-linux-musl"),
+        _ => return None,
+    };
+    let rel = Path::new("@openai").join(platform).join("vendor").join(triple).join("bin/codex");
+    // The platform package sits beside @openai/codex (hoisted) or inside its node_modules.
+    [package.join("node_modules").join(&rel), package.parent()?.parent()?.join(&rel)]
+        .into_iter()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
 }
 
 /// Is `name` a throwaway home of `uid` (by name)?
@@ -593,5 +614,29 @@ mod tests {
         let e = resolve_bin("no-such-codex", Some("/bin".as_ref())).unwrap_err();
         assert!(e.reason.contains("agent.codex_bin"), "{}", e.reason);
         assert!(resolve_bin("/etc/passwd", None).is_err(), "not executable");
+    }
+
+    #[test]
+    fn an_npm_launcher_resolves_to_the_native_binary() {
+        let t = tempfile::tempdir().unwrap();
+        let nm = t.path().join("lib/node_modules");
+        let script = nm.join("@openai/codex/bin/codex.js");
+        std::fs::create_dir_all(script.parent().unwrap()).unwrap();
+        std::fs::write(&script, "#!/usr/bin/env node\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = t.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink(&script, bin.join("codex")).unwrap();
+        // No platform package: the launcher itself.
+        assert_eq!(resolve_bin("codex", Some(bin.as_os_str())).unwrap(), bin.join("codex"));
+        let (platform, triple) = match std::env::consts::ARCH {
+            "aarch64" => ("codex-linux-arm64", "aarch64-unknown-linux-musl"),
+            _ => ("codex-linux-x64", "x86_64-unknown-linux-musl"),
+        };
+        let native = nm.join("@openai").join(platform).join("vendor").join(triple).join("bin/codex");
+        std::fs::create_dir_all(native.parent().unwrap()).unwrap();
+        std::fs::write(&native, "").unwrap();
+        std::fs::set_permissions(&native, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(resolve_bin("codex", Some(bin.as_os_str())).unwrap(), native);
     }
 }
