@@ -91,13 +91,19 @@ pub struct PreflightArgs {
 }
 
 /// Run the command line; returns the process exit code.
+/// Parse the command line; on `--help`/`--version` or a usage error, the exit code
+/// (0 or the contract's 2) after clap printed what it had to say.
+pub fn parse_args<T: Parser>() -> Result<T, i32> {
+    T::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() { exit::USAGE } else { exit::OK }
+    })
+}
+
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match parse_args() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { exit::USAGE } else { exit::OK };
-        }
+        Err(code) => return code,
     };
     privsep::harden_process();
     logging::init(cli.verbose);

@@ -325,12 +325,9 @@ async fn pass_fd(conn: &Connection, account: &str, method: &str) -> Result<i32, 
 
 /// Run codex-authctl; returns the exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match crate::cli::parse_args() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { exit::USAGE } else { exit::OK };
-        }
+        Err(code) => return code,
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -224,16 +224,25 @@ fn hold_codex_lock(home: &std::path::Path) -> nix::fcntl::Flock<std::fs::File> {
     nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap()
 }
 
+/// Start `refresh` in the background while this process holds Codex's auth.lock.
+fn refresh_behind_codex_lock(
+    s: &Scratch,
+    m: &MockServer,
+    home: &std::path::Path,
+) -> (nix::fcntl::Flock<std::fs::File>, std::process::Child) {
+    let lock = hold_codex_lock(home);
+    let mut cmd = agent(s, m);
+    cmd.args(["refresh", "--json", "--codex-home"]).arg(home);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    (lock, cmd.spawn().unwrap())
+}
+
 #[test]
 fn codex_lock_held_we_wait_then_adopt_the_file_codex_wrote() {
     let (m, s) = (mock(), Scratch::new());
     let c = m.issue_family("a");
     let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
-    let lock = hold_codex_lock(&home);
-    let mut cmd = agent(&s, &m);
-    cmd.args(["refresh", "--json", "--codex-home"]).arg(&home);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let (lock, child) = refresh_behind_codex_lock(&s, &m, &home);
     // Wait until our POST happened: the agent is now blocked on auth.lock.
     let t0 = std::time::Instant::now();
     while m.token_requests() == 0 {
@@ -259,11 +268,7 @@ fn codex_lock_held_briefly_we_wait_then_write() {
     let (m, s) = (mock(), Scratch::new());
     let c = m.issue_family("a");
     let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
-    let lock = hold_codex_lock(&home);
-    let mut cmd = agent(&s, &m);
-    cmd.args(["refresh", "--json", "--codex-home"]).arg(&home);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let (lock, child) = refresh_behind_codex_lock(&s, &m, &home);
     std::thread::sleep(Duration::from_millis(800));
     assert!(
         std::fs::read_to_string(home.join("auth.json")).unwrap().contains(&c.refresh_token),
