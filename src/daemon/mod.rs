@@ -41,6 +41,12 @@ pub fn main(config_flag: Option<&Path>, bus: BusChoice) -> i32 {
     for w in &settings.warnings {
         tracing::warn!("{w}");
     }
+    // The blocking pool's threads would each get a glibc malloc arena; one arena keeps a
+    // long-lived daemon's memory flat (it allocates little, and never on a hot path).
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
