@@ -257,3 +257,28 @@ fn as_root_the_hook_runs_as_the_account_user() {
     assert_eq!(mode(&prom), 0o644);
     assert!(std::fs::read_to_string(&prom).unwrap().contains("outcome=\"refreshed\"} 1"));
 }
+
+#[test]
+fn a_failed_preflight_runs_on_failure_and_sets_runner_ok_to_zero() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("acct-1");
+    let home = s.codex_home("codex", Some(&auth_json(&c, &recent())));
+    let hook = env_hook(&s);
+    let out = s.path().join("failure.env");
+    let prom = s.path().join("codex_auth_agent.prom");
+    let agent_extra =
+        format!("metrics_textfile = \"{}\"\ncodex_bin = \"{}\"", prom.display(), s.path().join("no-codex").display());
+    let extra = format!("on_failure = \"{} {}\"\n", hook.display(), out.display());
+    let cfg = config(&s, &agent_extra, &me(), &home, &extra);
+    let mut cmd = agent(&s, &m);
+    cmd.arg("--config").arg(&cfg).args(["preflight", "--account", "me", "--json"]);
+    let r = run(cmd);
+    assert_ne!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let env = read_env(&out);
+    assert_eq!(keys(&env), ["ACCOUNT", "FAILURE_CLASS", "HOME", "OUTCOME", "PATH", "REASON"], "{env:?}");
+    assert_eq!(env["OUTCOME"], "preflight_failed");
+    assert!(!env["FAILURE_CLASS"].is_empty());
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(text.contains("codex_auth_agent_runner_ok{account=\"me\"} 0\n"), "{text}");
+    assert_no_secrets(&[("metrics", &text), ("hook env", &std::fs::read_to_string(&out).unwrap())], &secrets(&c));
+}
