@@ -4,7 +4,9 @@
 
 use crate::clock::Clock;
 use crate::config::{AccountSettings, Settings};
+use crate::hooks;
 use crate::logging;
+use crate::metrics;
 use crate::outcome::{Failure, Report};
 use crate::preflight::{PreflightJob, PreflightReport};
 use crate::privsep::{self, Identity};
@@ -92,6 +94,7 @@ pub fn record_preflight(settings: &Settings, report: &PreflightReport, clock: &d
         tracing::warn!(account = %report.account, "could not save status: {e}");
     }
     logging::log_preflight(report);
+    after_outcome(settings, &hooks::HookEvent::from_preflight(report));
 }
 
 /// Refresh one account and record the outcome.
@@ -134,4 +137,15 @@ pub fn record(settings: &Settings, report: &Report, clock: &dyn Clock) {
         tracing::warn!(account = %report.account, "could not save status: {e}");
     }
     logging::log_report(report);
+    after_outcome(settings, &hooks::HookEvent::from_report(report));
+}
+
+/// What every recorded outcome triggers once status.json holds it: the metrics textfile
+/// is rewritten, then the account's hook runs (blocking, at most its hook_timeout).
+/// Neither can change the outcome.
+fn after_outcome(settings: &Settings, event: &hooks::HookEvent) {
+    metrics::update(settings);
+    if let Some(acct) = settings.accounts.get(&event.account) {
+        hooks::run(acct, event);
+    }
 }

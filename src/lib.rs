@@ -20,10 +20,14 @@ pub mod ctl;
 pub mod daemon;
 /// Fleet mode: one refresher per account across hosts through Vault/OpenBao KV v2.
 pub mod fleet;
+/// Operator hooks: on_success/on_failure commands run as the account's user after an outcome.
+pub mod hooks;
 /// The journald sink: native protocol, every field through the redaction guard.
 pub mod journal;
 /// Journald/stderr logging, the contract's field names, and the redaction guard.
 pub mod logging;
+/// The Prometheus textfile (metrics_textfile), rewritten atomically after every outcome.
+pub mod metrics;
 /// D-Bus names and paths shared by the daemon and codex-authctl.
 pub mod names;
 /// Outcomes, failure classes, reports and exit codes shared by every command.

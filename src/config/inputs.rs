@@ -42,6 +42,9 @@ overridable! {
     preflight: bool,
     preflight_timeout: String,
     codex_base_url: String,
+    on_success: String,
+    on_failure: String,
+    hook_timeout: String,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -53,6 +56,8 @@ pub struct AgentFragment {
     /// This machine's name in fleet leases.
     pub host_id: Option<String>,
     pub lease_ttl: Option<String>,
+    /// Prometheus textfile-collector output; absent = off.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// `[vault]`: the KV v2 store shared by a fleet of agents.

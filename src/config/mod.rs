@@ -25,6 +25,7 @@ pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `codex-auth-json-b64-rotating-<account>`.
 pub const SEED_KEY_PREFIX: &str = "codex-auth-json-b64";
 pub const ROTATING_KEY_PREFIX: &str = "codex-auth-json-b64-rotating";
+pub const DEFAULT_HOOK_TIMEOUT: &str = "30s";
 pub const REFRESH_TIMER_PERIOD: Duration = Duration::from_secs(6 * 3600);
 
 /// A config error: which file, which key, what is wrong and how to fix it.
@@ -99,6 +100,21 @@ pub struct AccountSettings {
     pub fleet: Option<FleetSettings>,
     #[serde(flatten)]
     pub refresh: RefreshSettings,
+    #[serde(flatten)]
+    pub hooks: HookSettings,
+}
+
+/// Commands run as the account's user after each recorded outcome (see `hooks`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HookSettings {
+    /// argv of `on_success` (after `refreshed` and `preflight_ok`), split with shell-like rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<Vec<String>>,
+    /// argv of `on_failure` (after `failed` and `preflight_failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Vec<String>>,
+    #[serde(with = "humantime_serde_compat")]
+    pub hook_timeout: Duration,
 }
 
 /// An account's part in a fleet sharing one credential through Vault.
@@ -157,6 +173,9 @@ pub struct AgentSettings {
     pub host_id: String,
     #[serde(with = "humantime_serde_compat")]
     pub lease_ttl: Duration,
+    /// Where to write the Prometheus textfile after every recorded outcome; None = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// The validated configuration.
@@ -202,6 +221,7 @@ pub fn single_user(codex_home: &Path, user: &str, state_dir: PathBuf, env: &Env)
     let merged = Merged::default();
     let v = Validator { merged: &merged, env };
     let refresh = v.refresh_settings(None)?;
+    let hooks = v.hook_settings(None)?;
     let account = AccountSettings {
         name: "default".into(),
         user: user.to_string(),
@@ -209,6 +229,7 @@ pub fn single_user(codex_home: &Path, user: &str, state_dir: PathBuf, env: &Env)
         seed: None,
         fleet: None,
         refresh,
+        hooks,
     };
     Ok(Settings {
         agent: AgentSettings {
@@ -217,6 +238,7 @@ pub fn single_user(codex_home: &Path, user: &str, state_dir: PathBuf, env: &Env)
             codex_bin: "codex".into(),
             host_id: default_host_id(),
             lease_ttl: DEFAULT_LEASE_TTL,
+            metrics_textfile: None,
         },
         vault: None,
         accounts: BTreeMap::from([("default".to_string(), account)]),
@@ -315,6 +337,29 @@ impl Validator<'_> {
         })
     }
 
+    /// `on_success`, `on_failure` (argv: absolute program, no shell) and `hook_timeout`.
+    fn hook_settings(&self, account: Option<&str>) -> Result<HookSettings, ConfigError> {
+        let argv = |key: &str| -> Result<Option<Vec<String>>, ConfigError> {
+            let Some((k, v)) = self.lookup(account, key) else { return Ok(None) };
+            let text = v.as_str().unwrap_or_default();
+            let words = shlex::split(text)
+                .ok_or_else(|| self.err(&k, format!("{text:?} has an unclosed quote or a trailing backslash")))?;
+            match words.first() {
+                None => Err(self.err(&k, "must not be empty; remove the key to run no hook")),
+                Some(prog) if !Path::new(prog).is_absolute() => Err(self.err(
+                    &k,
+                    format!("{prog:?} must be an absolute path (hooks run without a shell), e.g. \"/usr/local/bin/page-oncall --account\""),
+                )),
+                Some(_) => Ok(Some(words)),
+            }
+        };
+        Ok(HookSettings {
+            on_success: argv("on_success")?,
+            on_failure: argv("on_failure")?,
+            hook_timeout: self.duration(account, "hook_timeout", DEFAULT_HOOK_TIMEOUT)?,
+        })
+    }
+
     fn agent(&self) -> Result<AgentSettings, ConfigError> {
         let state_dir = match self.merged.get("agent.state_dir") {
             Some((v, _)) => PathBuf::from(v.as_str().unwrap_or_default()),
@@ -348,7 +393,30 @@ impl Validator<'_> {
             Some(_) => self.duration(None, "__agent.lease_ttl", "")?,
             None => DEFAULT_LEASE_TTL,
         };
-        Ok(AgentSettings { state_dir, max_parallel: max_parallel as usize, codex_bin, host_id, lease_ttl })
+        let metrics_textfile = match self.merged.get("agent.metrics_textfile") {
+            Some((v, _)) => {
+                let p = PathBuf::from(v.as_str().unwrap_or_default());
+                if !p.is_absolute() || p.file_name().is_none() {
+                    return Err(self.err("agent.metrics_textfile", "must be an absolute file path"));
+                }
+                if p.extension().is_none_or(|x| x != "prom") {
+                    return Err(self.err(
+                        "agent.metrics_textfile",
+                        "must end in .prom (node_exporter's textfile collector reads only *.prom)",
+                    ));
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        Ok(AgentSettings {
+            state_dir,
+            max_parallel: max_parallel as usize,
+            codex_bin,
+            host_id,
+            lease_ttl,
+            metrics_textfile,
+        })
     }
 
     /// `[vault]`, when present.
@@ -541,6 +609,7 @@ impl Validator<'_> {
             seed,
             fleet: self.fleet(name, vault)?,
             refresh: self.refresh_settings(Some(name))?,
+            hooks: self.hook_settings(Some(name))?,
         })
     }
 }
@@ -581,6 +650,7 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
     let vault = v.vault()?;
     // Validate [defaults] on their own too, so a bad default is reported even with no accounts.
     v.refresh_settings(None)?;
+    v.hook_settings(None)?;
     let config_dir = main.parent().unwrap_or(Path::new("/"));
     let mut accounts = BTreeMap::new();
     for name in merged.accounts.keys() {

@@ -83,6 +83,12 @@ fn bad_values_name_the_key() {
         ("[accounts.a]\nuser = \"no-such-user-caa\"\n", "accounts.a.user"),
         ("[accounts.Bad_Name]\nuser = \"root\"\n", "accounts.Bad_Name"),
         ("[accounts.a]\nuser = \"root\"\ncodex_home = \"rel\"\n", "accounts.a.codex_home"),
+        ("[agent]\nmetrics_textfile = \"rel.prom\"\n", "agent.metrics_textfile"),
+        ("[agent]\nmetrics_textfile = \"/var/lib/x.txt\"\n", "agent.metrics_textfile"),
+        ("[defaults]\non_failure = \"page-oncall\"\n", "defaults.on_failure"),
+        ("[defaults]\non_success = \"\"\n", "defaults.on_success"),
+        ("[accounts.a]\nuser = \"root\"\non_failure = \"/bin/x 'open\"\n", "accounts.a.on_failure"),
+        ("[accounts.a]\nuser = \"root\"\nhook_timeout = \"0s\"\n", "accounts.a.hook_timeout"),
     ];
     for (text, key) in cases {
         let e = load_text(text).unwrap_err();
@@ -237,4 +243,38 @@ fn approle_needs_both_files() {
     );
     let settings = load_text(&text).unwrap();
     assert!(matches!(settings.vault.unwrap().auth, VaultAuth::AppRole { .. }));
+}
+
+#[test]
+fn hooks_are_split_without_a_shell_and_metrics_are_optional() {
+    let s = load_text(
+        r#"
+[agent]
+metrics_textfile = "/var/lib/prometheus/node-exporter/codex_auth_agent.prom"
+[defaults]
+on_failure = "/usr/local/bin/page-oncall --severity 'high prio' $HOME"
+[accounts.a]
+user = "root"
+hook_timeout = "5s"
+[accounts.b]
+user = "root"
+on_success = "/bin/true"
+on_failure = "/bin/false"
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        s.agent.metrics_textfile.as_deref(),
+        Some(Path::new("/var/lib/prometheus/node-exporter/codex_auth_agent.prom"))
+    );
+    let a = &s.accounts["a"].hooks;
+    assert_eq!(a.on_failure.as_ref().unwrap(), &["/usr/local/bin/page-oncall", "--severity", "high prio", "$HOME"]);
+    assert_eq!((a.on_success.as_ref(), a.hook_timeout), (None, Duration::from_secs(5)));
+    let b = &s.accounts["b"].hooks;
+    assert_eq!(b.on_failure.as_ref().unwrap(), &["/bin/false"]);
+    assert_eq!(b.hook_timeout, Duration::from_secs(30));
+    assert!(s.render().contains("on_failure = [\"/bin/false\"]"), "{}", s.render());
+    let none = load_text("[accounts.a]\nuser = \"root\"\n").unwrap();
+    assert_eq!(none.agent.metrics_textfile, None);
+    assert!(!none.render().contains("metrics_textfile"));
 }
