@@ -18,6 +18,8 @@ pub mod config;
 pub mod ctl;
 /// The daemon: D-Bus service, scheduler, sd-notify.
 pub mod daemon;
+/// Test hook: `CODEX_AUTH_AGENT_FAULT=<step>` aborts a cycle at a named step.
+pub mod fault;
 /// Fleet mode: one refresher per account across hosts through Vault/OpenBao KV v2.
 pub mod fleet;
 /// The journald sink: native protocol, every field through the redaction guard.
