@@ -97,6 +97,13 @@ fn crash_cycles(s: &Scratch, m: &MockServer, idx: usize, cycles: usize) -> Count
             // A request the mock already read is still rotated after the kill: let the
             // loopback server finish before judging what is on disk.
             std::thread::sleep(Duration::from_millis(40));
+            let waiting = Instant::now();
+            while m.token_requests_for(&account) > requests
+                && m.is_live_refresh_token(&token)
+                && waiting.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(2)); // counted, rotation follows
+            }
             st
         } else {
             cmd.env("CODEX_AUTH_AGENT_FAULT", &kind).status().unwrap()
