@@ -18,6 +18,8 @@ pub mod config;
 pub mod ctl;
 /// The daemon: D-Bus service, scheduler, sd-notify.
 pub mod daemon;
+/// Test hook: `CODEX_AUTH_AGENT_FAULT=<step>` aborts a cycle at a named step.
+pub mod fault;
 /// Fleet mode: one refresher per account across hosts through Vault/OpenBao KV v2.
 pub mod fleet;
 /// Operator hooks: on_success/on_failure commands run as the account's user after an outcome.

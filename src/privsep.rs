@@ -207,7 +207,8 @@ pub fn wait_or_kill_group(child: &mut Child, limit: Duration) -> Option<ExitStat
 }
 
 /// Env the worker may see: nothing secret, just enough to log and find binaries.
-const PASSTHROUGH_ENV: &[&str] = &["PATH", "JOURNAL_STREAM", "CODEX_AUTH_AGENT_LOG", "RUST_LOG", "LANG", "LC_ALL"];
+const PASSTHROUGH_ENV: &[&str] =
+    &["PATH", "JOURNAL_STREAM", "CODEX_AUTH_AGENT_LOG", "RUST_LOG", "LANG", "LC_ALL", "CODEX_AUTH_AGENT_FAULT"];
 
 fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> TaskReport {
     let fail = |why: String| req.task.failed(Failure::transient(why));

@@ -185,6 +185,7 @@ impl Cycle<'_> {
             }
             Err(e) => return self.failed(dir_failure(e)),
         };
+        crate::fault::point(crate::fault::Step::AfterLock);
         self.home.remove_stale_temps(AUTH_FILE);
         let mut report = self.run_locked(before, lock.waited);
         if self.job.return_auth && report.failure.is_none() && !self.job.dry_run {
@@ -204,6 +205,7 @@ impl Cycle<'_> {
             Ok(x) => x,
             Err(f) => return self.failed(f),
         };
+        crate::fault::point(crate::fault::Step::AfterRead);
         if waited && !seeded && before.as_deref() != Some(sha256_hex(&snapshot.bytes).as_str()) {
             let mut r = Report::new(
                 self.account(),
@@ -316,7 +318,10 @@ impl Cycle<'_> {
             return self.describe(r, &snap.bytes, &snap.auth);
         }
         let tokens = match self.refresh_tokens(&snap) {
-            Ok(t) => t,
+            Ok(t) => {
+                crate::fault::point(crate::fault::Step::AfterPost);
+                t
+            }
             Err(f) => {
                 let r = self.failed(f);
                 return self.describe(Report { outcome: Outcome::Failed, ..r }, &snap.bytes, &snap.auth);

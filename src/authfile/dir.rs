@@ -229,8 +229,12 @@ impl SafeDir {
     /// (the account's user). On any error the old file is untouched and the temp removed.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), DirError> {
         let (tmp, fd) = self.create_temp(name)?;
+        let is_auth = name == crate::worker::AUTH_FILE;
         let result = write_sync(fd, bytes)
             .and_then(|()| {
+                if is_auth {
+                    crate::fault::point(crate::fault::Step::AfterTempWrite);
+                }
                 renameat(Some(self.fd.as_raw_fd()), tmp.as_str(), Some(self.fd.as_raw_fd()), name)
                     .map_err(io::Error::from)
             })
@@ -238,6 +242,9 @@ impl SafeDir {
         if result.is_err() {
             let _ = unlinkat(Some(self.fd.as_raw_fd()), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             return result;
+        }
+        if is_auth {
+            crate::fault::point(crate::fault::Step::AfterRename);
         }
         // The rename is durable only once the directory entry is on disk.
         fsync(self.fd.as_raw_fd()).map_err(|e| DirError::io(self.path.clone(), e))
