@@ -128,12 +128,9 @@ fn an_unwritable_metrics_file_is_only_a_warning() {
     assert!(r.stderr.contains("could not write the metrics textfile"), "{}", r.stderr);
 }
 
-#[test]
-fn success_hook_gets_exactly_its_environment() {
-    let (m, s) = (mock(), Scratch::new());
-    let c = m.issue_family("acct-1");
-    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
-    let hook = env_hook(&s);
+/// A config whose on_success and on_failure both dump their environment, each to its own file.
+fn both_hooks(s: &Scratch, home: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let hook = env_hook(s);
     let (ok_out, fail_out) = (s.path().join("success.env"), s.path().join("failure.env"));
     let extra = format!(
         "on_success = \"{} {}\"\non_failure = \"{} {}\"\n",
@@ -142,7 +139,15 @@ fn success_hook_gets_exactly_its_environment() {
         hook.display(),
         fail_out.display()
     );
-    let cfg = config(&s, "", &me(), &home, &extra);
+    (config(s, "", &me(), home, &extra), ok_out, fail_out)
+}
+
+#[test]
+fn success_hook_gets_exactly_its_environment() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("acct-1");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    let (cfg, ok_out, fail_out) = both_hooks(&s, &home);
     let r = refresh(&s, &m, &cfg, false);
     assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "refreshed"), "{}", r.stderr);
     let env = read_env(&ok_out);
@@ -170,16 +175,7 @@ fn failure_hook_runs_on_a_permanent_failure() {
     let (m, s) = (mock(), Scratch::new());
     let c = m.issue_family("acct-1");
     let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
-    let hook = env_hook(&s);
-    let (ok_out, fail_out) = (s.path().join("success.env"), s.path().join("failure.env"));
-    let extra = format!(
-        "on_success = \"{} {}\"\non_failure = \"{} {}\"\n",
-        hook.display(),
-        ok_out.display(),
-        hook.display(),
-        fail_out.display()
-    );
-    let cfg = config(&s, "", &me(), &home, &extra);
+    let (cfg, ok_out, fail_out) = both_hooks(&s, &home);
     m.push_fault(Fault::refresh_token_expired());
     let r = refresh(&s, &m, &cfg, false);
     let line = r.one();
