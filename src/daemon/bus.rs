@@ -4,7 +4,7 @@
 //! group `codex-auth`, Store/Seed need root. Objects hold only a handle to the core.
 
 use super::core::{Core, Event, Request};
-use super::view::AccountView;
+use super::view::{AccountView, Published};
 use crate::authfile::dir::SafeDir;
 use crate::authfile::{AuthFile, MAX_AUTH_BYTES};
 use crate::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, OPERATOR_GROUP, account_path};
@@ -386,7 +386,8 @@ pub async fn serve(bus: &BusChoice, core: Arc<Core>) -> zbus::Result<Connection>
 pub struct Publisher {
     conn: Connection,
     core: Arc<Core>,
-    views: HashMap<String, AccountView>,
+    /// What each account's object last published.
+    views: HashMap<String, Published>,
     summary: String,
     exported: HashSet<String>,
 }
@@ -394,7 +395,7 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(conn: Connection, core: Arc<Core>) -> Publisher {
         let exported: HashSet<String> = core.names().into_iter().collect();
-        let views = exported.iter().filter_map(|n| core.view(n).map(|v| (n.clone(), v))).collect();
+        let views = exported.iter().filter_map(|n| core.view(n).map(|v| (n.clone(), v.published()))).collect();
         let summary = core.summary();
         Publisher { conn, core, views, summary, exported }
     }
@@ -420,7 +421,7 @@ impl Publisher {
                 if let Some(v) = self.core.view(&name) {
                     let changed = v.changed_since(self.views.get(&name));
                     self.emit(&account_path(&name), ACCOUNT_IFACE, changed).await;
-                    self.views.insert(name, v);
+                    self.views.insert(name, v.published());
                 }
             }
             Event::Accounts => {
@@ -446,7 +447,7 @@ impl Publisher {
                     if let Some(v) = self.core.view(&name) {
                         let changed = v.changed_since(self.views.get(&name));
                         self.emit(&account_path(&name), ACCOUNT_IFACE, changed).await;
-                        self.views.insert(name, v);
+                        self.views.insert(name, v.published());
                     }
                 }
             }

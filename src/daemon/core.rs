@@ -31,8 +31,9 @@ pub enum Event {
     Accounts,
 }
 
+/// What the daemon keeps per account besides its settings (those live once, in
+/// `Core::settings`).
 struct Entry {
-    settings: AccountSettings,
     schedule: Schedule,
     status: AccountStatus,
 }
@@ -124,18 +125,11 @@ impl Core {
         {
             let mut entries = lock(&self.entries);
             entries.retain(|name, _| new.accounts.contains_key(name));
-            for (name, acct) in &new.accounts {
-                match entries.get_mut(name) {
-                    Some(e) => e.settings = acct.clone(),
-                    None => {
-                        let entry = Entry {
-                            settings: acct.clone(),
-                            schedule: load_schedule(&state_dir, name),
-                            status: status::load(&state_dir, name),
-                        };
-                        entries.insert(name.clone(), entry);
-                    }
-                }
+            for name in new.accounts.keys() {
+                entries.entry(name.clone()).or_insert_with(|| Entry {
+                    schedule: load_schedule(&state_dir, name),
+                    status: status::load(&state_dir, name),
+                });
             }
         }
         let old = self.settings();
@@ -176,7 +170,9 @@ impl Core {
     }
 
     pub fn view(&self, name: &str) -> Option<AccountView> {
-        lock(&self.entries).get(name).map(|e| AccountView::new(&e.settings, &e.status, &e.schedule))
+        let settings = self.settings();
+        let acct = settings.accounts.get(name)?;
+        lock(&self.entries).get(name).map(|e| AccountView::new(acct, &e.status, &e.schedule))
     }
 
     pub fn summary(&self) -> String {
@@ -250,7 +246,8 @@ impl Core {
     async fn run(self: &Arc<Self>, name: &str, req: Request) -> Report {
         let Some((acct, gate)) = ({
             let entries = lock(&self.entries);
-            entries.get(name).map(|e| (e.settings.clone(), e.schedule.gate(self.now(), req.force)))
+            let acct = self.account_settings(name);
+            entries.get(name).and_then(|e| acct.map(|a| (a, e.schedule.gate(self.now(), req.force))))
         }) else {
             return Report::failed(name, Failure::transient("account was removed from the config"));
         };
@@ -350,7 +347,7 @@ impl Core {
 
     /// The account's settings (for Store/Seed validation).
     pub fn account_settings(&self, name: &str) -> Option<AccountSettings> {
-        lock(&self.entries).get(name).map(|e| e.settings.clone())
+        self.settings().accounts.get(name).cloned()
     }
 
     /// Runs in flight right now (SIGTERM waits for them).

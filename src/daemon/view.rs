@@ -9,6 +9,17 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use zbus::zvariant::{OwnedValue, Value};
 
+/// Hashes of published property values, in [`AccountView::properties`] order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published(Vec<u64>);
+
+fn value_hash(v: &Value<'_>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{v:?}").hash(&mut h);
+    h.finish()
+}
+
 /// The account's properties (times are unix seconds, 0 = never). No token material.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountView {
@@ -101,11 +112,20 @@ impl AccountView {
         ]
     }
 
-    /// The properties whose values differ from `old`.
-    pub fn changed_since(&self, old: Option<&AccountView>) -> Vec<(&'static str, Value<'static>)> {
-        let before: HashMap<&str, Value<'static>> =
-            old.map(|o| o.properties().into_iter().collect()).unwrap_or_default();
-        self.properties().into_iter().filter(|(k, v)| before.get(k) != Some(v)).collect()
+    /// What was published, compactly: one hash per property (a daemon with 1 000 accounts
+    /// keeps this instead of a second copy of every view).
+    pub fn published(&self) -> Published {
+        Published(self.properties().iter().map(|(_, v)| value_hash(v)).collect())
+    }
+
+    /// The properties whose values differ from what was `published` before.
+    pub fn changed_since(&self, published: Option<&Published>) -> Vec<(&'static str, Value<'static>)> {
+        self.properties()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (_, v))| published.and_then(|p| p.0.get(*i)) != Some(&value_hash(v)))
+            .map(|(_, prop)| prop)
+            .collect()
     }
 
     /// Rebuild from a GetAll answer (codex-authctl). Missing or mistyped properties stay
@@ -162,7 +182,7 @@ mod tests {
         assert_eq!(v.properties().len(), 22);
         let mut w = v.clone();
         w.state = "refreshing".into();
-        let changed: Vec<_> = w.changed_since(Some(&v)).into_iter().map(|(k, _)| k).collect();
+        let changed: Vec<_> = w.changed_since(Some(&v.published())).into_iter().map(|(k, _)| k).collect();
         assert_eq!(changed, ["State"]);
         assert_eq!(w.changed_since(None).len(), 22);
     }
