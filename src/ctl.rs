@@ -57,6 +57,7 @@ impl BusArgs {
 pub enum CtlCommand {
     /// Show every account (or one): state, expiry, last refresh, runner, next attempt
     Status {
+        /// Only this account (default: all)
         account: Option<String>,
         /// One JSON object per account and line
         #[arg(long)]
@@ -64,32 +65,45 @@ pub enum CtlCommand {
     },
     /// Refresh one account or all (only what is due, unless --force)
     Refresh {
+        /// The account to refresh
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         account: Option<String>,
+        /// Every account (exit code: the worst)
         #[arg(long)]
         all: bool,
+        /// Refresh even when the credential is fresh (backoff does not apply; a quarantine does)
         #[arg(long)]
         force: bool,
     },
     /// Fleet mode: install the newest credential from Vault now (the daemon's Refresh without
     /// force: a follower syncs, a refresher syncs and refreshes what is due)
     Sync {
+        /// The account to sync
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         account: Option<String>,
+        /// Every account
         #[arg(long)]
         all: bool,
     },
     /// Run the real Codex against a throwaway copy of the credential (one account or all)
     Preflight {
+        /// The account to check
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         account: Option<String>,
+        /// Every account whose `preflight` key is on (what the daily timer runs)
         #[arg(long)]
         all: bool,
     },
     /// Install the auth.json given on stdin as the account's credential (a preflight follows)
-    Store { account: String },
+    Store {
+        /// The account whose auth.json is replaced
+        account: String,
+    },
     /// Make the auth.json given on stdin the account's seed and install it (no preflight)
-    Seed { account: String },
+    Seed {
+        /// The account whose seed is replaced
+        account: String,
+    },
     /// Re-read the daemon's configuration
     Reload,
 }
