@@ -118,11 +118,6 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// The journal's OUTCOME for a report's main result.
-fn journal_outcome(r: &Report) -> &'static str {
-    r.outcome.as_str()
-}
-
 /// One structured entry per cycle (plus one per secondary event), with the contract's
 /// fields: ACCOUNT, OUTCOME, FAILURE_CLASS, REASON, HTTP_STATUS, TOKEN_FP, EXPIRES_AT.
 pub fn log_report(r: &Report) {
@@ -134,7 +129,7 @@ pub fn log_report(r: &Report) {
         };
         log_event(&r.account, outcome, r.token_fp.as_deref(), msg);
     }
-    let main = Entry::new(&r.account, journal_outcome(r), r.failure.as_ref(), &r.reason, r.human_line());
+    let main = Entry::new(&r.account, r.outcome.as_str(), r.failure.as_ref(), &r.reason, r.human_line());
     log_entry(&Entry {
         token_fp: r.token_fp.as_deref(),
         expires_at: r.expires_at,

@@ -17,6 +17,7 @@ use crate::seed::SeedInput;
 use crate::status::{self, AccountStatus};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -48,6 +49,14 @@ pub struct Request {
     pub skip_gate: bool,
 }
 
+/// Runs in flight, per account: callers arriving during a run get its result.
+type Flights<T> = Mutex<HashMap<String, watch::Receiver<Option<T>>>>;
+
+/// The result a single-flight receiver settles on (None: the run was dropped).
+async fn settled<T: Clone>(mut rx: watch::Receiver<Option<T>>) -> Option<T> {
+    rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -56,8 +65,8 @@ pub struct Core {
     config_path: PathBuf,
     settings: RwLock<Arc<Settings>>,
     entries: Mutex<BTreeMap<String, Entry>>,
-    inflight: Mutex<HashMap<String, watch::Receiver<Option<Report>>>>,
-    preflights: Mutex<HashMap<String, watch::Receiver<Option<PreflightReport>>>>,
+    inflight: Flights<Report>,
+    preflights: Flights<PreflightReport>,
     permits: RwLock<Arc<Semaphore>>,
     problem: Mutex<Option<String>>,
     clock: Arc<dyn Clock>,
@@ -213,34 +222,62 @@ impl Core {
             return None;
         }
         // A Store carries its own content: it waits for a run in flight instead of joining it.
-        while req.store.is_some() {
-            let running = lock(&self.inflight).get(name).cloned();
-            match running {
-                Some(mut rx) => {
-                    let _ = rx.wait_for(Option::is_some).await;
-                }
-                None => break,
+        let join = req.store.is_none();
+        if !join {
+            loop {
+                let Some(running) = lock(&self.inflight).get(name).cloned() else { break };
+                settled(running).await;
             }
         }
-        let mut rx = {
-            let mut inflight = lock(&self.inflight);
-            match inflight.get(name) {
-                Some(rx) if req.store.is_none() => rx.clone(),
-                _ => {
-                    let (tx, rx) = watch::channel(None);
-                    inflight.insert(name.to_string(), rx.clone());
-                    let (me, name) = (self.clone(), name.to_string());
-                    tokio::spawn(async move {
-                        let report = me.run(&name, req).await;
-                        lock(&me.inflight).remove(&name);
-                        let _ = tx.send(Some(report));
-                    });
-                    rx
-                }
-            }
-        };
-        let result = rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+        let rx =
+            self.join_or_start(|c| &c.inflight, name, join, move |me, name| async move { me.run(&name, req).await });
+        let result = settled(rx).await;
         Some(result.unwrap_or_else(|| Report::failed(name, Failure::transient("the run was aborted; will retry"))))
+    }
+
+    /// Join the run of `name` in `flights` (when `join`), or start `work` as that run; the
+    /// receiver yields its result. The single-flight mechanism of refreshes and preflights.
+    fn join_or_start<T, Fut>(
+        self: &Arc<Self>,
+        flights: fn(&Core) -> &Flights<T>,
+        name: &str,
+        join: bool,
+        work: impl FnOnce(Arc<Core>, String) -> Fut,
+    ) -> watch::Receiver<Option<T>>
+    where
+        T: Clone + Send + Sync + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let mut map = lock(flights(self));
+        if let (true, Some(rx)) = (join, map.get(name)) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(name.to_string(), rx.clone());
+        let run = work(self.clone(), name.to_string());
+        let (me, name) = (self.clone(), name.to_string());
+        tokio::spawn(async move {
+            let result = run.await;
+            lock(flights(&me)).remove(&name);
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+
+    /// Start `f` for every name at once and collect the answers, in name order.
+    async fn for_each<T, Fut>(self: &Arc<Self>, names: Vec<String>, f: impl Fn(Arc<Core>, String) -> Fut) -> Vec<T>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Option<T>> + Send + 'static,
+    {
+        let runs: Vec<_> = names.into_iter().map(|n| tokio::spawn(f(self.clone(), n))).collect();
+        let mut out = Vec::new();
+        for r in runs {
+            if let Ok(Some(x)) = r.await {
+                out.push(x);
+            }
+        }
+        out
     }
 
     async fn run(self: &Arc<Self>, name: &str, req: Request) -> Report {
@@ -322,19 +359,10 @@ impl Core {
 
     /// Run every account (RefreshAll), in name order of the results.
     pub async fn refresh_all(self: &Arc<Self>, force: bool) -> Vec<Report> {
-        let names = self.names();
-        let runs = names.iter().map(|n| {
-            let me = self.clone();
-            let n = n.clone();
-            tokio::spawn(async move { me.refresh(&n, Request { force, ..Default::default() }).await })
-        });
-        let mut out = Vec::new();
-        for r in runs.collect::<Vec<_>>() {
-            if let Ok(Some(rep)) = r.await {
-                out.push(rep);
-            }
-        }
-        out
+        self.for_each(self.names(), move |me, n| async move {
+            me.refresh(&n, Request { force, ..Default::default() }).await
+        })
+        .await
     }
 
     /// Start runs for accounts that are due, without waiting for them.
@@ -369,38 +397,26 @@ impl Core {
     /// refreshes: each runs a real Codex (≈150 MiB).
     pub async fn preflight(self: &Arc<Self>, name: &str) -> Option<PreflightReport> {
         let acct = self.account_settings(name)?;
-        let mut rx = {
-            let mut inflight = lock(&self.preflights);
-            match inflight.get(name) {
-                Some(rx) => rx.clone(),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    inflight.insert(name.to_string(), rx.clone());
-                    let (me, name) = (self.clone(), name.to_string());
-                    tokio::spawn(async move {
-                        let permits = me.permits.read().unwrap_or_else(PoisonError::into_inner).clone();
-                        let _permit = permits.acquire_owned().await;
-                        let (s, c) = (me.settings(), me.clock.clone());
-                        let report = tokio::task::spawn_blocking(move || account::preflight(&s, &acct, &*c))
-                            .await
-                            .unwrap_or_else(|e| {
-                                PreflightReport::failed(
-                                    &name,
-                                    Failure::transient(format!("the preflight failed internally: {e}")),
-                                )
-                            });
-                        if let Some(e) = lock(&me.entries).get_mut(&name) {
-                            e.status = status::load(&me.settings().agent.state_dir, &name);
-                        }
-                        lock(&me.preflights).remove(&name);
-                        me.emit(Event::Account(name.clone()));
-                        let _ = tx.send(Some(report));
+        let rx = self.join_or_start(
+            |c| &c.preflights,
+            name,
+            true,
+            move |me, name| async move {
+                let permits = me.permits.read().unwrap_or_else(PoisonError::into_inner).clone();
+                let _permit = permits.acquire_owned().await;
+                let (s, c, n) = (me.settings(), me.clock.clone(), name.clone());
+                let report =
+                    tokio::task::spawn_blocking(move || account::preflight(&s, &acct, &*c)).await.unwrap_or_else(|e| {
+                        PreflightReport::failed(&n, Failure::transient(format!("the preflight failed internally: {e}")))
                     });
-                    rx
+                if let Some(e) = lock(&me.entries).get_mut(&name) {
+                    e.status = status::load(&me.settings().agent.state_dir, &name);
                 }
-            }
-        };
-        let result = rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+                me.emit(Event::Account(name));
+                report
+            },
+        );
+        let result = settled(rx).await;
         Some(result.unwrap_or_else(|| PreflightReport::failed(name, Failure::transient("the preflight was aborted"))))
     }
 
@@ -411,20 +427,7 @@ impl Core {
             .into_iter()
             .filter(|n| self.account_settings(n).is_some_and(|a| a.refresh.preflight))
             .collect();
-        let runs: Vec<_> = names
-            .into_iter()
-            .map(|n| {
-                let me = self.clone();
-                tokio::spawn(async move { me.preflight(&n).await })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for r in runs {
-            if let Ok(Some(rep)) = r.await {
-                out.push(rep);
-            }
-        }
-        out
+        self.for_each(names, |me, n| async move { me.preflight(&n).await }).await
     }
 
     /// The account id last seen in the account's auth.json.
