@@ -50,7 +50,7 @@ impl Host {
         };
         let config = scratch.config(&format!(
             "host_id = \"{host_id}\"\n\n[vault]\naddress = \"{}\"\n{auth}\nrequest_timeout = \"1s\"\n\n\
-             [defaults]\nrequest_timeout = \"5s\"\n\n[accounts.team]\nuser = \"{}\"\ncodex_home = \"{}\"\nfleet_role = \"{role}\"\n",
+             [defaults]\nrequest_timeout = \"20s\"\n\n[accounts.team]\nuser = \"{}\"\ncodex_home = \"{}\"\nfleet_role = \"{role}\"\n",
             bao.addr,
             me(),
             home.display()
@@ -185,49 +185,96 @@ fn two_refreshers_racing_for_100_cycles_never_reuse_a_token() {
     assert!(mock.is_live_refresh_token(v["tokens"]["refresh_token"].as_str().unwrap()));
 }
 
+/// The refresh token in an auth.json.
+fn refresh_token(auth: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(auth).expect("auth.json parses");
+    v["tokens"]["refresh_token"].as_str().unwrap().to_string()
+}
+
+/// Wait until the mock has received `n` token requests (a sync point, not a timing check).
+fn wait_token_requests(mock: &MockServer, n: u64) {
+    let t0 = std::time::Instant::now();
+    while mock.token_requests() < n {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the token request never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn openbao_stopped_mid_refresh_loses_nothing_and_catches_up() {
-    let Some(bao) = Bao::start("openbao_stopped_mid_refresh_loses_nothing_and_catches_up") else { return };
+fn openbao_stopped_mid_refresh_and_restarted_loses_nothing_and_catches_up() {
+    let test = "openbao_stopped_mid_refresh_and_restarted_loses_nothing_and_catches_up";
+    let Some(mut bao) = Bao::start_persistent(test, false) else { return };
     let mock = MockServer::start(MockConfig::default());
     let c = seeded(&bao, &mock);
-    let refresher = Host::new(&bao, "vm-0", "refresher", Login::Token("root"));
-    let follower = Host::new(&bao, "vm-1", "follower", Login::Token("root"));
+    install_policies(&bao);
+    let (rt, ft) = (bao.token(&["fleet-refresher"]), bao.token(&["fleet-follower"]));
+    let refresher = Host::new(&bao, "vm-0", "refresher", Login::Token(&rt));
+    let follower = Host::new(&bao, "vm-1", "follower", Login::Token(&ft));
     assert_eq!(refresher.refresh(&mock, &[]).code, 0);
     assert_eq!(follower.refresh(&mock, &[]).code, 0);
     let before = follower.auth();
+    assert_eq!(follower.status()["store_version"], 2);
 
-    // Stop Vault while the refresher waits for the token endpoint: its write must fail.
-    mock.set_latency(Duration::from_millis(2500));
-    let child = refresher.cmd(&mock, &["--force"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
+    // A Vault that hangs (frozen) between cycles: the follower gives up after its
+    // request_timeout, says why, and keeps its file.
     bao.pause();
-    let out = child.wait_with_output().unwrap();
-    mock.set_latency(Duration::ZERO);
-    let line = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(4), "transient failure: {line}");
-    assert!(line.contains("uploaded on the next run"), "{line}");
-    let refreshed_locally = refresher.auth();
-    let v: serde_json::Value = serde_json::from_slice(&refreshed_locally).unwrap();
-    assert!(mock.is_live_refresh_token(v["tokens"]["refresh_token"].as_str().unwrap()), "kept locally");
-
-    // Vault still down: the follower keeps its file and says why.
     let r = follower.refresh(&mock, &[]);
     assert_eq!(r.code, 4, "{}", r.stdout);
     assert!(r.one()["reason"].as_str().unwrap().contains("unreachable"), "{}", r.stdout);
     assert_eq!(follower.auth(), before);
-
     bao.resume();
+
+    // Stop Vault for real (SIGTERM, process gone) while the refresher waits for the token
+    // endpoint: the token is spent, so the new credential must survive locally.
+    mock.set_latency(Duration::from_secs(8));
+    let child = refresher.cmd(&mock, &["--force"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    wait_token_requests(&mock, 2);
+    bao.stop(Duration::from_secs(5));
+    let out = child.wait_with_output().unwrap();
+    mock.set_latency(Duration::ZERO);
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(4), "transient failure: {line}");
+    assert!(line.contains("uploaded on the next run") && line.contains("unreachable"), "{line}");
+    let refreshed_locally = refresher.auth();
+    assert!(mock.is_live_refresh_token(&refresh_token(&refreshed_locally)), "the live credential is kept locally");
+    assert_eq!(mode(&refresher.home.join("auth.json")), 0o600);
+    let st = refresher.status();
+    assert_eq!((st["outcome"].as_str(), st["class"].as_str()), (Some("failed"), Some("transient")), "{st}");
+
+    // Vault gone between cycles: every host says so and keeps a working auth.json.
+    for (h, file) in [(&refresher, &refreshed_locally), (&follower, &before)] {
+        let r = h.refresh(&mock, &[]);
+        assert_eq!(r.code, 4, "{}", r.stdout);
+        let reason = r.one()["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains(&bao.addr) && reason.contains("unreachable"), "{reason}");
+        assert_eq!(&h.auth(), file, "auth.json is untouched while Vault is down");
+        assert_eq!(h.status()["reason"].as_str(), Some(reason.as_str()), "status.json says why");
+    }
+    assert_eq!(mock.token_requests(), 2, "nothing refreshed while Vault was down");
+
+    // The same server on the same storage comes back: the very next cycle catches up.
+    bao.restart();
     let r = refresher.refresh(&mock, &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let (rotated, version) = bao.get(ROTATING).unwrap();
-    assert_eq!(rotated, refreshed_locally, "the pending credential was uploaded");
+    assert_eq!(rotated, refreshed_locally, "the credential refreshed while Vault was down was uploaded");
     assert_eq!(version, 3);
     let r = follower.refresh(&mock, &[]);
     assert_eq!(r.code, 0, "{}", r.stdout);
     assert_eq!(follower.auth(), rotated, "the follower caught up on its next run");
-    assert_eq!(mock.token_requests(), 2);
-    assert_eq!(mock.reuse_detections(), 0);
-    assert_clean(&r, &follower.scratch.state_dir(), &all_secrets(&mock, &c, &[]));
+    assert_eq!(follower.status()["store_version"], 3);
+    // And the fleet keeps rotating from there.
+    assert_eq!(refresher.refresh(&mock, &["--force"]).code, 0);
+    let (rotated, version) = bao.get(ROTATING).unwrap();
+    assert_eq!(version, 4);
+    assert!(mock.is_live_refresh_token(&refresh_token(&rotated)), "Vault holds the live credential");
+    let r = follower.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert_eq!(follower.auth(), rotated);
+    assert_eq!(mock.token_requests(), 3, "one token call per rotation");
+    assert_eq!(mock.reuse_detections(), 0, "no refresh_token_reused");
+    assert_clean(&r, &follower.scratch.state_dir(), &all_secrets(&mock, &c, &[&rt, &ft]));
+    assert_clean(&r, &refresher.scratch.state_dir(), &all_secrets(&mock, &c, &[&rt, &ft]));
 }
 
 #[test]
