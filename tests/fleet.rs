@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use support::dbus::{AgentDaemon, PrivateBus, ctl};
 use support::openbao::Bao;
 use support::*;
 
@@ -38,6 +39,12 @@ fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 impl Host {
     fn new(bao: &Bao, host_id: &str, role: &str, login: Login) -> Host {
+        Host::with(&bao.addr, host_id, role, login, "", "")
+    }
+
+    /// A host talking to Vault at `address`, with extra lines in `[vault]` (e.g. ca_file)
+    /// and `[accounts.team]` (e.g. its own max_age).
+    fn with(address: &str, host_id: &str, role: &str, login: Login, vault: &str, account: &str) -> Host {
         let scratch = Scratch::new();
         let home = scratch.codex_home("codex", None);
         let auth = match login {
@@ -49,9 +56,9 @@ impl Host {
             ),
         };
         let config = scratch.config(&format!(
-            "host_id = \"{host_id}\"\n\n[vault]\naddress = \"{}\"\n{auth}\nrequest_timeout = \"1s\"\n\n\
-             [defaults]\nrequest_timeout = \"20s\"\n\n[accounts.team]\nuser = \"{}\"\ncodex_home = \"{}\"\nfleet_role = \"{role}\"\n",
-            bao.addr,
+            "host_id = \"{host_id}\"\n\n[vault]\naddress = \"{}\"\n{auth}\nrequest_timeout = \"1s\"\n{vault}\n\
+             [defaults]\nrequest_timeout = \"20s\"\n\n[accounts.team]\nuser = \"{}\"\ncodex_home = \"{}\"\nfleet_role = \"{role}\"\n{account}",
+            address,
             me(),
             home.display()
         ));
@@ -302,4 +309,123 @@ fn denied_access_names_the_key_and_the_missing_capability() {
     assert!(reason.contains(ROTATING) && reason.contains("create/update"), "{reason}");
     assert_eq!(mock.token_requests(), 0, "nothing refreshed without Vault's blessing");
     assert!(bao.get(ROTATING).is_none());
+}
+
+/// `secs` seconds ago, in auth.json's format (fixtures relative to the real clock).
+fn ago(secs: i64) -> String {
+    #[allow(clippy::disallowed_methods)]
+    let t = chrono::Utc::now() - chrono::Duration::seconds(secs);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// One host's daemon on its own private bus (the daemon owns one well-known name per bus).
+struct DaemonHost {
+    host: Host,
+    bus: PrivateBus,
+    daemon: AgentDaemon,
+}
+
+impl DaemonHost {
+    fn start(host: Host, mock: &MockServer) -> DaemonHost {
+        let bus = PrivateBus::start(host.scratch.path());
+        let daemon = AgentDaemon::start(&host.scratch, mock, &host.config, &bus);
+        DaemonHost { host, bus, daemon }
+    }
+
+    /// The Account object's properties, read over D-Bus by `codex-authctl status --json`.
+    fn props(&self) -> serde_json::Value {
+        let r = run({
+            let mut c = ctl(&self.bus);
+            c.args(["status", "team", "--json"]);
+            c
+        });
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        r.one()
+    }
+
+    /// Poll the properties until `done` holds (limit: `secs`; a sync point, not a timing check).
+    fn wait(&self, what: &str, secs: u64, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let t0 = std::time::Instant::now();
+        loop {
+            let p = self.props();
+            if done(&p) {
+                return p;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(secs), "{what}: {p}\n{}", self.daemon.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn daemons_refresh_when_due_and_followers_converge_by_timer_and_by_sync() {
+    let Some(bao) = Bao::start("daemons_refresh_when_due_and_followers_converge_by_timer_and_by_sync") else {
+        return;
+    };
+    let mock = MockServer::start(MockConfig::default());
+    let c = mock.issue_family("acct-team");
+    // The seed turns due by max_age = 1h two seconds from now on the refresher; the
+    // followers' own max_age puts it later (timer: +6 s) or far away (sync only: +1 h).
+    // Stored twice, so the seed's version (2) is one the rotating key reaches too.
+    let seed = auth_json(&c, &ago(3600 - 2));
+    bao.put(SEED, auth_json(&mock.issue_family("acct-team"), OLD).as_bytes());
+    assert_eq!(bao.put(SEED, seed.as_bytes()), 2);
+    install_policies(&bao);
+    let (rt, ft) = (bao.token(&["fleet-refresher"]), bao.token(&["fleet-follower"]));
+    let host = |id: &str, role: &str, token: &str, max_age: &str| {
+        Host::with(&bao.addr, id, role, Login::Token(token), "", &format!("max_age = \"{max_age}\"\n"))
+    };
+    // Followers first: their start-up pass installs the seed before any rotation.
+    let by_sync = DaemonHost::start(host("vm-2", "follower", &ft, "2h"), &mock);
+    let by_timer = DaemonHost::start(host("vm-1", "follower", &ft, "3604s"), &mock);
+    for f in [&by_sync, &by_timer] {
+        f.wait("the follower never installed the seed", 30, |p| p["state"] == "ok");
+        assert_eq!(f.host.auth(), seed.as_bytes());
+    }
+    let refresher = DaemonHost::start(host("vm-0", "refresher", &rt, "1h"), &mock);
+
+    // The refresher's own timer: it refreshes when due and writes version 2 (1 = the seed's mirror).
+    let p = refresher.wait("the refresher never wrote version 2", 60, |p| p["store_version"] == 2);
+    assert_eq!((p["state"].as_str(), p["last_outcome"].as_str()), (Some("ok"), Some("refreshed")), "{p}");
+    assert_eq!((p["fleet_role"].as_str(), p["lease_holder"].as_str()), (Some("refresher"), Some("vm-0")));
+    let (rotated, version) = bao.get(ROTATING).unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(refresher.host.auth(), rotated);
+    assert_eq!(mock.token_requests(), 1);
+    let fp = p["token_fingerprint"].clone();
+
+    // A follower's timer fires when its copy turns due and installs the new credential (if it
+    // looked before the refresher wrote, it looks again a minute later).
+    let p = by_timer
+        .wait("the follower's timer never installed the rotated credential", 120, |p| p["token_fingerprint"] == fp);
+    assert_eq!(by_timer.host.auth(), rotated);
+    assert_eq!(p["state"], "ok", "{p}");
+
+    // The other follower is not due for an hour: it still has the seed until `sync`.
+    assert_ne!(by_sync.props()["token_fingerprint"], fp);
+    assert_eq!(by_sync.host.auth(), seed.as_bytes());
+    let r = run({
+        let mut c = ctl(&by_sync.bus);
+        c.args(["sync", "team"]);
+        c
+    });
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("installed codex-auth-json-b64-rotating-team version 2"), "{}", r.stdout);
+    assert_eq!(by_sync.host.auth(), rotated);
+
+    for (h, role) in [(&refresher, "refresher"), (&by_timer, "follower"), (&by_sync, "follower")] {
+        let p = h.props();
+        assert_eq!(p["fleet_role"], role, "{p}");
+        assert_eq!(p["store_version"], 2, "{p}");
+        assert_eq!(p["lease_holder"], "vm-0", "{p}");
+        assert_eq!(p["state"], "ok", "{p}");
+        assert_eq!(p["token_fingerprint"], fp, "{p}");
+    }
+    assert_eq!(mock.token_requests(), 1, "exactly one token call for the fleet");
+    assert_eq!(mock.reuse_detections(), 0);
+    let secrets = all_secrets(&mock, &c, &[&rt, &ft]);
+    for h in [&refresher, &by_timer, &by_sync] {
+        let log = Run { code: 0, stdout: h.daemon.log_text(), stderr: String::new() };
+        assert_clean(&log, &h.host.scratch.state_dir(), &secrets);
+    }
 }

@@ -32,6 +32,8 @@ impl fmt::Debug for Secret {
 /// One read of a KV entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The key it was read from (the seed's and the rotating key's versions are unrelated).
+    pub key: String,
     pub value: Secret,
     pub version: u64,
 }
@@ -252,7 +254,7 @@ impl Vault {
             return Err(invalid("no field `value` (expected base64 of the content)"));
         };
         let value = B64.decode(text.trim()).map_err(|_| invalid("field `value` is not base64"))?;
-        Ok(Some(Entry { value: Secret(value), version }))
+        Ok(Some(Entry { key: key.to_string(), value: Secret(value), version }))
     }
 
     /// Write `value` to `key` if its current version is `cas` (0: only if absent); returns
