@@ -429,3 +429,48 @@ fn daemons_refresh_when_due_and_followers_converge_by_timer_and_by_sync() {
         assert_clean(&log, &h.host.scratch.state_dir(), &secrets);
     }
 }
+
+#[test]
+fn tls_with_ca_file_works_and_without_it_names_the_untrusted_certificate() {
+    let test = "tls_with_ca_file_works_and_without_it_names_the_untrusted_certificate";
+    let Some(bao) = Bao::start_persistent(test, true) else { return };
+    let mock = MockServer::start(MockConfig::default());
+    let c = seeded(&bao, &mock);
+    install_policies(&bao);
+    let (rt, ft) = (bao.token(&["fleet-refresher"]), bao.token(&["fleet-follower"]));
+    let https = bao.tls_addr.clone().unwrap();
+    let ca_line = |ca: &Path| format!("ca_file = \"{}\"\n", ca.display());
+    let ca = ca_line(bao.ca_file.as_ref().unwrap());
+
+    // With the CA that signed Vault's certificate: the fleet works over HTTPS.
+    let refresher = Host::with(&https, "vm-0", "refresher", Login::Token(&rt), &ca, "");
+    let follower = Host::with(&https, "vm-1", "follower", Login::Token(&ft), &ca, "");
+    let r = refresher.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.one()["outcome"], "refreshed");
+    let r = follower.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let (rotated, version) = bao.get(ROTATING).unwrap();
+    assert_eq!((version, follower.auth()), (2, rotated));
+
+    // Without ca_file (system roots only), or with another CA: a transient failure that
+    // names the address, says the certificate is not trusted and how to fix it.
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = support::openbao::make_tls(other.path());
+    for (id, vault, trust) in [
+        ("vm-2", String::new(), "no ca_file is set".to_string()),
+        ("vm-3", ca_line(&other_ca), format!("neither ca_file {} nor", other_ca.display())),
+    ] {
+        let h = Host::with(&https, id, "follower", Login::Token(&ft), &vault, "");
+        let r = h.refresh(&mock, &[]);
+        assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+        let reason = r.one()["reason"].as_str().unwrap().to_string();
+        // (UnknownIssuer, or BadSignature from the other CA of the same name)
+        let want = format!("the TLS certificate of Vault at {https} is not trusted (");
+        assert!(reason.contains(&want) && reason.contains(&trust), "{reason}");
+        assert!(reason.contains("set ca_file in [vault]"), "{reason}");
+        assert!(h.auth().is_empty(), "nothing installed from an untrusted server");
+    }
+    assert_eq!(mock.token_requests(), 1);
+    assert_clean(&r, &follower.scratch.state_dir(), &all_secrets(&mock, &c, &[&rt, &ft]));
+}
