@@ -474,3 +474,43 @@ fn tls_with_ca_file_works_and_without_it_names_the_untrusted_certificate() {
     assert_eq!(mock.token_requests(), 1);
     assert_clean(&r, &follower.scratch.state_dir(), &all_secrets(&mock, &c, &[&rt, &ft]));
 }
+
+#[test]
+fn a_follower_denied_by_its_policy_says_so_on_dbus_and_sync_heals_it_once_fixed() {
+    let Some(bao) = Bao::start("a_follower_denied_by_its_policy_says_so_on_dbus_and_sync_heals_it_once_fixed") else {
+        return;
+    };
+    let mock = MockServer::start(MockConfig::default());
+    let c = seeded(&bao, &mock);
+    // The token names a policy that does not exist yet: every read is denied.
+    let ft = bao.token(&["fleet-follower"]);
+    let follower = DaemonHost::start(Host::new(&bao, "vm-1", "follower", Login::Token(&ft)), &mock);
+    let p = follower.wait("the denied start-up run never finished", 30, |p| {
+        !["stale", "refreshing"].contains(&p["state"].as_str().unwrap())
+    });
+    assert_eq!(p["state"], "failed_transient", "{p}");
+    let err = p["last_error"].as_str().unwrap();
+    assert!(err.contains("secret/data/codex-auth-json-b64-rotating-team") && err.contains("\"read\""), "{p}");
+    let sync = || {
+        run({
+            let mut c = ctl(&follower.bus);
+            c.args(["sync", "team"]);
+            c
+        })
+    };
+    // Asking again runs again (no "backing off" answer) and still names what is missing.
+    let r = sync();
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("lacks the \"read\" capability"), "{}", r.stdout);
+    // The operator installs the policy: the next sync heals the account at once.
+    install_policies(&bao);
+    let r = sync();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let (seed, _) = bao.get(SEED).unwrap();
+    assert_eq!(follower.host.auth(), seed);
+    let p = follower.props();
+    assert_eq!((p["state"].as_str(), p["consecutive_failures"].as_u64()), (Some("ok"), Some(0)), "{p}");
+    assert_eq!(mock.token_requests(), 0);
+    let log = Run { code: 0, stdout: follower.daemon.log_text(), stderr: String::new() };
+    assert_clean(&log, &follower.host.scratch.state_dir(), &all_secrets(&mock, &c, &[&ft]));
+}
