@@ -332,13 +332,16 @@ impl DaemonHost {
         DaemonHost { host, bus, daemon }
     }
 
+    /// `codex-authctl ARGS` against this host's bus.
+    fn ctl(&self, args: &[&str]) -> Run {
+        let mut c = ctl(&self.bus);
+        c.args(args);
+        run(c)
+    }
+
     /// The Account object's properties, read over D-Bus by `codex-authctl status --json`.
     fn props(&self) -> serde_json::Value {
-        let r = run({
-            let mut c = ctl(&self.bus);
-            c.args(["status", "team", "--json"]);
-            c
-        });
+        let r = self.ctl(&["status", "team", "--json"]);
         assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
         r.one()
     }
@@ -404,11 +407,7 @@ fn daemons_refresh_when_due_and_followers_converge_by_timer_and_by_sync() {
     // The other follower is not due for an hour: it still has the seed until `sync`.
     assert_ne!(by_sync.props()["token_fingerprint"], fp);
     assert_eq!(by_sync.host.auth(), seed.as_bytes());
-    let r = run({
-        let mut c = ctl(&by_sync.bus);
-        c.args(["sync", "team"]);
-        c
-    });
+    let r = by_sync.ctl(&["sync", "team"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("installed codex-auth-json-b64-rotating-team version 2"), "{}", r.stdout);
     assert_eq!(by_sync.host.auth(), rotated);
@@ -491,13 +490,7 @@ fn a_follower_denied_by_its_policy_says_so_on_dbus_and_sync_heals_it_once_fixed(
     assert_eq!(p["state"], "failed_transient", "{p}");
     let err = p["last_error"].as_str().unwrap();
     assert!(err.contains("secret/data/codex-auth-json-b64-rotating-team") && err.contains("\"read\""), "{p}");
-    let sync = || {
-        run({
-            let mut c = ctl(&follower.bus);
-            c.args(["sync", "team"]);
-            c
-        })
-    };
+    let sync = || follower.ctl(&["sync", "team"]);
     // Asking again runs again (no "backing off" answer) and still names what is missing.
     let r = sync();
     assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
