@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use support::dbus::{AgentDaemon, PrivateBus, ctl};
 use support::openbao::Bao;
 use support::*;
 
@@ -38,6 +39,12 @@ fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 impl Host {
     fn new(bao: &Bao, host_id: &str, role: &str, login: Login) -> Host {
+        Host::with(&bao.addr, host_id, role, login, "", "")
+    }
+
+    /// A host talking to Vault at `address`, with extra lines in `[vault]` (e.g. ca_file)
+    /// and `[accounts.team]` (e.g. its own max_age).
+    fn with(address: &str, host_id: &str, role: &str, login: Login, vault: &str, account: &str) -> Host {
         let scratch = Scratch::new();
         let home = scratch.codex_home("codex", None);
         let auth = match login {
@@ -49,9 +56,9 @@ impl Host {
             ),
         };
         let config = scratch.config(&format!(
-            "host_id = \"{host_id}\"\n\n[vault]\naddress = \"{}\"\n{auth}\nrequest_timeout = \"1s\"\n\n\
-             [defaults]\nrequest_timeout = \"5s\"\n\n[accounts.team]\nuser = \"{}\"\ncodex_home = \"{}\"\nfleet_role = \"{role}\"\n",
-            bao.addr,
+            "host_id = \"{host_id}\"\n\n[vault]\naddress = \"{}\"\n{auth}\nrequest_timeout = \"1s\"\n{vault}\n\
+             [defaults]\nrequest_timeout = \"20s\"\n\n[accounts.team]\nuser = \"{}\"\ncodex_home = \"{}\"\nfleet_role = \"{role}\"\n{account}",
+            address,
             me(),
             home.display()
         ));
@@ -185,49 +192,96 @@ fn two_refreshers_racing_for_100_cycles_never_reuse_a_token() {
     assert!(mock.is_live_refresh_token(v["tokens"]["refresh_token"].as_str().unwrap()));
 }
 
+/// The refresh token in an auth.json.
+fn refresh_token(auth: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(auth).expect("auth.json parses");
+    v["tokens"]["refresh_token"].as_str().unwrap().to_string()
+}
+
+/// Wait until the mock has received `n` token requests (a sync point, not a timing check).
+fn wait_token_requests(mock: &MockServer, n: u64) {
+    let t0 = std::time::Instant::now();
+    while mock.token_requests() < n {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the token request never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn openbao_stopped_mid_refresh_loses_nothing_and_catches_up() {
-    let Some(bao) = Bao::start("openbao_stopped_mid_refresh_loses_nothing_and_catches_up") else { return };
+fn openbao_stopped_mid_refresh_and_restarted_loses_nothing_and_catches_up() {
+    let test = "openbao_stopped_mid_refresh_and_restarted_loses_nothing_and_catches_up";
+    let Some(mut bao) = Bao::start_persistent(test, false) else { return };
     let mock = MockServer::start(MockConfig::default());
     let c = seeded(&bao, &mock);
-    let refresher = Host::new(&bao, "vm-0", "refresher", Login::Token("root"));
-    let follower = Host::new(&bao, "vm-1", "follower", Login::Token("root"));
+    install_policies(&bao);
+    let (rt, ft) = (bao.token(&["fleet-refresher"]), bao.token(&["fleet-follower"]));
+    let refresher = Host::new(&bao, "vm-0", "refresher", Login::Token(&rt));
+    let follower = Host::new(&bao, "vm-1", "follower", Login::Token(&ft));
     assert_eq!(refresher.refresh(&mock, &[]).code, 0);
     assert_eq!(follower.refresh(&mock, &[]).code, 0);
     let before = follower.auth();
+    assert_eq!(follower.status()["store_version"], 2);
 
-    // Stop Vault while the refresher waits for the token endpoint: its write must fail.
-    mock.set_latency(Duration::from_millis(2500));
-    let child = refresher.cmd(&mock, &["--force"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
+    // A Vault that hangs (frozen) between cycles: the follower gives up after its
+    // request_timeout, says why, and keeps its file.
     bao.pause();
-    let out = child.wait_with_output().unwrap();
-    mock.set_latency(Duration::ZERO);
-    let line = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(4), "transient failure: {line}");
-    assert!(line.contains("uploaded on the next run"), "{line}");
-    let refreshed_locally = refresher.auth();
-    let v: serde_json::Value = serde_json::from_slice(&refreshed_locally).unwrap();
-    assert!(mock.is_live_refresh_token(v["tokens"]["refresh_token"].as_str().unwrap()), "kept locally");
-
-    // Vault still down: the follower keeps its file and says why.
     let r = follower.refresh(&mock, &[]);
     assert_eq!(r.code, 4, "{}", r.stdout);
     assert!(r.one()["reason"].as_str().unwrap().contains("unreachable"), "{}", r.stdout);
     assert_eq!(follower.auth(), before);
-
     bao.resume();
+
+    // Stop Vault for real (SIGTERM, process gone) while the refresher waits for the token
+    // endpoint: the token is spent, so the new credential must survive locally.
+    mock.set_latency(Duration::from_secs(8));
+    let child = refresher.cmd(&mock, &["--force"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    wait_token_requests(&mock, 2);
+    bao.stop(Duration::from_secs(5));
+    let out = child.wait_with_output().unwrap();
+    mock.set_latency(Duration::ZERO);
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(4), "transient failure: {line}");
+    assert!(line.contains("uploaded on the next run") && line.contains("unreachable"), "{line}");
+    let refreshed_locally = refresher.auth();
+    assert!(mock.is_live_refresh_token(&refresh_token(&refreshed_locally)), "the live credential is kept locally");
+    assert_eq!(mode(&refresher.home.join("auth.json")), 0o600);
+    let st = refresher.status();
+    assert_eq!((st["outcome"].as_str(), st["class"].as_str()), (Some("failed"), Some("transient")), "{st}");
+
+    // Vault gone between cycles: every host says so and keeps a working auth.json.
+    for (h, file) in [(&refresher, &refreshed_locally), (&follower, &before)] {
+        let r = h.refresh(&mock, &[]);
+        assert_eq!(r.code, 4, "{}", r.stdout);
+        let reason = r.one()["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains(&bao.addr) && reason.contains("unreachable"), "{reason}");
+        assert_eq!(&h.auth(), file, "auth.json is untouched while Vault is down");
+        assert_eq!(h.status()["reason"].as_str(), Some(reason.as_str()), "status.json says why");
+    }
+    assert_eq!(mock.token_requests(), 2, "nothing refreshed while Vault was down");
+
+    // The same server on the same storage comes back: the very next cycle catches up.
+    bao.restart();
     let r = refresher.refresh(&mock, &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let (rotated, version) = bao.get(ROTATING).unwrap();
-    assert_eq!(rotated, refreshed_locally, "the pending credential was uploaded");
+    assert_eq!(rotated, refreshed_locally, "the credential refreshed while Vault was down was uploaded");
     assert_eq!(version, 3);
     let r = follower.refresh(&mock, &[]);
     assert_eq!(r.code, 0, "{}", r.stdout);
     assert_eq!(follower.auth(), rotated, "the follower caught up on its next run");
-    assert_eq!(mock.token_requests(), 2);
-    assert_eq!(mock.reuse_detections(), 0);
-    assert_clean(&r, &follower.scratch.state_dir(), &all_secrets(&mock, &c, &[]));
+    assert_eq!(follower.status()["store_version"], 3);
+    // And the fleet keeps rotating from there.
+    assert_eq!(refresher.refresh(&mock, &["--force"]).code, 0);
+    let (rotated, version) = bao.get(ROTATING).unwrap();
+    assert_eq!(version, 4);
+    assert!(mock.is_live_refresh_token(&refresh_token(&rotated)), "Vault holds the live credential");
+    let r = follower.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert_eq!(follower.auth(), rotated);
+    assert_eq!(mock.token_requests(), 3, "one token call per rotation");
+    assert_eq!(mock.reuse_detections(), 0, "no refresh_token_reused");
+    assert_clean(&r, &follower.scratch.state_dir(), &all_secrets(&mock, &c, &[&rt, &ft]));
+    assert_clean(&r, &refresher.scratch.state_dir(), &all_secrets(&mock, &c, &[&rt, &ft]));
 }
 
 #[test]
@@ -255,4 +309,201 @@ fn denied_access_names_the_key_and_the_missing_capability() {
     assert!(reason.contains(ROTATING) && reason.contains("create/update"), "{reason}");
     assert_eq!(mock.token_requests(), 0, "nothing refreshed without Vault's blessing");
     assert!(bao.get(ROTATING).is_none());
+}
+
+/// `secs` seconds ago, in auth.json's format (fixtures relative to the real clock).
+fn ago(secs: i64) -> String {
+    #[allow(clippy::disallowed_methods)]
+    let t = chrono::Utc::now() - chrono::Duration::seconds(secs);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// One host's daemon on its own private bus (the daemon owns one well-known name per bus).
+struct DaemonHost {
+    host: Host,
+    bus: PrivateBus,
+    daemon: AgentDaemon,
+}
+
+impl DaemonHost {
+    fn start(host: Host, mock: &MockServer) -> DaemonHost {
+        let bus = PrivateBus::start(host.scratch.path());
+        let daemon = AgentDaemon::start(&host.scratch, mock, &host.config, &bus);
+        DaemonHost { host, bus, daemon }
+    }
+
+    /// `codex-authctl ARGS` against this host's bus.
+    fn ctl(&self, args: &[&str]) -> Run {
+        let mut c = ctl(&self.bus);
+        c.args(args);
+        run(c)
+    }
+
+    /// The Account object's properties, read over D-Bus by `codex-authctl status --json`.
+    fn props(&self) -> serde_json::Value {
+        let r = self.ctl(&["status", "team", "--json"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        r.one()
+    }
+
+    /// Poll the properties until `done` holds (limit: `secs`; a sync point, not a timing check).
+    fn wait(&self, what: &str, secs: u64, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let t0 = std::time::Instant::now();
+        loop {
+            let p = self.props();
+            if done(&p) {
+                return p;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(secs), "{what}: {p}\n{}", self.daemon.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn daemons_refresh_when_due_and_followers_converge_by_timer_and_by_sync() {
+    let Some(bao) = Bao::start("daemons_refresh_when_due_and_followers_converge_by_timer_and_by_sync") else {
+        return;
+    };
+    let mock = MockServer::start(MockConfig::default());
+    let c = mock.issue_family("acct-team");
+    // The seed turns due by max_age = 1h two seconds from now on the refresher; the
+    // followers' own max_age puts it later (timer: +6 s) or far away (sync only: +1 h).
+    // Stored twice, so the seed's version (2) is one the rotating key reaches too.
+    let seed = auth_json(&c, &ago(3600 - 2));
+    bao.put(SEED, auth_json(&mock.issue_family("acct-team"), OLD).as_bytes());
+    assert_eq!(bao.put(SEED, seed.as_bytes()), 2);
+    install_policies(&bao);
+    let (rt, ft) = (bao.token(&["fleet-refresher"]), bao.token(&["fleet-follower"]));
+    let host = |id: &str, role: &str, token: &str, max_age: &str| {
+        Host::with(&bao.addr, id, role, Login::Token(token), "", &format!("max_age = \"{max_age}\"\n"))
+    };
+    // Followers first: their start-up pass installs the seed before any rotation.
+    let by_sync = DaemonHost::start(host("vm-2", "follower", &ft, "2h"), &mock);
+    let by_timer = DaemonHost::start(host("vm-1", "follower", &ft, "3604s"), &mock);
+    for f in [&by_sync, &by_timer] {
+        f.wait("the follower never installed the seed", 30, |p| p["state"] == "ok");
+        assert_eq!(f.host.auth(), seed.as_bytes());
+    }
+    let refresher = DaemonHost::start(host("vm-0", "refresher", &rt, "1h"), &mock);
+
+    // The refresher's own timer: it refreshes when due and writes version 2 (1 = the seed's mirror).
+    let p = refresher.wait("the refresher never wrote version 2", 60, |p| p["store_version"] == 2);
+    assert_eq!((p["state"].as_str(), p["last_outcome"].as_str()), (Some("ok"), Some("refreshed")), "{p}");
+    assert_eq!((p["fleet_role"].as_str(), p["lease_holder"].as_str()), (Some("refresher"), Some("vm-0")));
+    let (rotated, version) = bao.get(ROTATING).unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(refresher.host.auth(), rotated);
+    assert_eq!(mock.token_requests(), 1);
+    let fp = p["token_fingerprint"].clone();
+
+    // A follower's timer fires when its copy turns due and installs the new credential (if it
+    // looked before the refresher wrote, it looks again a minute later).
+    let p = by_timer
+        .wait("the follower's timer never installed the rotated credential", 120, |p| p["token_fingerprint"] == fp);
+    assert_eq!(by_timer.host.auth(), rotated);
+    assert_eq!(p["state"], "ok", "{p}");
+
+    // The other follower is not due for an hour: it still has the seed until `sync`.
+    assert_ne!(by_sync.props()["token_fingerprint"], fp);
+    assert_eq!(by_sync.host.auth(), seed.as_bytes());
+    let r = by_sync.ctl(&["sync", "team"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("installed codex-auth-json-b64-rotating-team version 2"), "{}", r.stdout);
+    assert_eq!(by_sync.host.auth(), rotated);
+
+    for (h, role) in [(&refresher, "refresher"), (&by_timer, "follower"), (&by_sync, "follower")] {
+        let p = h.props();
+        assert_eq!(p["fleet_role"], role, "{p}");
+        assert_eq!(p["store_version"], 2, "{p}");
+        assert_eq!(p["lease_holder"], "vm-0", "{p}");
+        assert_eq!(p["state"], "ok", "{p}");
+        assert_eq!(p["token_fingerprint"], fp, "{p}");
+    }
+    assert_eq!(mock.token_requests(), 1, "exactly one token call for the fleet");
+    assert_eq!(mock.reuse_detections(), 0);
+    let secrets = all_secrets(&mock, &c, &[&rt, &ft]);
+    for h in [&refresher, &by_timer, &by_sync] {
+        let log = Run { code: 0, stdout: h.daemon.log_text(), stderr: String::new() };
+        assert_clean(&log, &h.host.scratch.state_dir(), &secrets);
+    }
+}
+
+#[test]
+fn tls_with_ca_file_works_and_without_it_names_the_untrusted_certificate() {
+    let test = "tls_with_ca_file_works_and_without_it_names_the_untrusted_certificate";
+    let Some(bao) = Bao::start_persistent(test, true) else { return };
+    let mock = MockServer::start(MockConfig::default());
+    let c = seeded(&bao, &mock);
+    install_policies(&bao);
+    let (rt, ft) = (bao.token(&["fleet-refresher"]), bao.token(&["fleet-follower"]));
+    let https = bao.tls_addr.clone().unwrap();
+    let ca_line = |ca: &Path| format!("ca_file = \"{}\"\n", ca.display());
+    let ca = ca_line(bao.ca_file.as_ref().unwrap());
+
+    // With the CA that signed Vault's certificate: the fleet works over HTTPS.
+    let refresher = Host::with(&https, "vm-0", "refresher", Login::Token(&rt), &ca, "");
+    let follower = Host::with(&https, "vm-1", "follower", Login::Token(&ft), &ca, "");
+    let r = refresher.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.one()["outcome"], "refreshed");
+    let r = follower.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let (rotated, version) = bao.get(ROTATING).unwrap();
+    assert_eq!((version, follower.auth()), (2, rotated));
+
+    // Without ca_file (system roots only), or with another CA: a transient failure that
+    // names the address, says the certificate is not trusted and how to fix it.
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = support::openbao::make_tls(other.path());
+    for (id, vault, trust) in [
+        ("vm-2", String::new(), "no ca_file is set".to_string()),
+        ("vm-3", ca_line(&other_ca), format!("neither ca_file {} nor", other_ca.display())),
+    ] {
+        let h = Host::with(&https, id, "follower", Login::Token(&ft), &vault, "");
+        let r = h.refresh(&mock, &[]);
+        assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+        let reason = r.one()["reason"].as_str().unwrap().to_string();
+        // (UnknownIssuer, or BadSignature from the other CA of the same name)
+        let want = format!("the TLS certificate of Vault at {https} is not trusted (");
+        assert!(reason.contains(&want) && reason.contains(&trust), "{reason}");
+        assert!(reason.contains("set ca_file in [vault]"), "{reason}");
+        assert!(h.auth().is_empty(), "nothing installed from an untrusted server");
+    }
+    assert_eq!(mock.token_requests(), 1);
+    assert_clean(&r, &follower.scratch.state_dir(), &all_secrets(&mock, &c, &[&rt, &ft]));
+}
+
+#[test]
+fn a_follower_denied_by_its_policy_says_so_on_dbus_and_sync_heals_it_once_fixed() {
+    let Some(bao) = Bao::start("a_follower_denied_by_its_policy_says_so_on_dbus_and_sync_heals_it_once_fixed") else {
+        return;
+    };
+    let mock = MockServer::start(MockConfig::default());
+    let c = seeded(&bao, &mock);
+    // The token names a policy that does not exist yet: every read is denied.
+    let ft = bao.token(&["fleet-follower"]);
+    let follower = DaemonHost::start(Host::new(&bao, "vm-1", "follower", Login::Token(&ft)), &mock);
+    let p = follower.wait("the denied start-up run never finished", 30, |p| {
+        !["stale", "refreshing"].contains(&p["state"].as_str().unwrap())
+    });
+    assert_eq!(p["state"], "failed_transient", "{p}");
+    let err = p["last_error"].as_str().unwrap();
+    assert!(err.contains("secret/data/codex-auth-json-b64-rotating-team") && err.contains("\"read\""), "{p}");
+    let sync = || follower.ctl(&["sync", "team"]);
+    // Asking again runs again (no "backing off" answer) and still names what is missing.
+    let r = sync();
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("lacks the \"read\" capability"), "{}", r.stdout);
+    // The operator installs the policy: the next sync heals the account at once.
+    install_policies(&bao);
+    let r = sync();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let (seed, _) = bao.get(SEED).unwrap();
+    assert_eq!(follower.host.auth(), seed);
+    let p = follower.props();
+    assert_eq!((p["state"].as_str(), p["consecutive_failures"].as_u64()), (Some("ok"), Some(0)), "{p}");
+    assert_eq!(mock.token_requests(), 0);
+    let log = Run { code: 0, stdout: follower.daemon.log_text(), stderr: String::new() };
+    assert_clean(&log, &follower.host.scratch.state_dir(), &all_secrets(&mock, &c, &[&ft]));
 }

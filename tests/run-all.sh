@@ -9,6 +9,7 @@ if [ "$(id -u)" = 0 ]; then
   command -v useradd >/dev/null || need+=(passwd)
   command -v gcc >/dev/null || need+=(build-essential)
   command -v npm >/dev/null || need+=(npm)
+  command -v openssl >/dev/null || need+=(openssl) # tests/fleet.rs: a throwaway CA for Vault's TLS
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
   fi

@@ -10,7 +10,7 @@ use crate::account::{self, RefreshOptions};
 use crate::authfile::dir::SafeDir;
 use crate::authfile::sha256_hex;
 use crate::clock::Clock;
-use crate::config::{self, AccountSettings, ConfigError, Env, Settings};
+use crate::config::{self, AccountSettings, ConfigError, Env, FleetRole, Settings};
 use crate::outcome::{Failure, Report};
 use crate::preflight::PreflightReport;
 use crate::seed::SeedInput;
@@ -292,6 +292,10 @@ impl Core {
         if !req.skip_gate {
             match gate {
                 Gate::Run => {}
+                // A follower's run only reads Vault (never the token endpoint), so a request
+                // such as `codex-authctl sync` goes ahead: after Vault or its policy is fixed
+                // it heals now, not at the end of the backoff. Its timer still backs off.
+                Gate::BackingOff(_) if acct.fleet.as_ref().is_some_and(|f| f.fleet_role == FleetRole::Follower) => {}
                 Gate::BackingOff(until) => {
                     return Report::failed(
                         name,

@@ -162,7 +162,7 @@ impl Run<'_> {
         match v.write(&self.fleet.vault_rotating_key, &seed.value.0, 0, now) {
             Ok(version) => {
                 tracing::info!(account = %self.name(), "fleet: mirrored the seed key into the rotating key (version {version})");
-                Ok(Some(Entry { value: seed.value, version }))
+                Ok(Some(Entry { key: self.fleet.vault_rotating_key.clone(), value: seed.value, version }))
             }
             Err(VaultError::CasMismatch { .. }) => v.read(&self.fleet.vault_rotating_key, now),
             Err(e) => Err(e),
@@ -318,7 +318,7 @@ impl Run<'_> {
                 st.pending = None;
                 st.version = Some(version);
                 st.sha256 = Some(p.sha256);
-                Ok(Entry { value: Secret(bytes), version })
+                Ok(Entry { key: self.fleet.vault_rotating_key.clone(), value: Secret(bytes), version })
             }
             Err(VaultError::CasMismatch { .. }) => {
                 st.pending = None;
@@ -344,10 +344,13 @@ impl Run<'_> {
         self.follow_entry(st, entry)
     }
 
-    /// Install `entry` when its version is new here; otherwise just look at the local file
+    /// Install `entry` when it is new here (version or content); otherwise just look at the local file
     /// and say when it differs from what we installed (never written back).
     fn follow_entry(&self, st: &mut FleetState, entry: Entry) -> Report {
-        if st.version == Some(entry.version) && st.pending.is_none() {
+        // Same version *and* content: a follower that installed the seed's version N must
+        // still install the rotating key's version N.
+        let unchanged = st.version == Some(entry.version) && st.sha256.as_deref() == Some(&sha256_hex(&entry.value.0));
+        if unchanged && st.pending.is_none() {
             let mut r = self.work(|j| j.follow = true);
             if r.failure.is_none() && r.auth_sha256.is_some() && r.auth_sha256 != st.sha256 {
                 r.reason = format!(
@@ -361,7 +364,7 @@ impl Run<'_> {
         if r.failure.is_none() {
             st.version = Some(entry.version);
             st.sha256 = Some(sha256_hex(&entry.value.0));
-            r.reason = format!("installed {} version {}; {}", self.fleet.vault_rotating_key, entry.version, r.reason);
+            r.reason = format!("installed {} version {}; {}", entry.key, entry.version, r.reason);
         }
         r
     }

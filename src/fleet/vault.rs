@@ -32,6 +32,8 @@ impl fmt::Debug for Secret {
 /// One read of a KV entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The key it was read from (the seed's and the rotating key's versions are unrelated).
+    pub key: String,
     pub value: Secret,
     pub version: u64,
 }
@@ -48,6 +50,10 @@ pub enum VaultError {
     Denied { key: String, path: String, capability: &'static str },
     #[error("Vault at {address} is unreachable ({why}); local files keep working; will retry")]
     Unreachable { address: String, why: String },
+    #[error(
+        "the TLS certificate of Vault at {address} is not trusted ({why}): {trusted}; set ca_file in [vault] to the PEM file of the CA that signed it; local files keep working; will retry"
+    )]
+    Untrusted { address: String, trusted: String, why: String },
     #[error("Vault login failed: {0}")]
     Login(String),
     #[error("Vault answered unexpectedly for {key}: {why}")]
@@ -57,7 +63,13 @@ pub enum VaultError {
 impl VaultError {
     /// Retrying later can help (Vault down, overloaded, or answering oddly).
     pub fn is_transient(&self) -> bool {
-        matches!(self, VaultError::Unreachable { .. } | VaultError::Invalid { .. } | VaultError::CasMismatch { .. })
+        matches!(
+            self,
+            VaultError::Unreachable { .. }
+                | VaultError::Untrusted { .. }
+                | VaultError::Invalid { .. }
+                | VaultError::CasMismatch { .. }
+        )
     }
 }
 
@@ -140,6 +152,17 @@ impl Vault {
         VaultError::Unreachable { address: self.settings.address.clone(), why: why.into() }
     }
 
+    /// A request that got no HTTP answer: an untrusted certificate says so (with the fix),
+    /// anything else is "unreachable".
+    fn transport(&self, t: &ureq::Transport) -> VaultError {
+        let Some(why) = certificate_problem(t) else { return self.unreachable(t.kind().to_string()) };
+        let trusted = match &self.settings.ca_file {
+            Some(ca) => format!("neither ca_file {} nor the system's roots vouch for it", ca.display()),
+            None => "no ca_file is set and the system's roots do not vouch for it".to_string(),
+        };
+        VaultError::Untrusted { address: self.settings.address.clone(), trusted, why }
+    }
+
     /// A usable token: the file's, or a cached AppRole login renewed before it expires.
     fn token(&self, now: DateTime<Utc>) -> Result<String, VaultError> {
         let mut cached = self.token.lock().unwrap_or_else(PoisonError::into_inner);
@@ -174,7 +197,7 @@ impl Vault {
                 )));
             }
             Err(ureq::Error::Status(code, _)) => return Err(self.unreachable(format!("HTTP {code} on AppRole login"))),
-            Err(ureq::Error::Transport(t)) => return Err(self.unreachable(t.kind().to_string())),
+            Err(ureq::Error::Transport(t)) => return Err(self.transport(&t)),
         };
         let auth = &v["auth"];
         let Some(token) = auth["client_token"].as_str().filter(|t| !t.is_empty()) else {
@@ -233,7 +256,7 @@ impl Vault {
                 Err(ureq::Error::Status(code, _)) => {
                     Err(VaultError::Invalid { key: key.to_string(), why: format!("HTTP {code}") })
                 }
-                Err(ureq::Error::Transport(t)) => Err(self.unreachable(t.kind().to_string())),
+                Err(ureq::Error::Transport(t)) => Err(self.transport(&t)),
             };
         }
     }
@@ -252,7 +275,7 @@ impl Vault {
             return Err(invalid("no field `value` (expected base64 of the content)"));
         };
         let value = B64.decode(text.trim()).map_err(|_| invalid("field `value` is not base64"))?;
-        Ok(Some(Entry { value: Secret(value), version }))
+        Ok(Some(Entry { key: key.to_string(), value: Secret(value), version }))
     }
 
     /// Write `value` to `key` if its current version is `cas` (0: only if absent); returns
@@ -264,6 +287,24 @@ impl Vault {
             .as_u64()
             .ok_or_else(|| VaultError::Invalid { key: key.to_string(), why: "no data.version in the answer".into() })
     }
+}
+
+/// The rustls certificate error behind a failed TLS handshake, if that is what failed
+/// (ureq wraps it in an io::Error, whose `source` skips the wrapped error itself).
+fn certificate_problem(t: &ureq::Transport) -> Option<String> {
+    use std::error::Error;
+    let mut next: Option<&(dyn Error + 'static)> = t.source();
+    while let Some(e) = next {
+        let wrapped =
+            e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|w| w as &(dyn Error + 'static));
+        for candidate in [Some(e), wrapped].into_iter().flatten() {
+            if let Some(rustls::Error::InvalidCertificate(c)) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(format!("{c:?}"));
+            }
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// A capped JSON body.
