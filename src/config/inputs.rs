@@ -119,15 +119,26 @@ fn read_fragment(path: &Path) -> Result<FileFragment, ConfigError> {
         key: None,
         message: if e.kind() == std::io::ErrorKind::NotFound {
             "not found; create it (see codex-auth-agent.toml(5)) or use --codex-home for single-user mode".into()
+        } else if e.kind() == std::io::ErrorKind::InvalidData {
+            "is not UTF-8 text; TOML files must be UTF-8 (check for a stray byte or another encoding)".into()
         } else {
             format!("cannot be read: {e}")
         },
     })?;
     toml::from_str(&text).map_err(|e| ConfigError {
         file: Some(path.to_path_buf()),
-        key: None,
+        key: key_of_type_error(&text),
         message: e.to_string().trim_end().to_string(),
     })
+}
+
+/// The dotted key a wrong type or an unknown key sits at (toml's own message shows the
+/// line but not which section it is in). None for syntax errors: those have no key.
+fn key_of_type_error(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let err = serde_path_to_error::deserialize::<_, FileFragment>(toml::Value::Table(table)).err()?;
+    let key = err.path().to_string();
+    (!key.is_empty() && key != ".").then_some(key)
 }
 
 /// The drop-ins beside `main`: `config.d/*.toml` in lexical order.
