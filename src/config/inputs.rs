@@ -125,20 +125,16 @@ fn read_fragment(path: &Path) -> Result<FileFragment, ConfigError> {
             format!("cannot be read: {e}")
         },
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError {
-        file: Some(path.to_path_buf()),
-        key: key_of_type_error(&text),
-        message: e.to_string().trim_end().to_string(),
+    // Deserialize once, tracking the path: toml's message shows the offending line but not
+    // the section it is in, so the dotted key (accounts.a.user) comes from the path.
+    serde_path_to_error::deserialize(toml::Deserializer::new(&text)).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError {
+            file: Some(path.to_path_buf()),
+            key: (!key.is_empty() && key != ".").then_some(key),
+            message: e.inner().to_string().trim_end().to_string(),
+        }
     })
-}
-
-/// The dotted key a wrong type or an unknown key sits at (toml's own message shows the
-/// line but not which section it is in). None for syntax errors: those have no key.
-fn key_of_type_error(text: &str) -> Option<String> {
-    let table: toml::Table = toml::from_str(text).ok()?;
-    let err = serde_path_to_error::deserialize::<_, FileFragment>(toml::Value::Table(table)).err()?;
-    let key = err.path().to_string();
-    (!key.is_empty() && key != ".").then_some(key)
 }
 
 /// The drop-ins beside `main`: `config.d/*.toml` in lexical order.

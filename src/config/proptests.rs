@@ -294,6 +294,18 @@ proptest! {
         prop_assert!(e.message.contains("[a-z0-9][a-z0-9-]{0,62}"), "{}", e);
     }
 
+    /// Two mistakes in one file: the key named is the one on the line the message shows.
+    #[test]
+    fn the_named_key_is_the_one_the_message_shows(a in wrong_types(), b in prop_oneof![wrong_types(), unknown_keys()]) {
+        prop_assume!(a.section != b.section);
+        let f = write_config(format!("{}{}", a.text(), b.text()).as_bytes(), false);
+        let e = load(&f.main, &Env::default()).expect_err("two mistakes must not load");
+        let named = [&a, &b].into_iter().find(|m| e.key.as_deref() == Some(m.dotted().as_str()));
+        let m = named.ok_or_else(|| TestCaseError::fail(format!("names neither mistake: {e}")))?;
+        let shown = format!("| {} = ", m.key);
+        prop_assert!(e.message.contains(&shown), "{}", e);
+    }
+
     /// Truncations and flipped bytes of a valid file: loads, or fails naming the file.
     #[test]
     fn mutated_files_never_panic(cut in any::<prop::sample::Index>(), flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..), 0..4), in_drop_in in any::<bool>()) {
