@@ -1,6 +1,6 @@
 //! Malformed input from outside, black-box (issue #7): generated token-endpoint answers
 //! through the real binary, and a running daemon whose one account's auth.json turns into
-//! a series of broken documents while another receives broken Store payloads. Cases are
+//! a series of broken documents while another receives broken Store and Seed payloads. Cases are
 //! drawn with proptest's deterministic runner (fixed seed), so a failure reproduces.
 //! Properties: no crash, a clear error, the refused file byte-identical, and the healthy
 //! account keeps refreshing.
@@ -243,6 +243,7 @@ async fn malformed_files_and_store_payloads_leave_other_accounts_alone() {
     let (broken, target, healthy) =
         (account(&conn, "broken").await, account(&conn, "target").await, account(&conn, "healthy").await);
     let target_before = std::fs::read(homes[1].join("auth.json")).unwrap();
+    let seed = cfg.parent().unwrap().join("seeds/target.json");
     let mut docs = draw(broken_auth(auth_json(&cb, &recent())), 40);
     docs.dedup();
     docs.truncate(20);
@@ -257,18 +258,24 @@ async fn malformed_files_and_store_payloads_leave_other_accounts_alone() {
             reason.contains("invalid auth.json") && reason.contains("field `") && reason.contains("fix: log in again"),
             "case {i}: {reason}"
         );
-        // The target account: Store refuses the payload with a clear D-Bus error.
+        // The target account: Store and Seed refuse the payload with a clear D-Bus error.
         let file = s.path().join(format!("payload-{i}"));
         std::fs::write(&file, payload).unwrap();
-        let fd = std::fs::File::open(&file).unwrap();
-        let err = target
-            .call::<_, _, (String, String)>("Store", &(zbus::zvariant::Fd::from(fd.as_fd()),))
-            .await
-            .expect_err("a malformed Store must be refused");
-        let zbus::Error::MethodError(name, Some(msg), _) = &err else { panic!("case {i}: {err:?}") };
-        assert_eq!(name.as_str(), "org.freedesktop.DBus.Error.InvalidArgs", "case {i}: {msg}");
-        assert!(msg.starts_with("the passed auth.json") && msg.contains(says), "case {i}: wanted {says:?}: {msg}");
-        assert_eq!(std::fs::read(homes[1].join("auth.json")).unwrap(), target_before, "case {i}: target changed");
+        for method in ["Store", "Seed"] {
+            let fd = std::fs::File::open(&file).unwrap();
+            let err = target
+                .call::<_, _, (String, String)>(method, &(zbus::zvariant::Fd::from(fd.as_fd()),))
+                .await
+                .expect_err("a malformed payload must be refused");
+            let zbus::Error::MethodError(name, Some(msg), _) = &err else { panic!("case {i} {method}: {err:?}") };
+            assert_eq!(name.as_str(), "org.freedesktop.DBus.Error.InvalidArgs", "case {i} {method}: {msg}");
+            assert!(
+                msg.starts_with("the passed auth.json") && msg.contains(says),
+                "case {i} {method}: wanted {says:?}: {msg}"
+            );
+            assert_eq!(std::fs::read(homes[1].join("auth.json")).unwrap(), target_before, "case {i}: target changed");
+            assert!(!seed.exists(), "case {i}: a refused Seed left a seed file");
+        }
         // The healthy account keeps refreshing.
         let (o, reason): (String, String) = healthy.call("Refresh", &(true,)).await.unwrap();
         assert_eq!(o, "refreshed", "case {i}: {reason}");
@@ -286,7 +293,7 @@ async fn malformed_files_and_store_payloads_leave_other_accounts_alone() {
     assert!(d.child.as_mut().unwrap().try_wait().unwrap().is_none(), "the daemon died:\n{}", d.log_text());
     assert!(!d.log_text().contains(CANARY), "a token leaked into the daemon log");
     println!(
-        "malformed: {} auth.json documents, {} Store payloads, {healthy_requests} healthy refreshes",
+        "malformed: {} auth.json documents, {} Store and Seed payloads, {healthy_requests} healthy refreshes",
         docs.len(),
         payloads.len()
     );
