@@ -261,7 +261,6 @@ fn assert_names_file_and_key(e: &ConfigError, file: &Path, key: &str) -> Result<
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn wrong_types_name_file_and_key(m in wrong_types()) {
