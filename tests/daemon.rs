@@ -5,18 +5,16 @@
 
 mod support;
 
-use codex_auth_agent::daemon::view::AccountView;
-use codex_auth_agent::names::{ACCOUNT_IFACE, BUS_NAME, MANAGER_IFACE, MANAGER_PATH, account_path};
+use codex_auth_agent::names::{BUS_NAME, account_path};
 use futures_util::StreamExt;
 use mock_openai::{Fault, MockConfig, MockServer};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::dbus::*;
 use support::*;
-use zbus::zvariant::{OwnedObjectPath, OwnedValue};
-use zbus::{Connection, Proxy};
+use zbus::Connection;
+use zbus::zvariant::OwnedObjectPath;
 
 struct World {
     m: MockServer,
@@ -43,55 +41,6 @@ impl World {
     }
     async fn conn(&self) -> Connection {
         zbus::connection::Builder::address(self.bus.address.as_str()).unwrap().build().await.unwrap()
-    }
-}
-
-async fn view(conn: &Connection, name: &str) -> AccountView {
-    let p = zbus::fdo::PropertiesProxy::builder(conn)
-        .destination(BUS_NAME)
-        .unwrap()
-        .path(account_path(name))
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
-    let all: HashMap<String, OwnedValue> =
-        p.get_all(zbus::names::InterfaceName::from_static_str_unchecked(ACCOUNT_IFACE)).await.unwrap();
-    AccountView::from_properties(&all)
-}
-
-/// Uncached proxies: every property read asks the daemon.
-async fn uncached(conn: &Connection, path: String, iface: &'static str) -> Proxy<'static> {
-    zbus::proxy::Builder::new(conn)
-        .destination(BUS_NAME)
-        .unwrap()
-        .path(path)
-        .unwrap()
-        .interface(iface)
-        .unwrap()
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap()
-}
-
-async fn account(conn: &Connection, name: &str) -> Proxy<'static> {
-    uncached(conn, account_path(name), ACCOUNT_IFACE).await
-}
-
-async fn manager(conn: &Connection) -> Proxy<'static> {
-    uncached(conn, MANAGER_PATH.to_string(), MANAGER_IFACE).await
-}
-
-async fn wait_state(conn: &Connection, name: &str, state: &str) -> AccountView {
-    let t0 = Instant::now();
-    loop {
-        let v = view(conn, name).await;
-        if v.state == state {
-            return v;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "{name} stayed {} (wanted {state}): {v:?}", v.state);
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

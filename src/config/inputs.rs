@@ -119,14 +119,21 @@ fn read_fragment(path: &Path) -> Result<FileFragment, ConfigError> {
         key: None,
         message: if e.kind() == std::io::ErrorKind::NotFound {
             "not found; create it (see codex-auth-agent.toml(5)) or use --codex-home for single-user mode".into()
+        } else if e.kind() == std::io::ErrorKind::InvalidData {
+            "is not UTF-8 text; TOML files must be UTF-8 (check for a stray byte or another encoding)".into()
         } else {
             format!("cannot be read: {e}")
         },
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError {
-        file: Some(path.to_path_buf()),
-        key: None,
-        message: e.to_string().trim_end().to_string(),
+    // Deserialize once, tracking the path: toml's message shows the offending line but not
+    // the section it is in, so the dotted key (accounts.a.user) comes from the path.
+    serde_path_to_error::deserialize(toml::Deserializer::new(&text)).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError {
+            file: Some(path.to_path_buf()),
+            key: (!key.is_empty() && key != ".").then_some(key),
+            message: e.inner().to_string().trim_end().to_string(),
+        }
     })
 }
 

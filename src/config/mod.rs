@@ -684,4 +684,6 @@ impl Settings {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

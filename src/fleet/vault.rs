@@ -87,7 +87,18 @@ pub fn token_usable(obtained: DateTime<Utc>, expires_at: Option<DateTime<Utc>>, 
     let Some(exp) = expires_at else { return true };
     let ttl = exp - obtained;
     let margin = chrono::Duration::milliseconds((ttl.num_milliseconds() as f64 * RELOGIN_FRACTION) as i64);
-    now + margin.max(RELOGIN_MARGIN) < exp
+    now.checked_add_signed(margin.max(RELOGIN_MARGIN)).is_some_and(|t| t < exp)
+}
+
+/// When a login answer's `lease_duration` (seconds, from the server) ends; None for no
+/// lease. Any number is accepted: one past what time can hold means "never".
+pub fn lease_expiry(now: DateTime<Utc>, lease_duration: Option<i64>) -> Option<DateTime<Utc>> {
+    let lease = lease_duration.filter(|l| *l > 0)?;
+    Some(
+        chrono::Duration::try_seconds(lease)
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+    )
 }
 
 pub struct Vault {
@@ -203,8 +214,7 @@ impl Vault {
         let Some(token) = auth["client_token"].as_str().filter(|t| !t.is_empty()) else {
             return Err(VaultError::Login("the AppRole login answer holds no client_token".into()));
         };
-        let lease = auth["lease_duration"].as_i64().unwrap_or(0);
-        let expires_at = (lease > 0).then(|| now + chrono::Duration::seconds(lease));
+        let expires_at = lease_expiry(now, auth["lease_duration"].as_i64());
         Ok(Token { value: token.to_string(), obtained: now, expires_at })
     }
 
@@ -343,6 +353,21 @@ mod tests {
         // 60 s TTL: the 30 s minimum margin applies.
         assert!(token_usable(t(0), Some(t(60)), t(29)));
         assert!(!token_usable(t(0), Some(t(60)), t(30)));
+    }
+
+    #[test]
+    fn any_lease_duration_from_the_server_is_safe() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        for lease in [i64::MIN, -1, 0, 1, 3600, i64::MAX / 1000, i64::MAX / 1000 + 1, i64::MAX] {
+            let exp = lease_expiry(now, Some(lease));
+            assert_eq!(exp.is_some(), lease > 0, "{lease}");
+            // A token with any lease is judged without overflowing.
+            let _ = token_usable(now, exp, now);
+            let _ = token_usable(DateTime::<Utc>::MIN_UTC, exp, DateTime::<Utc>::MAX_UTC);
+        }
+        assert_eq!(lease_expiry(now, Some(3600)), Some(now + chrono::Duration::seconds(3600)));
+        assert_eq!(lease_expiry(now, Some(i64::MAX)), Some(DateTime::<Utc>::MAX_UTC));
+        assert_eq!(lease_expiry(now, None), None);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 pub mod appserver;
 pub mod classify;
 pub mod oauth;
+#[cfg(test)]
+mod proptests;
 
 /// Codex's OAuth client id; the token endpoint only accepts refresh tokens it issued.
 pub const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";

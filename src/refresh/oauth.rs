@@ -24,7 +24,7 @@ fn read_capped(resp: ureq::Response) -> Result<Vec<u8>, Failure> {
 }
 
 /// Parse a 2xx body: each of id_token/access_token/refresh_token may be present.
-fn parse_success(status: u16, body: &[u8]) -> Result<NewTokens, Failure> {
+pub(super) fn parse_success(status: u16, body: &[u8]) -> Result<NewTokens, Failure> {
     let malformed = |what: &str| {
         Failure::transient(format!("token endpoint answered HTTP {status} with {what}; will retry")).with_status(status)
     };

@@ -2,10 +2,13 @@
 //! running against it, for the daemon tests.
 
 use super::*;
+use codex_auth_agent::daemon::view::AccountView;
+use codex_auth_agent::names::{ACCOUNT_IFACE, BUS_NAME, MANAGER_IFACE, MANAGER_PATH, account_path};
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+use zbus::{Connection, Proxy};
 
 pub const CTL: &str = env!("CARGO_BIN_EXE_codex-authctl");
 
@@ -170,4 +173,56 @@ pub fn ctl(bus: &PrivateBus) -> Command {
     let mut c = Command::new(CTL);
     c.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).args(["--address", &bus.address]);
     c
+}
+
+// Clients of the daemon under test (shared by tests/daemon.rs and tests/malformed.rs).
+
+/// Every property of one account object, read afresh.
+pub async fn view(conn: &Connection, name: &str) -> AccountView {
+    let p = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(BUS_NAME)
+        .unwrap()
+        .path(account_path(name))
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let all: std::collections::HashMap<String, zbus::zvariant::OwnedValue> =
+        p.get_all(zbus::names::InterfaceName::from_static_str_unchecked(ACCOUNT_IFACE)).await.unwrap();
+    AccountView::from_properties(&all)
+}
+
+/// Uncached proxies: every property read asks the daemon.
+pub async fn uncached(conn: &Connection, path: String, iface: &'static str) -> Proxy<'static> {
+    zbus::proxy::Builder::new(conn)
+        .destination(BUS_NAME)
+        .unwrap()
+        .path(path)
+        .unwrap()
+        .interface(iface)
+        .unwrap()
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap()
+}
+
+pub async fn account(conn: &Connection, name: &str) -> Proxy<'static> {
+    uncached(conn, account_path(name), ACCOUNT_IFACE).await
+}
+
+pub async fn manager(conn: &Connection) -> Proxy<'static> {
+    uncached(conn, MANAGER_PATH.to_string(), MANAGER_IFACE).await
+}
+
+pub async fn wait_state(conn: &Connection, name: &str, state: &str) -> AccountView {
+    let t0 = Instant::now();
+    loop {
+        let v = view(conn, name).await;
+        if v.state == state {
+            return v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{name} stayed {} (wanted {state}): {v:?}", v.state);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
