@@ -138,13 +138,21 @@ impl Sweep {
         for s in self.samples.iter().filter(|s| s.exe.as_deref() != Some(bin.as_path())) {
             assert!(no_core(s), "RLIMIT_CORE of {} {:?}: {:?}", s.pid, s.argv, s.core_limit);
         }
-        // The agent's own processes set RLIMIT_CORE 0 and, running as an account user,
-        // are non-dumpable. Right after exec, before main() runs, neither holds yet, so
-        // one hardened look per process suffices: only exec or prctl would undo it.
-        let mut hardened: std::collections::BTreeMap<i32, bool> = Default::default();
-        for s in running(&self.samples, &bin) {
-            *hardened.entry(s.pid).or_insert(false) |= no_core(s) && (s.uid == 0 || s.proc_owner == 0);
+        // The agent's own processes set RLIMIT_CORE 0 and PR_SET_DUMPABLE 0 first thing in
+        // main(); right after exec neither holds yet, and a process that exits at once
+        // (a bad config) may only be seen then. So: every look of a worker after its
+        // privilege drop (which follows the hardening), and at least one look of every
+        // agent process that started another (it had passed main by then).
+        let hard = |s: &ProcInfo| no_core(s) && (s.uid == 0 || s.proc_owner == 0);
+        for s in workers.iter().filter(|s| s.uid != 0) {
+            assert!(hard(s), "worker {} as uid {} can dump core: {:?}", s.pid, s.uid, s.core_limit);
         }
+        let parents: std::collections::BTreeSet<i32> = self.samples.iter().map(|s| s.ppid).collect();
+        let mut hardened: std::collections::BTreeMap<i32, bool> = Default::default();
+        for s in running(&self.samples, &bin).filter(|s| parents.contains(&s.pid)) {
+            *hardened.entry(s.pid).or_insert(false) |= hard(s);
+        }
+        assert!(!hardened.is_empty(), "agent processes that started others were sampled");
         let bad: Vec<_> = hardened.iter().filter(|(_, h)| !**h).collect();
         assert!(bad.is_empty(), "agent processes never seen without core dumps: {bad:?}");
         println!(
