@@ -132,9 +132,29 @@ fn read_fragment(path: &Path) -> Result<FileFragment, ConfigError> {
         ConfigError {
             file: Some(path.to_path_buf()),
             key: (!key.is_empty() && key != ".").then_some(key),
-            message: e.inner().to_string().trim_end().to_string(),
+            message: parse_error(&text, e.inner()),
         }
     })
+}
+
+/// Where and what, without toml's quote of the offending line (which may hold a secret).
+fn parse_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before[line_start..].chars().count() + 1;
+            // The key of that line (not its value) still says which setting is wrong.
+            let key = text[line_start..].lines().next().and_then(|l| l.split_once('=')).map(|(k, _)| k.trim());
+            match key.filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.\"".contains(c))) {
+                Some(k) => format!("TOML parse error at line {line}, column {column} (`{k} = …`): {message}"),
+                None => format!("TOML parse error at line {line}, column {column}: {message}"),
+            }
+        }
+        None => format!("TOML parse error: {message}"),
+    }
 }
 
 /// The drop-ins beside `main`: `config.d/*.toml` in lexical order.

@@ -45,7 +45,9 @@ impl fmt::Display for ConfigError {
         if let Some(key) = &self.key {
             write!(f, " at key `{key}`")?;
         }
-        write!(f, ": {}", self.message)
+        // A token pasted into the config must not come back in the error (stderr, the
+        // journal, the Summary property): values that look like secrets are masked.
+        write!(f, ": {}", crate::logging::redact(&self.message))
     }
 }
 

@@ -308,7 +308,7 @@ proptest! {
         let e = load(&f.main, &Env::default()).expect_err("two mistakes must not load");
         let named = [&a, &b].into_iter().find(|m| e.key.as_deref() == Some(m.dotted().as_str()));
         let m = named.ok_or_else(|| TestCaseError::fail(format!("names neither mistake: {e}")))?;
-        let shown = format!("| {} = ", m.key);
+        let shown = format!("(`{} = …`)", m.key);
         prop_assert!(e.message.contains(&shown), "{}", e);
     }
 

@@ -278,3 +278,18 @@ on_failure = "/bin/false"
     assert_eq!(none.agent.metrics_textfile, None);
     assert!(!none.render().contains("metrics_textfile"));
 }
+
+#[test]
+fn a_token_pasted_into_the_config_is_not_repeated_in_the_error() {
+    let token = "CANARY-rt_1_1_0123456789abcdefXyZ";
+    for text in [
+        format!("[accounts.a]\nuser = \"root\"\nrefresh_token = \"{token}\"\n"),
+        format!("[defaults]\nmax_age = \"{token}\"\n"),
+        format!("[defaults]\npreflight = \"{token}\"\n"),
+        format!("[defaults]\nmax_age = {token}\n"),
+    ] {
+        let e = load_text(&text).unwrap_err().to_string();
+        assert!(!e.contains("0123456789") && !e.contains("CANARY"), "{e}");
+        assert!(e.contains("line 3") || e.contains("line 2") || e.contains("max_age"), "still says where: {e}");
+    }
+}

@@ -87,9 +87,12 @@ fn codex_refresh_status(log: &str) -> Option<u16> {
     log[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
 }
 
-/// Error codes come from the server; keep only a short, plain rendering of them.
+/// Error codes come from the server, which may echo what it was sent (the refresh token)
+/// in them: only a word shaped like an error code (`rate_limited`) is repeated. Anything
+/// with digits, upper case or other characters, or longer than 48, is not shown.
 fn printable(code: &str) -> String {
-    code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
+    let plain = !code.is_empty() && code.len() <= 48 && code.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+    if plain { code.to_string() } else { "an unrecognised error code".to_string() }
 }
 
 #[cfg(test)]
@@ -123,6 +126,18 @@ mod tests {
             let f = classify_http(status, body.as_bytes());
             assert_eq!(f.class, class, "{status} {body}");
             assert_eq!(f.http_status, Some(status));
+        }
+    }
+
+    #[test]
+    fn an_error_code_is_repeated_only_when_it_looks_like_one() {
+        let f = classify_http(429, br#"{"error":"rate_limited"}"#);
+        assert!(f.reason.contains("(rate_limited)"), "{}", f.reason);
+        // A server echoing the refresh token as its error code: not one character of it.
+        for echoed in ["CANARY-rt_3_1_0123456789abcdef", "v1.abcdefghijklmnop", "abc123def456ghi789", &"a".repeat(49)] {
+            let f = classify_http(400, format!(r#"{{"error":{{"code":"{echoed}"}}}}"#).as_bytes());
+            assert!(f.reason.contains("an unrecognised error code"), "{}", f.reason);
+            assert!(!f.reason.contains("0123456789") && !f.reason.contains("abcdefgh") && !f.reason.contains("aaaa"));
         }
     }
 

@@ -178,6 +178,8 @@ check "apt-get install /debs/v1/$deb1 (with its dependencies)" installed
 check "codex-auth-agent.service is active" wait_active codex-auth-agent.service
 status_line() { ct_exec systemctl status --no-pager codex-auth-agent.service | grep -E '^ *Status: ".+"'; }
 check "systemctl status shows the STATUS= line" status_line
+# The workers hold tokens in memory: no core files (the agent also sets RLIMIT_CORE 0 itself).
+check "the service runs with LimitCORE=0" test "$(ct_exec systemctl show -P LimitCORE codex-auth-agent.service)" = 0
 timers=$(ct_exec systemctl list-timers --all --no-pager || true)
 check "systemctl list-timers shows codex-auth-refresh.timer" grep -q 'codex-auth-refresh.timer' <<<"$timers"
 check "systemctl list-timers shows codex-auth-preflight.timer" grep -q 'codex-auth-preflight.timer' <<<"$timers"

@@ -202,29 +202,16 @@ impl ProcSampler {
     }
 }
 
-fn split0(b: &[u8]) -> Vec<String> {
-    b.split(|c| *c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
-}
-
 /// Running Codex processes of this world (their HOME is in its TMPDIR).
 fn scan(exe: &Path, tmp: &Path) -> Vec<Sample> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if std::fs::read_link(e.path().join("exe")).ok().as_deref() != Some(exe) {
-            continue;
-        }
-        let (Ok(env), Ok(argv)) = (std::fs::read(e.path().join("environ")), std::fs::read(e.path().join("cmdline")))
-        else {
-            continue;
-        };
-        let env = split0(&env);
-        let home = format!("HOME={}", tmp.display());
-        if env.iter().any(|v| v.starts_with(&home)) {
-            found.push(Sample { pid, argv: split0(&argv), env });
-        }
-    }
-    found
+    let home = format!("HOME={}", tmp.display());
+    super::procwatch::pids()
+        .into_iter()
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() == Some(exe))
+        .filter_map(super::procwatch::read_proc)
+        .filter(|p| p.env.iter().any(|v| v.starts_with(&home)))
+        .map(|p| Sample { pid: p.pid, argv: p.argv, env: p.env })
+        .collect()
 }
 
 /// Every Codex sample carries exactly the contract's environment and argv, and no token.

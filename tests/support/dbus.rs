@@ -77,6 +77,17 @@ pub struct AgentDaemon {
 
 impl AgentDaemon {
     pub fn start(s: &Scratch, m: &MockServer, cfg: &Path, bus: &PrivateBus) -> AgentDaemon {
+        Self::start_with(s, m, cfg, bus, |_| {})
+    }
+
+    /// [`AgentDaemon::start`] with a last change to the command (e.g. a namespace).
+    pub fn start_with(
+        s: &Scratch,
+        m: &MockServer,
+        cfg: &Path,
+        bus: &PrivateBus,
+        tweak: impl FnOnce(&mut Command),
+    ) -> AgentDaemon {
         let log = s.path().join(format!("daemon-{}.log", fastrand_suffix()));
         let sock = s.path().join(format!("notify-{}.sock", fastrand_suffix()));
         let notify = UnixDatagram::bind(&sock).unwrap();
@@ -95,6 +106,7 @@ impl AgentDaemon {
             .env("NOTIFY_SOCKET", &sock)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        tweak(&mut cmd);
         let started = Instant::now();
         let child = cmd.spawn().unwrap();
         let mut d = AgentDaemon { child: Some(child), log, notes, started };

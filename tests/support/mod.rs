@@ -3,9 +3,12 @@
 //! `mod support;`, so not every helper is used everywhere.
 #![allow(dead_code)]
 
+pub mod canary;
 pub mod codex;
 pub mod dbus;
+pub mod journal;
 pub mod openbao;
+pub mod procwatch;
 
 use mock_openai::{Credentials, MockServer};
 use serde_json::{Value, json};
