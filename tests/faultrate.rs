@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration as Span, Utc};
 use codex_auth_agent::clock::Clock;
 use codex_auth_agent::config::{self, Env};
 use codex_auth_agent::daemon::core::{Core, Event};
-use codex_auth_agent::daemon::machine::{BACKOFF_CAP, State};
+use codex_auth_agent::daemon::machine::{BACKOFF_CAP, QUARANTINE_PROBE, State};
 use mock_openai::{Credentials, Fault, MockConfig, MockServer};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -214,12 +214,13 @@ async fn a_persistent_5xx_costs_at_most_12_requests_an_hour_and_a_permanent_erro
     assert_eq!(sim.mock.token_requests_for(&id), n, "no token request in 24 h of quarantine (4 timer runs included)");
     assert_eq!(sim.state("alice"), State::FailedPermanent.as_str());
 
-    // A human logs in again: the next look (the refresh timer at the latest) works again.
+    // A human logs in again: the next quarantine probe (a dry run, ≤ 15 min) sees the new
+    // file and the account works again, well before the refresh timer.
     sim.mock.set_sticky_fault_for(&id, None);
     let fresh: Credentials = sim.mock.issue_family(&id);
     std::fs::write(sim.acct("alice").home.join("auth.json"), auth_json(&fresh, OLD)).unwrap();
     let t3 = sim.now();
-    sim.run_until(t3 + TIMER).await;
+    sim.run_until(t3 + QUARANTINE_PROBE + Span::minutes(1)).await;
     let after: Vec<_> = sim.times(&id).into_iter().filter(|t| *t > t3).collect();
     println!("after the file changed: {} request(s), first after {} min", after.len(), (after[0] - t3).num_minutes());
     assert_eq!(after.len(), 1, "exactly one refresh once the file changed: {after:?}");

@@ -4,7 +4,7 @@
 //! running as the account's user. Changes are announced on an event channel that the
 //! D-Bus layer and sd-notify follow.
 
-use super::machine::{Gate, Schedule, State};
+use super::machine::{Gate, Schedule};
 use super::view::AccountView;
 use crate::account::{self, RefreshOptions};
 use crate::authfile::dir::SafeDir;
@@ -192,25 +192,14 @@ impl Core {
 
     /// When the earliest account wants its next run.
     pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
-        lock(&self.entries)
-            .values()
-            .filter(|e| e.schedule.state != State::Refreshing)
-            .filter_map(|e| e.schedule.next_attempt)
-            .min()
+        lock(&self.entries).values().filter_map(|e| e.schedule.wakes_at()).min()
     }
 
     /// Accounts whose own schedule says "now" (or never checked since start).
     pub fn due(&self, now: DateTime<Utc>, all_unchecked: bool) -> Vec<String> {
         lock(&self.entries)
             .iter()
-            .filter(|(_, e)| match e.schedule.state {
-                State::Refreshing | State::FailedPermanent => false,
-                State::Stale if all_unchecked => true,
-                _ => {
-                    e.schedule.next_attempt.is_some_and(|t| t <= now)
-                        || (all_unchecked && e.schedule.next_attempt.is_none() && e.schedule.state != State::Inert)
-                }
-            })
+            .filter(|(_, e)| e.schedule.is_due(now, all_unchecked))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -311,6 +300,9 @@ impl Core {
                     .await
                     .unwrap_or(false);
                     if !changed {
+                        if let Some(e) = lock(&self.entries).get_mut(name) {
+                            e.schedule.probed(self.now());
+                        }
                         let last = self.view(name).map(|v| v.last_error).unwrap_or_default();
                         return Report::failed(
                             name,

@@ -66,6 +66,11 @@ pub enum Gate {
 pub const BACKOFF_FIRST: Duration = Duration::seconds(60);
 pub const BACKOFF_CAP: Duration = Duration::seconds(3600);
 
+/// How often a quarantined account is looked at: a dry run as its user that only hashes
+/// auth.json and the seed (no token request), so a new login lifts the quarantine within
+/// minutes instead of at the next refresh timer.
+pub const QUARANTINE_PROBE: Duration = Duration::minutes(15);
+
 /// `jitter` in [0, 1) spreads retries over ±20 %.
 pub fn backoff(failures: u32, jitter: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(12);
@@ -82,6 +87,9 @@ pub struct Schedule {
     pub next_attempt: Option<DateTime<Utc>>,
     pub failures: u32,
     pub quarantine: Option<Quarantine>,
+    /// When a quarantined account's files are looked at next (see QUARANTINE_PROBE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_probe: Option<DateTime<Utc>>,
 }
 
 impl Schedule {
@@ -90,7 +98,40 @@ impl Schedule {
         if self.state == State::Refreshing {
             self.state = State::Stale;
         }
+        if self.state == State::FailedPermanent && self.next_probe.is_none() {
+            // Quarantined by an older version: look at the files at once.
+            self.next_probe = Some(DateTime::<Utc>::UNIX_EPOCH);
+        }
         self
+    }
+
+    /// When the daemon wants to look at this account next on its own.
+    pub fn wakes_at(&self) -> Option<DateTime<Utc>> {
+        match self.state {
+            State::Refreshing => None,
+            State::FailedPermanent => self.next_probe,
+            _ => self.next_attempt,
+        }
+    }
+
+    /// Does the schedule say "now"? `all_unchecked`: also accounts never checked since start.
+    pub fn is_due(&self, now: DateTime<Utc>, all_unchecked: bool) -> bool {
+        match self.state {
+            State::Refreshing => false,
+            State::FailedPermanent => self.next_probe.is_some_and(|t| t <= now),
+            State::Stale if all_unchecked => true,
+            _ => {
+                self.next_attempt.is_some_and(|t| t <= now)
+                    || (all_unchecked && self.next_attempt.is_none() && self.state != State::Inert)
+            }
+        }
+    }
+
+    /// A quarantined account was looked at and nothing changed: next look later.
+    pub fn probed(&mut self, now: DateTime<Utc>) {
+        if self.state == State::FailedPermanent {
+            self.next_probe = Some(now + QUARANTINE_PROBE);
+        }
     }
 
     fn go(&mut self, to: State) -> Result<(), IllegalTransition> {
@@ -146,6 +187,7 @@ impl Schedule {
         self.go(to)?;
         self.quarantine = None;
         self.next_attempt = None;
+        self.next_probe = None;
         match to {
             State::Ok | State::Stale => {
                 self.failures = 0;
@@ -155,6 +197,7 @@ impl Schedule {
             State::FailedPermanent => {
                 self.failures += 1;
                 self.quarantine = Some(Quarantine { auth_sha256: report.auth_sha256.clone(), seed_sha256 });
+                self.next_probe = Some(now + QUARANTINE_PROBE);
             }
             State::FailedTransient | State::Unsafe => {
                 self.failures += 1;
@@ -313,6 +356,27 @@ mod tests {
         let q = Quarantine { auth_sha256: Some("h1".into()), seed_sha256: Some("seed1".into()) };
         assert_eq!(s.gate(at(86400), true), Gate::Quarantined(q));
         assert_eq!(s.next_attempt, None);
+    }
+
+    #[test]
+    fn a_quarantined_account_is_probed_every_quarter_hour_and_never_otherwise_due() {
+        let mut s = Schedule::default();
+        s.begin().unwrap();
+        s.finish(&Report::failed("a", Failure::permanent("reused")), &th(), None, at(0), 0.5).unwrap();
+        assert_eq!(s.wakes_at(), Some(at(900)));
+        assert!(!s.is_due(at(899), true));
+        assert!(s.is_due(at(900), false));
+        s.probed(at(900));
+        assert_eq!(s.wakes_at(), Some(at(1800)));
+        assert!(!s.is_due(at(1000), true));
+        // a state saved before probes existed is looked at once at start
+        let old = Schedule { state: State::FailedPermanent, ..Default::default() }.loaded();
+        assert!(old.is_due(at(0), false));
+        // any other outcome ends the probing
+        s.begin().unwrap();
+        s.finish(&ok_report(), &th(), None, at(2000), 0.5).unwrap();
+        assert_eq!(s.next_probe, None);
+        assert_eq!(s.wakes_at(), s.next_attempt);
     }
 
     #[test]
