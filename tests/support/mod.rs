@@ -6,6 +6,7 @@
 pub mod codex;
 pub mod dbus;
 pub mod openbao;
+pub mod ops;
 
 use mock_openai::{Credentials, MockServer};
 use serde_json::{Value, json};
