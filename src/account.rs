@@ -77,16 +77,28 @@ pub fn preflight_job_for(settings: &Settings, acct: &AccountSettings, id: &Ident
 /// runner status. Blocking, up to `preflight_timeout` plus lock waits. Runs whatever the
 /// account's `preflight` key says: that key only gates the automatic triggers.
 pub fn preflight(settings: &Settings, acct: &AccountSettings, clock: &dyn Clock) -> PreflightReport {
+    let (report, hook) = preflight_deferred(settings, acct, clock);
+    run_hook(settings, hook);
+    report
+}
+
+/// Like [`preflight`], but the hook is handed back instead of run (see [`refresh_deferred`]).
+pub fn preflight_deferred(
+    settings: &Settings,
+    acct: &AccountSettings,
+    clock: &dyn Clock,
+) -> (PreflightReport, Option<hooks::HookEvent>) {
     let report = match Identity::lookup(&acct.user) {
         Ok(id) => privsep::preflight_as(&id, &preflight_job_for(settings, acct, &id), clock),
         Err(e) => PreflightReport::failed(&acct.name, Failure::permanent(e)),
     };
-    record_preflight(settings, &report, clock);
-    report
+    let hook = record_preflight(settings, &report, clock);
+    (report, hook)
 }
 
-/// Fold a preflight into status.json (runner fields) and write its journal entries.
-pub fn record_preflight(settings: &Settings, report: &PreflightReport, clock: &dyn Clock) {
+/// Fold a preflight into status.json (runner fields), write its journal entries and the
+/// metrics textfile; returns the hook to run, if one is configured.
+pub fn record_preflight(settings: &Settings, report: &PreflightReport, clock: &dyn Clock) -> Option<hooks::HookEvent> {
     let state_dir = &settings.agent.state_dir;
     let mut st = status::load(state_dir, &report.account);
     st.update_runner(report, clock.now(), status::boot_id().as_deref());
@@ -94,7 +106,7 @@ pub fn record_preflight(settings: &Settings, report: &PreflightReport, clock: &d
         tracing::warn!(account = %report.account, "could not save status: {e}");
     }
     logging::log_preflight(report);
-    after_outcome(settings, &hooks::HookEvent::from_preflight(report));
+    after_outcome(settings, hooks::HookEvent::from_preflight(report))
 }
 
 /// Refresh one account and record the outcome.
@@ -110,26 +122,40 @@ pub fn refresh_with(
     store: Option<SeedInput>,
     clock: &dyn Clock,
 ) -> Report {
+    let (report, hook) = refresh_deferred(settings, acct, opts, store, clock);
+    run_hook(settings, hook);
+    report
+}
+
+/// Like [`refresh_with`], but the hook is handed back instead of run: the daemon runs it
+/// after it has released the run's permit and answered the caller, so a slow hook (up to
+/// its hook_timeout) holds up neither other accounts nor the D-Bus reply.
+pub fn refresh_deferred(
+    settings: &Settings,
+    acct: &AccountSettings,
+    opts: RefreshOptions,
+    store: Option<SeedInput>,
+    clock: &dyn Clock,
+) -> (Report, Option<hooks::HookEvent>) {
     let report = match &acct.fleet {
         // Fleet mode: Vault is the source of truth. A Store and a dry run stay local.
         Some(fleet) if store.is_none() && !opts.dry_run => crate::fleet::run(settings, acct, fleet, opts, clock),
         _ => {
             let id = match Identity::lookup(&acct.user) {
                 Ok(id) => id,
-                Err(e) => return Report::failed(&acct.name, Failure::permanent(e)),
+                Err(e) => return (Report::failed(&acct.name, Failure::permanent(e)), None),
             };
             let job = Job { store, ..job_for(settings, acct, &id, opts) };
             privsep::run_as(&id, &job, clock)
         }
     };
-    if !opts.dry_run {
-        record(settings, &report, clock);
-    }
-    report
+    let hook = if opts.dry_run { None } else { record(settings, &report, clock) };
+    (report, hook)
 }
 
-/// Fold a report into status.json and write its journal entry.
-pub fn record(settings: &Settings, report: &Report, clock: &dyn Clock) {
+/// Fold a report into status.json, write its journal entry and the metrics textfile;
+/// returns the hook to run, if one is configured.
+pub fn record(settings: &Settings, report: &Report, clock: &dyn Clock) -> Option<hooks::HookEvent> {
     let state_dir = &settings.agent.state_dir;
     let mut st = status::load(state_dir, &report.account);
     st.update(report, clock.now());
@@ -137,15 +163,23 @@ pub fn record(settings: &Settings, report: &Report, clock: &dyn Clock) {
         tracing::warn!(account = %report.account, "could not save status: {e}");
     }
     logging::log_report(report);
-    after_outcome(settings, &hooks::HookEvent::from_report(report));
+    after_outcome(settings, hooks::HookEvent::from_report(report))
 }
 
 /// What every recorded outcome triggers once status.json holds it: the metrics textfile
-/// is rewritten, then the account's hook runs (blocking, at most its hook_timeout).
-/// Neither can change the outcome.
-fn after_outcome(settings: &Settings, event: &hooks::HookEvent) {
+/// is rewritten now; the account's hook, if the outcome calls for one, is returned for
+/// [`run_hook`]. Neither can change the outcome.
+fn after_outcome(settings: &Settings, event: hooks::HookEvent) -> Option<hooks::HookEvent> {
     metrics::update(settings);
+    let acct = settings.accounts.get(&event.account)?;
+    hooks::command_for(acct, &event).map(|_| event)
+}
+
+/// Run a hook returned by [`record`] or [`record_preflight`] (blocking, at most the
+/// account's hook_timeout).
+pub fn run_hook(settings: &Settings, event: Option<hooks::HookEvent>) {
+    let Some(event) = event else { return };
     if let Some(acct) = settings.accounts.get(&event.account) {
-        hooks::run(acct, event);
+        hooks::run(acct, &event);
     }
 }

@@ -5,10 +5,9 @@
 mod support;
 
 use mock_openai::{Fault, MockConfig, MockServer};
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use support::ops::*;
 use support::*;
 
 fn mock() -> MockServer {
@@ -30,34 +29,6 @@ fn refresh(s: &Scratch, m: &MockServer, cfg: &Path, force: bool) -> Run {
         cmd.arg("--force");
     }
     run(cmd)
-}
-
-/// An executable script (0755) in a directory everyone can traverse.
-fn script(s: &Scratch, name: &str, body: &str) -> PathBuf {
-    let dir = s.path().join("hooks");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
-
-/// A hook that writes its exact environment (from /proc, as exec'd) to "$1".
-fn env_hook(s: &Scratch) -> PathBuf {
-    script(s, "env.sh", "tr '\\0' '\\n' < /proc/$$/environ > \"$1\"")
-}
-
-fn read_env(p: &Path) -> BTreeMap<String, String> {
-    std::fs::read_to_string(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
-}
-
-fn keys(env: &BTreeMap<String, String>) -> Vec<&str> {
-    env.keys().map(String::as_str).collect()
 }
 
 fn my_home() -> String {

@@ -11,6 +11,7 @@ use crate::authfile::dir::SafeDir;
 use crate::authfile::sha256_hex;
 use crate::clock::Clock;
 use crate::config::{self, AccountSettings, ConfigError, Env, FleetRole, Settings};
+use crate::hooks::HookEvent;
 use crate::outcome::{Failure, Report};
 use crate::preflight::PreflightReport;
 use crate::seed::SeedInput;
@@ -20,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 pub const SCHEDULE_FILE: &str = "schedule.json";
 
@@ -67,6 +68,9 @@ pub struct Core {
     entries: Mutex<BTreeMap<String, Entry>>,
     inflight: Flights<Report>,
     preflights: Flights<PreflightReport>,
+    /// Per account, the latest queued hook: (its sequence number, closed when it ends).
+    hooks: Mutex<HashMap<String, (u64, oneshot::Receiver<()>)>>,
+    hook_seq: std::sync::atomic::AtomicU64,
     permits: RwLock<Arc<Semaphore>>,
     problem: Mutex<Option<String>>,
     clock: Arc<dyn Clock>,
@@ -108,6 +112,8 @@ impl Core {
             entries: Mutex::new(BTreeMap::new()),
             inflight: Mutex::new(HashMap::new()),
             preflights: Mutex::new(HashMap::new()),
+            hooks: Mutex::new(HashMap::new()),
+            hook_seq: std::sync::atomic::AtomicU64::new(0),
             problem: Mutex::new(None),
             clock,
             events: tx,
@@ -327,15 +333,18 @@ impl Core {
         let (s, a, c) = (settings.clone(), acct.clone(), self.clock.clone());
         let opts = RefreshOptions { force: req.force, dry_run: false };
         let report = tokio::task::spawn_blocking(move || {
-            let report = account::refresh_with(&s, &a, opts, req.store, &*c);
-            (report, seed_hash(&a))
+            let (report, hook) = account::refresh_deferred(&s, &a, opts, req.store, &*c);
+            (report, hook, seed_hash(&a))
         })
         .await;
-        let (report, seed) = match report {
+        drop(_permit);
+        let (report, hook, seed) = match report {
             Ok(x) => x,
-            Err(e) => {
-                (Report::failed(name, Failure::transient(format!("the run failed internally: {e}"))), seed_hash(&acct))
-            }
+            Err(e) => (
+                Report::failed(name, Failure::transient(format!("the run failed internally: {e}"))),
+                None,
+                seed_hash(&acct),
+            ),
         };
         {
             let mut entries = lock(&self.entries);
@@ -350,7 +359,32 @@ impl Core {
             }
         }
         self.emit(Event::Account(name.to_string()));
+        self.spawn_hook(settings, hook);
         report
+    }
+
+    /// Run a recorded outcome's hook off the run: the permit is already released and the
+    /// caller gets its answer at once, so a slow hook (up to its hook_timeout) holds up
+    /// neither other accounts nor the D-Bus reply. Hooks of one account run one at a time,
+    /// in the order of their outcomes (each waits for the one queued before it).
+    fn spawn_hook(self: &Arc<Self>, settings: Arc<Settings>, hook: Option<HookEvent>) {
+        let Some(event) = hook else { return };
+        let name = event.account.clone();
+        let seq = self.hook_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (done, ended) = oneshot::channel::<()>();
+        let before = lock(&self.hooks).insert(name.clone(), (seq, ended));
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Some((_, before)) = before {
+                let _ = before.await;
+            }
+            let _ = tokio::task::spawn_blocking(move || account::run_hook(&settings, Some(event))).await;
+            let mut hooks = lock(&me.hooks);
+            if hooks.get(&name).is_some_and(|(s, _)| *s == seq) {
+                hooks.remove(&name);
+            }
+            drop(done);
+        });
     }
 
     /// Run every account (RefreshAll), in name order of the results.
@@ -374,9 +408,9 @@ impl Core {
         self.settings().accounts.get(name).cloned()
     }
 
-    /// Runs in flight right now (SIGTERM waits for them).
+    /// Runs in flight and accounts with hooks pending right now (SIGTERM waits for them).
     pub fn busy(&self) -> usize {
-        lock(&self.inflight).len() + lock(&self.preflights).len()
+        lock(&self.inflight).len() + lock(&self.preflights).len() + lock(&self.hooks).len()
     }
 
     /// A successful Store is followed by a preflight that the Store's answer does not wait
@@ -400,15 +434,20 @@ impl Core {
             move |me, name| async move {
                 let permits = me.permits.read().unwrap_or_else(PoisonError::into_inner).clone();
                 let _permit = permits.acquire_owned().await;
-                let (s, c, n) = (me.settings(), me.clock.clone(), name.clone());
-                let report =
-                    tokio::task::spawn_blocking(move || account::preflight(&s, &acct, &*c)).await.unwrap_or_else(|e| {
-                        PreflightReport::failed(&n, Failure::transient(format!("the preflight failed internally: {e}")))
+                let (settings, c, n) = (me.settings(), me.clock.clone(), name.clone());
+                let s = settings.clone();
+                let (report, hook) = tokio::task::spawn_blocking(move || account::preflight_deferred(&s, &acct, &*c))
+                    .await
+                    .unwrap_or_else(|e| {
+                        let f = Failure::transient(format!("the preflight failed internally: {e}"));
+                        (PreflightReport::failed(&n, f), None)
                     });
+                drop(_permit);
                 if let Some(e) = lock(&me.entries).get_mut(&name) {
-                    e.status = status::load(&me.settings().agent.state_dir, &name);
+                    e.status = status::load(&settings.agent.state_dir, &name);
                 }
                 me.emit(Event::Account(name));
+                me.spawn_hook(settings, hook);
                 report
             },
         );

@@ -12,9 +12,12 @@
 #   5 an unprivileged user: refresh denied (77), status works
 #   6 refresh_token_reused for one account → failed_permanent, one err entry, the other
 #     account fine, codex-auth-refresh.service failed
-#   7 upgrade to a bumped version keeps config and state and restarts the daemon; purge
+#   7 operator features: metrics_textfile in node_exporter's directory (created after the
+#     daemon started: needs a restart, not a reload) and on_success/on_failure hooks run
+#     as the account user inside the service's sandbox, with exactly their environment
+#   8 upgrade to a bumped version keeps config and state and restarts the daemon; purge
 #     removes every file of the package and leaves the users' auth.json alone
-#   8 systemd-analyze security exposure ≤ 3.0
+#   9 systemd-analyze security exposure ≤ 3.0
 # Prints one PASS/FAIL line per check and ends with "N passed, M failed"; exits 1 on any
 # failure. The container is stopped and its cgroups removed on every exit path.
 # Env: CODEX_AUTH_AGENT_E2E_KEEP=1 keeps the work directory; CODEX_AUTH_AGENT_CODEX_BIN names
@@ -303,8 +306,107 @@ check "bob: his refresh token is still live" live "$rt_b1"
 check "still no token in the journal" journal_has_no CANARY- "$rt_a1" "$rt_b1" "$at_a1"
 admin POST clear >/dev/null
 
-# ---- 7: upgrade, then purge -----------------------------------------------------------------
+# ---- 7: metrics textfile and hooks under the sandbox -------------------------------------
 STEP=7
+PROM_DIR=/var/lib/prometheus/node-exporter
+PROM=$PROM_DIR/codex_auth_agent.prom
+ct_exec useradd -m -s /bin/sh carol
+creds_c=$(admin POST families '{"account_id":"acct-carol"}')
+write_auth carol "$creds_c"
+# The hook records, in the user's home: who ran it, its environment keys, its whole
+# environment (for the token check) and its cgroup (it runs inside the service).
+ct_exec sh -c 'cat >/usr/local/bin/caa-e2e-hook && chmod 0755 /usr/local/bin/caa-e2e-hook' <<'EOF'
+#!/bin/sh
+out="$HOME/hook-$OUTCOME"
+id -un >"$out.user"
+tr '\0' '\n' </proc/$$/environ >"$out.env"
+cut -d= -f1 "$out.env" | sort | tr '\n' ' ' >"$out.keys"
+cat /proc/self/cgroup >"$out.cgroup"
+EOF
+ct_exec sh -c "cat >/etc/codex-auth-agent/config.d/60-ops.toml" <<EOF
+[agent]
+metrics_textfile = "$PROM"
+
+[accounts.carol]
+user = "carol"
+on_success = "/usr/local/bin/caa-e2e-hook"
+on_failure = "/usr/local/bin/caa-e2e-hook"
+EOF
+check "check-config accepts metrics_textfile and the hooks" ct_exec codex-auth-agent check-config
+# node_exporter's directory created while the daemon runs: ReadWritePaths=-… was skipped at
+# start, so after a mere reload the file cannot be written (read-only), only a warning.
+ct_exec install -d -m 0755 "$PROM_DIR"
+ct_exec systemctl reload codex-auth-agent.service
+wait_carol() {
+  for _ in $(seq 1 50); do [ -n "$(state_of carol)" ] && return 0; sleep 0.1; done
+  return 1
+}
+check "after the reload the daemon serves carol" wait_carol
+ct_exec codex-authctl refresh carol --force >"$WORK/carol1.out" 2>&1 || true
+check "carol refreshed (textfile directory not writable yet)" grep -q '^carol: refreshed' "$WORK/carol1.out"
+check "without a restart the textfile is not written" ct_exec test ! -e "$PROM"
+journal_says() { grep -qF -- "$1" <<<"$(ct_exec journalctl -u codex-auth-agent --no-pager -o cat)"; }
+check "…and the journal says why" journal_says 'could not write the metrics textfile'
+# The documented way: create the directory, then restart.
+check "systemctl restart codex-auth-agent" ct_exec systemctl restart codex-auth-agent.service
+wait_for() { for _ in $(seq 1 100); do ct_exec test -s "$1" && return 0; sleep 0.1; done; echo "no $1"; return 1; }
+ct_exec rm -f /home/carol/hook-refreshed.user
+ct_exec codex-authctl refresh carol --force >"$WORK/carol2.out" 2>&1 || true
+check "codex-authctl refresh carol --force: refreshed" grep -q '^carol: refreshed' "$WORK/carol2.out"
+check "$PROM exists" wait_for "$PROM"
+prom=$(ct_exec cat "$PROM" 2>/dev/null || true)
+prom_parses() {
+  [ -n "$prom" ] && awk '/^# (HELP|TYPE) / {next}
+    !/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? -?[0-9][0-9.e+-]*$/ {bad = 1; print "bad line: " $0}
+    END {exit bad}' <<<"$prom"
+}
+check "the textfile parses (HELP/TYPE comments and metric lines only)" prom_parses
+has() { grep -qxF -- "$1" <<<"$prom" || { echo "missing: $1"; return 1; }; }
+has_prefix() { grep -qF -- "$1" <<<"$prom" || { echo "missing: $1"; return 1; }; }
+check "textfile: carol's last outcome is refreshed" has 'codex_auth_agent_last_outcome{account="carol",outcome="refreshed"} 1'
+check "textfile: carol's access token expiry" has_prefix 'codex_auth_agent_access_token_expiry_timestamp_seconds{account="carol"} '
+check "textfile: carol's last refresh" has_prefix 'codex_auth_agent_last_refresh_timestamp_seconds{account="carol"} '
+check "textfile: carol has 0 consecutive failures" has 'codex_auth_agent_consecutive_failures{account="carol"} 0'
+check "textfile: every account has a series (bob)" has 'codex_auth_agent_consecutive_failures{account="bob"} 0'
+check "$PROM is 0644 root:root" test "$(ct_exec stat -c '%a %U %G' "$PROM")" = "644 root root"
+no_temp() { test "$(ct_exec ls -A "$PROM_DIR")" = codex_auth_agent.prom; }
+check "no temp file is left in $PROM_DIR" no_temp
+check "on_success ran" wait_for /home/carol/hook-refreshed.user
+check "on_success ran as carol" test "$(ct_exec cat /home/carol/hook-refreshed.user)" = carol
+hook_keys() { test "$(ct_exec cat "/home/carol/hook-$1.keys")" = "ACCOUNT FAILURE_CLASS HOME OUTCOME PATH REASON "; }
+check "on_success got exactly ACCOUNT FAILURE_CLASS HOME OUTCOME PATH REASON" hook_keys refreshed
+in_unit() { grep -q 'codex-auth-agent.service' <<<"$(ct_exec cat "/home/carol/hook-$1.cgroup")"; }
+check "on_success ran inside codex-auth-agent.service (its sandbox)" in_unit refreshed
+# A dead login: on_failure with the class; the textfile counts the failure.
+admin POST fault '{"fault":{"kind":"preset","name":"refresh_token_reused"},"sticky":true,"account_id":"acct-carol"}' >/dev/null
+set +e
+ct_exec codex-authctl refresh carol --force >"$WORK/carol3.out" 2>&1
+rc_c=$?
+set -e
+check "carol: a reused refresh token fails permanently (exit 3, got $rc_c)" test "$rc_c" = 3
+check "on_failure ran" wait_for /home/carol/hook-failed.user
+check "on_failure ran as carol" test "$(ct_exec cat /home/carol/hook-failed.user)" = carol
+check "on_failure got exactly its six keys" hook_keys failed
+env_is() { grep -qxF -- "$2" <<<"$(ct_exec cat "/home/carol/hook-$1.env")" || { ct_exec cat "/home/carol/hook-$1.env"; return 1; }; }
+check "on_failure: OUTCOME=failed" env_is failed OUTCOME=failed
+check "on_failure: FAILURE_CLASS=permanent" env_is failed FAILURE_CLASS=permanent
+check "on_failure: ACCOUNT=carol" env_is failed ACCOUNT=carol
+prom=$(ct_exec cat "$PROM" 2>/dev/null || true)
+check "textfile: carol's last outcome is failed" has 'codex_auth_agent_last_outcome{account="carol",outcome="failed"} 1'
+check "textfile: carol has 1 consecutive failure" has 'codex_auth_agent_consecutive_failures{account="carol"} 1'
+rt_c1=$(auth_field carol .tokens.refresh_token || true)
+no_tokens_in_hooks() {
+  local f
+  for f in refreshed.env failed.env; do
+    if grep -qaF -e CANARY- -e "$rt_c1" <<<"$(ct_exec cat "/home/carol/hook-$f")"; then echo "token in $f"; return 1; fi
+  done
+  if grep -qaF -e CANARY- -e "$rt_c1" <<<"$prom"; then echo "token in the textfile"; return 1; fi
+}
+check "no token in the hooks' environments nor in the textfile" no_tokens_in_hooks
+admin POST clear >/dev/null
+
+# ---- 8: upgrade, then purge -----------------------------------------------------------------
+STEP=8
 pid_before=$(ct_exec systemctl show -P MainPID codex-auth-agent.service)
 state_files_before=$(ct_exec sh -c 'cd /var/lib/codex-auth-agent && find . -type f | sort')
 conf_before=$(ct_exec cat /etc/codex-auth-agent/config.d/50-e2e.toml)
@@ -345,8 +447,8 @@ check "purge: the daemon is gone from the bus" off_bus
 check "purge: users' auth.json untouched" test "$(ct_exec sha256sum /home/alice/.codex/auth.json)" = "$auth_a" -a \
   "$(ct_exec sha256sum /home/bob/.codex/auth.json)" = "$auth_b"
 
-# ---- 8: hardening ----------------------------------------------------------------------------
-STEP=8
+# ---- 9: hardening ----------------------------------------------------------------------------
+STEP=9
 # Reinstall after the purge (measures the shipped unit, and a purge must not block a new
 # installation).
 ct_exec apt-get install -y -q "/debs/v1/$deb1" >"$WORK/apt8.log" 2>&1 || true
@@ -371,7 +473,7 @@ if ct_exec test -x /opt/codex-bin/codex; then
   }
   check "codex --version runs under the service's sandbox as alice (MemoryDenyWriteExecute=yes)" codex_sandboxed
 else
-  echo "SKIP [8] codex --version under the service's sandbox (no Codex CLI binary; set CODEX_AUTH_AGENT_CODEX_BIN)"
+  echo "SKIP [9] codex --version under the service's sandbox (no Codex CLI binary; set CODEX_AUTH_AGENT_CODEX_BIN)"
 fi
 
 finish

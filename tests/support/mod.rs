@@ -8,6 +8,7 @@ pub mod codex;
 pub mod dbus;
 pub mod journal;
 pub mod openbao;
+pub mod ops;
 pub mod procwatch;
 
 use mock_openai::{Credentials, MockServer};
