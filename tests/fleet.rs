@@ -674,3 +674,31 @@ fn store_on_the_refresher_while_openbao_is_down_is_uploaded_when_it_returns() {
     assert_eq!(refresher.host.status()["store_version"], 3);
     assert_eq!(mock.token_requests(), 1, "the store itself never refreshed");
 }
+
+#[test]
+fn a_quarantined_refresher_is_healed_by_a_new_seed_in_vault() {
+    let Some(bao) = Bao::start("a_quarantined_refresher_is_healed_by_a_new_seed_in_vault") else { return };
+    let (mock, c, rt, _) = fleet(&bao);
+    // The fleet's login was revoked (a password change): the refresher's first run fails
+    // for good and the account is quarantined.
+    assert!(mock.revoke_family(&family(&mock, auth_json(&c, OLD).as_bytes()).to_string()));
+    let refresher = DaemonHost::start(quiet_host(&bao, "vm-0", "refresher", &rt), &mock);
+    refresher.wait("the refresher was never quarantined", 30, |p| p["state"] == "failed_permanent");
+    let r = refresher.ctl(&["sync", "team"]);
+    assert!(r.stdout.contains("quarantined"), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(mock.token_requests(), 1, "no token request while quarantined");
+
+    // A human puts a new login in the seed key: the next look at the quarantined account
+    // (here `sync`; otherwise its quarter-hourly probe) sees it in Vault and publishes it.
+    let login = auth_json(&mock.issue_family("acct-team"), &recent());
+    bao.put(SEED, login.as_bytes());
+    let r = refresher.ctl(&["sync", "team"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("published it as a new login"), "{}", r.stdout);
+    assert_eq!(bao.get(ROTATING), Some((login.as_bytes().to_vec(), 2)), "mirror (1), then the new login (2)");
+    assert_eq!(refresher.host.auth(), login.as_bytes());
+    let p = refresher.props();
+    assert_eq!((p["state"].as_str(), p["store_version"].as_u64()), (Some("ok"), Some(2)), "{p}");
+    assert_eq!(mock.token_requests(), 1);
+    assert_eq!(mock.reuse_detections(), 0);
+}

@@ -99,6 +99,36 @@ fn vault_failure(e: &VaultError) -> Failure {
     Failure::transient(format!("fleet: {e}"))
 }
 
+/// Whether `seed` is a login put in the seed key after `rotating` was written (by Vault's
+/// own `created_time` of both versions).
+fn newer_login(seed: &Entry, rotating: &Entry) -> bool {
+    let newer = matches!((seed.created, rotating.created), (Some(s), Some(r)) if s > r);
+    newer && seed.value != rotating.value
+}
+
+/// For the daemon's quarantine probe of a fleet account: whether Vault now holds a login
+/// other than the one that failed (`failed_sha256`): the rotating key holds another
+/// credential (a Store on the refresher, another host), or a newer seed waits to be
+/// published. Without this a new login put in Vault would never lift the quarantine (the
+/// probe only hashes local files). Reads only; false when Vault cannot be asked.
+pub fn new_login_in_vault(
+    settings: &Settings,
+    fleet: &FleetSettings,
+    failed_sha256: Option<&str>,
+    clock: &dyn Clock,
+) -> bool {
+    let Some(v) = settings.vault.as_ref().and_then(|vs| client(vs).ok()) else { return false };
+    let read = |key: &str| v.read(key, clock.now());
+    let (Ok(rotating), Ok(seed)) = (read(&fleet.vault_rotating_key), read(&fleet.vault_seed_key)) else {
+        return false;
+    };
+    let other = |e: &Entry| failed_sha256 != Some(sha256_hex(&e.value.0).as_str());
+    match (rotating, seed) {
+        (Some(r), seed) => other(&r) || seed.is_some_and(|s| newer_login(&s, &r)),
+        (None, seed) => seed.is_some_and(|s| other(&s)),
+    }
+}
+
 /// `report` turned into the transient failure `reason`: the local auth.json is fine, but
 /// Vault does not have it yet (the daemon retries with backoff; the next run uploads it).
 fn pending_failure(mut report: Report, reason: String) -> Report {
@@ -281,9 +311,11 @@ impl Run<'_> {
     /// first; theirs is read instead). Judged by Vault's own `created_time` of both
     /// versions, so it needs no memory here and works on a new refresher host too.
     fn newer_seed(&self, v: &Vault, rotating: Entry) -> Result<(Entry, Option<String>), VaultError> {
-        let Some(since) = rotating.created else { return Ok((rotating, None)) };
+        if rotating.created.is_none() {
+            return Ok((rotating, None));
+        }
         let seed = match v.read(&self.fleet.vault_seed_key, self.clock.now())? {
-            Some(s) if s.created.is_some_and(|t| t > since) && s.value != rotating.value => s,
+            Some(s) if newer_login(&s, &rotating) => s,
             _ => return Ok((rotating, None)),
         };
         let key = &self.fleet.vault_rotating_key;
