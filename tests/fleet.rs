@@ -646,7 +646,7 @@ fn store_on_a_follower_stays_local_until_vault_has_a_newer_version_and_a_new_see
 fn store_on_the_refresher_while_openbao_is_down_is_uploaded_when_it_returns() {
     let test = "store_on_the_refresher_while_openbao_is_down_is_uploaded_when_it_returns";
     let Some(mut bao) = Bao::start_persistent(test, false) else { return };
-    let (mock, _, rt, _) = fleet(&bao);
+    let (mock, c, rt, _) = fleet(&bao);
     let refresher = DaemonHost::start(quiet_host(&bao, "vm-0", "refresher", &rt), &mock);
     refresher.wait("the refresher never wrote version 2", 30, |p| p["store_version"] == 2);
 
@@ -673,6 +673,10 @@ fn store_on_the_refresher_while_openbao_is_down_is_uploaded_when_it_returns() {
     assert_eq!(refresher.host.auth(), login.as_bytes());
     assert_eq!(refresher.host.status()["store_version"], 3);
     assert_eq!(mock.token_requests(), 1, "the store itself never refreshed");
+    let log = Run { code: 0, stdout: refresher.daemon.log_text(), stderr: r.stdout };
+    let mut secrets = all_secrets(&mock, &c, &[&rt]);
+    secrets.push(refresh_token(login.as_bytes()));
+    assert_clean(&log, &refresher.host.scratch.state_dir(), &secrets);
 }
 
 #[test]
