@@ -138,8 +138,13 @@ pub fn refresh_deferred(
     clock: &dyn Clock,
 ) -> (Report, Option<hooks::HookEvent>) {
     let report = match &acct.fleet {
-        // Fleet mode: Vault is the source of truth. A Store and a dry run stay local.
-        Some(fleet) if store.is_none() && !opts.dry_run => crate::fleet::run(settings, acct, fleet, opts, clock),
+        // Fleet mode: Vault is the source of truth; a refresher writes an operator's Store
+        // there too (else its next run would install Vault's credential over it). A dry
+        // run stays local.
+        Some(fleet) if !opts.dry_run => match store {
+            Some(input) => crate::fleet::store(settings, acct, fleet, input, opts, clock),
+            None => crate::fleet::run(settings, acct, fleet, opts, clock),
+        },
         _ => {
             let id = match Identity::lookup(&acct.user) {
                 Ok(id) => id,

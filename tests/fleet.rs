@@ -507,3 +507,202 @@ fn a_follower_denied_by_its_policy_says_so_on_dbus_and_sync_heals_it_once_fixed(
     let log = Run { code: 0, stdout: follower.daemon.log_text(), stderr: String::new() };
     assert_clean(&log, &follower.host.scratch.state_dir(), &all_secrets(&mock, &c, &[&ft]));
 }
+
+// Re-login of a fleet account: `codex-authctl store` on the refresher writes the new login
+// to Vault; on a follower it stays local; a new seed in Vault is a re-login too.
+
+impl DaemonHost {
+    /// `codex-authctl store team` with `auth` on stdin, as an operator runs it.
+    fn store(&self, auth: &[u8]) -> Run {
+        let path = self.host.scratch.path().join("login.json");
+        std::fs::write(&path, auth).unwrap();
+        let mut c = ctl(&self.bus);
+        c.args(["store", "team"]).stdin(std::fs::File::open(&path).unwrap());
+        let r = run(c);
+        std::fs::remove_file(&path).unwrap();
+        r
+    }
+}
+
+/// A fleet host without automatic preflights (no Codex binary needed after a Store).
+fn quiet_host(bao: &Bao, id: &str, role: &str, token: &str) -> Host {
+    Host::with(&bao.addr, id, role, Login::Token(token), "", "preflight = false\n")
+}
+
+/// A fleet ready to run: the mock, a due seed in Vault, the shipped policies, and a
+/// refresher's and a follower's token.
+fn fleet(bao: &Bao) -> (MockServer, Credentials, String, String) {
+    let mock = MockServer::start(MockConfig::default());
+    let c = seeded(bao, &mock);
+    install_policies(bao);
+    let (rt, ft) = (bao.token(&["fleet-refresher"]), bao.token(&["fleet-follower"]));
+    (mock, c, rt, ft)
+}
+
+/// The refresh token's family in the mock.
+fn family(mock: &MockServer, auth: &[u8]) -> u64 {
+    mock.family_id_of(&refresh_token(auth)).expect("a refresh token the mock issued")
+}
+
+#[test]
+fn store_on_the_refresher_writes_the_new_login_to_vault_and_the_fleet_rotates_it() {
+    let Some(bao) = Bao::start("store_on_the_refresher_writes_the_new_login_to_vault_and_the_fleet_rotates_it") else {
+        return;
+    };
+    let (mock, c, rt, ft) = fleet(&bao);
+    let refresher = DaemonHost::start(quiet_host(&bao, "vm-0", "refresher", &rt), &mock);
+    let follower = quiet_host(&bao, "vm-1", "follower", &ft);
+    // The fleet is running: the refresher's start-up run rotated the seed (version 2).
+    refresher.wait("the refresher never wrote version 2", 30, |p| p["store_version"] == 2);
+    assert_eq!(follower.refresh(&mock, &[]).code, 0);
+    let old_family = family(&mock, &follower.auth());
+
+    // A human logs in again (a new token family) and the old family is revoked.
+    let login = auth_json(&mock.issue_family("acct-team"), &recent());
+    assert!(mock.revoke_family(&old_family.to_string()));
+    let r = refresher.store(login.as_bytes());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains(&format!("stored; wrote {ROTATING} version 3")), "{}", r.stdout);
+    assert_eq!(bao.get(ROTATING), Some((login.as_bytes().to_vec(), 3)), "Vault holds exactly the stored login");
+    assert_eq!(refresher.host.auth(), login.as_bytes());
+    assert_eq!(refresher.props()["store_version"], 3);
+
+    // The refresher's next run keeps it (it used to install Vault's old credential over it).
+    let r = refresher.ctl(&["sync", "team"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(refresher.host.auth(), login.as_bytes());
+    assert_eq!(bao.get(ROTATING).unwrap().1, 3);
+    // The follower converges on its next sync.
+    let r = follower.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(r.one()["reason"].as_str().unwrap().contains("version 3"), "{}", r.stdout);
+    assert_eq!(follower.auth(), login.as_bytes());
+
+    // A later due refresh rotates the new family.
+    let r = refresher.ctl(&["refresh", "team", "--force"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let (rotated, version) = bao.get(ROTATING).unwrap();
+    assert_eq!(version, 4);
+    assert_eq!(refresher.host.auth(), rotated);
+    assert_eq!(family(&mock, &rotated), family(&mock, login.as_bytes()), "the stored login's family rotated");
+    assert!(mock.is_live_refresh_token(&refresh_token(&rotated)));
+    assert_eq!(follower.refresh(&mock, &[]).code, 0);
+    assert_eq!(follower.auth(), rotated);
+    assert_eq!(mock.token_requests(), 2, "the start-up rotation and the forced one");
+    assert_eq!(mock.reuse_detections(), 0);
+    let log = Run { code: 0, stdout: refresher.daemon.log_text(), stderr: r.stdout };
+    let mut secrets = all_secrets(&mock, &c, &[&rt, &ft]);
+    secrets.extend([refresh_token(login.as_bytes()), refresh_token(&rotated)]);
+    assert_clean(&log, &refresher.host.scratch.state_dir(), &secrets);
+}
+
+#[test]
+fn store_on_a_follower_stays_local_until_vault_has_a_newer_version_and_a_new_seed_is_a_relogin() {
+    let Some(bao) = Bao::start("store_on_a_follower_stays_local_until_vault_has_a_newer_version") else { return };
+    let (mock, _, rt, ft) = fleet(&bao);
+    let refresher = quiet_host(&bao, "vm-0", "refresher", &rt);
+    assert_eq!(refresher.refresh(&mock, &[]).code, 0);
+    let follower = DaemonHost::start(quiet_host(&bao, "vm-1", "follower", &ft), &mock);
+    follower.wait("the follower never installed version 2", 30, |p| p["store_version"] == 2);
+
+    // A human stores a login on the follower: installed here, not written to Vault.
+    let login = auth_json(&mock.issue_family("acct-team"), &recent());
+    let r = follower.store(login.as_bytes());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("this host follows the fleet, so it is not written to Vault"), "{}", r.stdout);
+    assert!(r.stdout.contains("codex-authctl store team` on the refresher"), "{}", r.stdout);
+    assert_eq!(follower.host.auth(), login.as_bytes());
+    assert_eq!(bao.get(ROTATING).unwrap().1, 2, "Vault unchanged");
+    // Syncs report the difference and neither write back nor overwrite it.
+    for _ in 0..2 {
+        let r = follower.ctl(&["sync", "team"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert!(r.stdout.contains("auth.json differs from Vault version 2 (changed locally"), "{}", r.stdout);
+        assert_eq!(follower.host.auth(), login.as_bytes());
+        assert_eq!(bao.get(ROTATING).unwrap().1, 2);
+    }
+    assert_eq!(follower.props()["store_version"], 2);
+
+    // Another login put in the seed key is newer than the rotating key: the refresher
+    // publishes it (once), and the follower installs that newer version over its own.
+    let seed = auth_json(&mock.issue_family("acct-team"), &recent());
+    bao.put(SEED, seed.as_bytes());
+    let r = refresher.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.one()["reason"].as_str().unwrap().contains("published it as a new login"), "{}", r.stdout);
+    assert_eq!(bao.get(ROTATING), Some((seed.as_bytes().to_vec(), 3)));
+    assert_eq!(refresher.auth(), seed.as_bytes());
+    assert_eq!(refresher.refresh(&mock, &[]).code, 0);
+    assert_eq!(bao.get(ROTATING).unwrap().1, 3, "an already published seed is not published again");
+    let r = follower.ctl(&["sync", "team"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains(&format!("installed {ROTATING} version 3")), "{}", r.stdout);
+    assert_eq!(follower.host.auth(), seed.as_bytes());
+    assert_eq!(mock.token_requests(), 1, "only the first rotation; a follower never calls the endpoint");
+    assert_eq!(mock.reuse_detections(), 0);
+}
+
+#[test]
+fn store_on_the_refresher_while_openbao_is_down_is_uploaded_when_it_returns() {
+    let test = "store_on_the_refresher_while_openbao_is_down_is_uploaded_when_it_returns";
+    let Some(mut bao) = Bao::start_persistent(test, false) else { return };
+    let (mock, c, rt, _) = fleet(&bao);
+    let refresher = DaemonHost::start(quiet_host(&bao, "vm-0", "refresher", &rt), &mock);
+    refresher.wait("the refresher never wrote version 2", 30, |p| p["store_version"] == 2);
+
+    bao.stop(Duration::from_secs(5));
+    let login = auth_json(&mock.issue_family("acct-team"), &recent());
+    let r = refresher.store(login.as_bytes());
+    assert_eq!(r.code, 4, "transient until Vault has it: {}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("stored locally; upload to Vault pending") && r.stdout.contains("unreachable"));
+    assert_eq!(refresher.host.auth(), login.as_bytes(), "installed locally all the same");
+
+    // Vault returns: the next run (here the CLI's, on the same host) uploads it first.
+    bao.restart();
+    assert_eq!(bao.get(ROTATING).unwrap().1, 2);
+    let r = refresher.host.refresh(&mock, &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let reason = r.one()["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains(&format!(
+            "uploaded the credential stored while Vault was unreachable: wrote {ROTATING} version 3"
+        )),
+        "{reason}"
+    );
+    assert_eq!(bao.get(ROTATING), Some((login.as_bytes().to_vec(), 3)));
+    assert_eq!(refresher.host.auth(), login.as_bytes());
+    assert_eq!(refresher.host.status()["store_version"], 3);
+    assert_eq!(mock.token_requests(), 1, "the store itself never refreshed");
+    let log = Run { code: 0, stdout: refresher.daemon.log_text(), stderr: r.stdout };
+    let mut secrets = all_secrets(&mock, &c, &[&rt]);
+    secrets.push(refresh_token(login.as_bytes()));
+    assert_clean(&log, &refresher.host.scratch.state_dir(), &secrets);
+}
+
+#[test]
+fn a_quarantined_refresher_is_healed_by_a_new_seed_in_vault() {
+    let Some(bao) = Bao::start("a_quarantined_refresher_is_healed_by_a_new_seed_in_vault") else { return };
+    let (mock, c, rt, _) = fleet(&bao);
+    // The fleet's login was revoked (a password change): the refresher's first run fails
+    // for good and the account is quarantined.
+    assert!(mock.revoke_family(&family(&mock, auth_json(&c, OLD).as_bytes()).to_string()));
+    let refresher = DaemonHost::start(quiet_host(&bao, "vm-0", "refresher", &rt), &mock);
+    refresher.wait("the refresher was never quarantined", 30, |p| p["state"] == "failed_permanent");
+    let r = refresher.ctl(&["sync", "team"]);
+    assert!(r.stdout.contains("quarantined"), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(mock.token_requests(), 1, "no token request while quarantined");
+
+    // A human puts a new login in the seed key: the next look at the quarantined account
+    // (here `sync`; otherwise its quarter-hourly probe) sees it in Vault and publishes it.
+    let login = auth_json(&mock.issue_family("acct-team"), &recent());
+    bao.put(SEED, login.as_bytes());
+    let r = refresher.ctl(&["sync", "team"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("published it as a new login"), "{}", r.stdout);
+    assert_eq!(bao.get(ROTATING), Some((login.as_bytes().to_vec(), 2)), "mirror (1), then the new login (2)");
+    assert_eq!(refresher.host.auth(), login.as_bytes());
+    let p = refresher.props();
+    assert_eq!((p["state"].as_str(), p["store_version"].as_u64()), (Some("ok"), Some(2)), "{p}");
+    assert_eq!(mock.token_requests(), 1);
+    assert_eq!(mock.reuse_detections(), 0);
+}

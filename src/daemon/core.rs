@@ -301,7 +301,10 @@ impl Core {
                     let (s, a, c) = (settings.clone(), acct.clone(), self.clock.clone());
                     let changed = tokio::task::spawn_blocking(move || {
                         let probe = account::refresh(&s, &a, RefreshOptions { force: false, dry_run: true }, &*c);
-                        probe.auth_sha256 != q.auth_sha256 || seed_hash(&a) != q.seed_sha256
+                        let in_vault = |f| crate::fleet::new_login_in_vault(&s, f, q.auth_sha256.as_deref(), &*c);
+                        probe.auth_sha256 != q.auth_sha256
+                            || seed_hash(&a) != q.seed_sha256
+                            || a.fleet.as_ref().is_some_and(in_vault)
                     })
                     .await
                     .unwrap_or(false);
@@ -317,7 +320,7 @@ impl Core {
                             )),
                         );
                     }
-                    tracing::info!(account = %name, "auth.json or the seed changed: lifting the quarantine");
+                    tracing::info!(account = %name, "auth.json, the seed or (fleet) Vault's login changed: lifting the quarantine");
                 }
             }
         }

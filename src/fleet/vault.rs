@@ -36,6 +36,8 @@ pub struct Entry {
     pub key: String,
     pub value: Secret,
     pub version: u64,
+    /// When Vault wrote this version (its own clock; None when we did not read it back).
+    pub created: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -285,7 +287,11 @@ impl Vault {
             return Err(invalid("no field `value` (expected base64 of the content)"));
         };
         let value = B64.decode(text.trim()).map_err(|_| invalid("field `value` is not base64"))?;
-        Ok(Some(Entry { key: key.to_string(), value: Secret(value), version }))
+        let created = v["data"]["metadata"]["created_time"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        Ok(Some(Entry { key: key.to_string(), value: Secret(value), version, created }))
     }
 
     /// Write `value` to `key` if its current version is `cas` (0: only if absent); returns
