@@ -622,6 +622,15 @@ fn store_on_a_follower_stays_local_until_vault_has_a_newer_version_and_a_new_see
         assert_eq!(bao.get(ROTATING).unwrap().1, 2);
     }
     assert_eq!(follower.props()["store_version"], 2);
+    // A local seed would be ignored in fleet mode: Seed says where the seed lives instead.
+    let path = follower.host.scratch.path().join("seed.json");
+    std::fs::write(&path, &login).unwrap();
+    let mut c = ctl(&follower.bus);
+    c.args(["seed", "team"]).stdin(std::fs::File::open(&path).unwrap());
+    let r = run(c);
+    assert_ne!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains(&format!("fleet mode: its seed is the Vault key {SEED}")), "{}", r.stderr);
+    assert_eq!(follower.host.auth(), login.as_bytes());
 
     // Another login put in the seed key is newer than the rotating key: the refresher
     // publishes it (once), and the follower installs that newer version over its own.

@@ -286,6 +286,13 @@ impl Account {
         authorize(conn, &hdr, Need::Root, "Seed").await?;
         let input = self.read_credential(fd).await?;
         let acct = self.core.account_settings(&self.name).ok_or_else(|| gone(&self.name))?;
+        if let Some(fleet) = &acct.fleet {
+            // Fleet runs take their credential from Vault; a local seed would be ignored.
+            return Err(fdo::Error::Failed(format!(
+                "account {} is in fleet mode: its seed is the Vault key {} (base64 of auth.json in field `value`); put the new login there, or run `codex-authctl store {}` on the account's refresher",
+                self.name, fleet.vault_seed_key, self.name
+            )));
+        }
         let path = acct.seed.ok_or_else(|| fdo::Error::Failed(format!("account {} has no seed path", self.name)))?;
         let bytes = input.bytes();
         tokio::task::spawn_blocking(move || {
