@@ -13,6 +13,10 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 use support::*;
 
+/// How long the mock holds the POST when alice acts through a shell of her own: starting
+/// it can take longer than the in-process attacks' 800 ms on a loaded machine.
+const SHELL_WINDOW: Duration = Duration::from_secs(3);
+
 fn config(s: &Scratch, u: &nix::unistd::User, home: &Path) -> PathBuf {
     s.config(&format!(
         "[defaults]\nrequest_timeout = \"10s\"\n\n[accounts.alice]\nuser = \"{}\"\ncodex_home = \"{}\"\n",
@@ -260,7 +264,7 @@ fn auth_json_swapped_for_a_hard_link_during_the_post_is_refused() {
         std::fs::write(&victim, &original).unwrap();
         std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
         lchown(&victim, owner);
-        m.push_fault(Fault::Delay(Duration::from_millis(800)));
+        m.push_fault(Fault::Delay(SHELL_WINDOW));
         let child = start(&s, &m, &config(&s, &alice, &home));
         wait_in_post(&m);
         if alice_links {
@@ -270,6 +274,7 @@ fn auth_json_swapped_for_a_hard_link_during_the_post_is_refused() {
             std::fs::hard_link(&victim, &tmp).unwrap();
             std::fs::rename(&tmp, home.join("auth.json")).unwrap();
         }
+        assert_eq!(m.successful_refreshes(), 0, "the swap landed while the POST was held");
         let r = finish(child);
         assert_reports_spent(&r, "2 hard links");
         let md = std::fs::metadata(&victim).unwrap();
@@ -297,11 +302,12 @@ fn auth_json_swapped_for_a_huge_file_during_the_post_is_refused_unread() {
     let (m, s) = (MockServer::start(MockConfig::default()), Scratch::new());
     let c = m.issue_family("alice-acct");
     let home = home_for(&s, &alice, Some(&auth_json(&c, OLD)));
-    m.push_fault(Fault::Delay(Duration::from_millis(800)));
+    m.push_fault(Fault::Delay(SHELL_WINDOW));
     let child = start(&s, &m, &config(&s, &alice, &home));
     wait_in_post(&m);
     // Sparse: costs no disk, but reading it whole would cost 64 MiB of memory.
     as_user(&alice, &home, &format!("truncate -s {HUGE} big && chmod 600 big && mv -f big auth.json"), &[]);
+    assert_eq!(m.successful_refreshes(), 0, "the swap landed while the POST was held");
     let before = std::fs::metadata(home.join("auth.json")).unwrap();
     let (r, peak_kib) = finish_measured(child);
     println!("huge auth.json ({HUGE} bytes): agent + worker peak RSS {peak_kib} KiB");
