@@ -372,7 +372,12 @@ impl Cycle<'_> {
                 }
             }
             Err(mut f) => {
-                f.reason = format!("new tokens could not be saved: {}", f.reason);
+                // The POST already rotated the token: say so, or fixing the file and
+                // retrying would look like a fix and then fail as refresh_token_reused.
+                f.reason = format!(
+                    "the refresh succeeded but the new tokens could not be saved, so the refresh token read from auth.json is spent; once the cause below is fixed, log in again (codex login --device-auth) unless auth.json holds a newer login by then: {}",
+                    f.reason
+                );
                 let r = self.failed(f);
                 self.describe(r, &snap.bytes, &snap.auth)
             }

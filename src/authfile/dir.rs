@@ -5,8 +5,8 @@
 //! file, never a torn one.
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag, openat, renameat};
-use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat};
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat, renameat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -172,6 +172,13 @@ impl SafeDir {
             Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::ELOOP) => {
                 return Err(self.refuse(name, "is a symlink".into(), "replace the symlink with the real file"));
+            }
+            Err(Errno::EACCES) => {
+                // Unreadable is usually someone else's file (a hard link to it, say):
+                // refuse it as unsafe, not as a transient error retried forever.
+                let st = fstatat(Some(self.fd.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW);
+                st.map_or(Ok(()), |st| self.check_file(name, &st))?;
+                return Err(DirError::io(self.child(name), Errno::EACCES));
             }
             Err(e) => return Err(DirError::io(self.child(name), e)),
         };
