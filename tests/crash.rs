@@ -94,16 +94,9 @@ fn crash_cycles(s: &Scratch, m: &MockServer, idx: usize, cycles: usize) -> Count
             std::thread::sleep(Duration::from_micros(rng.u64(0..30_000)));
             let _ = child.kill();
             let st = child.wait().unwrap();
-            // A request the mock already read is still rotated after the kill: let the
-            // loopback server finish before judging what is on disk.
-            std::thread::sleep(Duration::from_millis(40));
-            let waiting = Instant::now();
-            while m.token_requests_for(&account) > requests
-                && m.is_live_refresh_token(&token)
-                && waiting.elapsed() < Duration::from_secs(5)
-            {
-                std::thread::sleep(Duration::from_millis(2)); // counted, rotation follows
-            }
+            // A request the killed process already sent is still rotated after the kill:
+            // let the mock handle every connection made so far before judging the disk.
+            assert!(m.settle(Duration::from_secs(30)), "the mock did not settle");
             st
         } else {
             cmd.env("CODEX_AUTH_AGENT_FAULT", &kind).status().unwrap()

@@ -319,6 +319,32 @@ impl MockServer {
         self.state().stats()
     }
 
+    /// Wait until every connection opened before this call has been handled to its end, so
+    /// a request sent by a client that was killed meanwhile has had its effect (a rotation)
+    /// before the caller judges the outcome. False if `timeout` passed first.
+    pub fn settle(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        // The accept loop takes connections in order: once a fresh connection has been
+        // answered, every earlier one has been accepted and is in `conns`.
+        let probe = || -> io::Result<()> {
+            let mut c = TcpStream::connect_timeout(&wake_addr(self.addr), timeout)?;
+            c.set_read_timeout(Some(timeout))?;
+            c.write_all(b"GET /__settle HTTP/1.1\r\nHost: mock\r\nConnection: close\r\n\r\n")?;
+            io::copy(&mut c, &mut io::sink()).map(|_| ())
+        };
+        if probe().is_err() {
+            return false;
+        }
+        let earlier: Vec<u64> = lock(&self.shared.conns).keys().copied().collect();
+        while earlier.iter().any(|id| lock(&self.shared.conns).contains_key(id)) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
     // --- lifecycle -----------------------------------------------------------------
 
     /// Stops accepting, aborts in-flight connections (hangs and delays included) and
