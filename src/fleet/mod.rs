@@ -347,7 +347,10 @@ impl Run<'_> {
     /// Install `entry` when its version is new here; otherwise just look at the local file
     /// and say when it differs from what we installed (never written back).
     fn follow_entry(&self, st: &mut FleetState, entry: Entry) -> Report {
-        if st.version == Some(entry.version) && st.pending.is_none() {
+        // Version and content: before the first rotation a follower installs the seed key,
+        // whose version number the rotating key's own versions later reuse.
+        let installed = st.version == Some(entry.version) && st.sha256 == Some(sha256_hex(&entry.value.0));
+        if installed && st.pending.is_none() {
             let mut r = self.work(|j| j.follow = true);
             if r.failure.is_none() && r.auth_sha256.is_some() && r.auth_sha256 != st.sha256 {
                 r.reason = format!(
