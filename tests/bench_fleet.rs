@@ -179,6 +179,8 @@ struct Scenario {
     /// Which agents claim `fleet_role = "refresher"` for account `a`.
     refreshers: fn(account: usize, agents: usize) -> Vec<usize>,
     seed: u64,
+    /// (agent, from day, to day): that VM is off; it boots again at the end.
+    down: Option<(usize, i64, i64)>,
 }
 
 /// One configured refresher per account, spread over the agents.
@@ -427,6 +429,12 @@ fn simulate(sc: &Scenario) -> Option<Figures> {
         }
         queue.push(Reverse((boot + TIMER_BOOT + rng.i64(0..TIMER_SPREAD), rng.u64(..), i, TIMER)));
     }
+    let down = sc.down.map(|(agent, from, to)| (agent, start + from * DAY, start + to * DAY));
+    if let Some((agent, _, back)) = down {
+        if sc.mode == Mode::Daemon {
+            queue.push(Reverse((back, rng.u64(..), agent, BOOT)));
+        }
+    }
     let mut next_wake: Vec<Vec<Option<i64>>> = vec![vec![None; sc.accounts]; sc.agents];
     let mut rotations: Vec<Vec<Rotation>> = (0..sc.accounts).map(|_| Vec::new()).collect();
     let mut by_sha: HashMap<String, (usize, usize)> = HashMap::new();
@@ -445,6 +453,13 @@ fn simulate(sc: &Scenario) -> Option<Figures> {
                 break;
             }
             queue.pop();
+            if let Some((_, _, back)) = down.filter(|&(a, from, back)| a == agent && from <= now && now < back) {
+                // A VM that is off misses its runs; its timer starts again after boot.
+                if what == TIMER {
+                    queue.push(Reverse((back + TIMER_BOOT + rng.i64(0..TIMER_SPREAD), rng.u64(..), agent, TIMER)));
+                }
+                continue;
+            }
             if what == BOOT {
                 work.entry(agent).or_default().extend(0..sc.accounts);
             } else if what == TIMER {
@@ -650,6 +665,7 @@ fn smoke_three_agents_two_accounts_two_days_converge_with_one_token_call_per_rot
         mode: Mode::Daemon,
         refreshers: |a, _| if a == 0 { vec![0] } else { vec![1, 2] },
         seed: 1,
+        down: None,
     };
     let Some(f) = simulate(&sc) else { return };
     f.print();
@@ -671,6 +687,7 @@ fn a_follower_that_installed_a_reseeded_seed_still_installs_the_first_rotation()
         mode: Mode::Daemon,
         refreshers: |_, _| vec![0],
         seed: 0,
+        down: None,
     };
     let Some(Fleet { bao, mock, agents }) = fleet(&sc) else { return };
     let again = mock.issue_family("acct-team-00-login-2");
@@ -692,12 +709,30 @@ fn a_follower_that_installed_a_reseeded_seed_still_installs_the_first_rotation()
 #[test]
 #[ignore = "benchmark: cargo test --release --test bench_fleet -- --ignored --nocapture"]
 fn bench_twenty_agents_ten_accounts_thirty_days() {
-    let base =
-        |name, mode, refreshers, seed| Scenario { name, agents: 20, accounts: 10, days: 30, mode, refreshers, seed };
+    let base = |name, mode, refreshers, seed| Scenario {
+        name,
+        agents: 20,
+        accounts: 10,
+        days: 30,
+        mode,
+        refreshers,
+        seed,
+        down: None,
+    };
     let scenarios = [
         base("daemon, one refresher per account", Mode::Daemon, one_refresher as fn(usize, usize) -> Vec<usize>, 6),
         base("daemon, all 20 agents claim refresher for every account", Mode::Daemon, everyone_refreshes, 7),
         base("timer only (no daemon), one refresher per account", Mode::TimerOnly, one_refresher, 8),
+        // Same seed as the first: the same fleet, except that team-00's refresher is off for a day.
+        Scenario {
+            down: Some((0, 10, 11)),
+            ..base(
+                "daemon, one refresher per account, team-00's refresher off on day 10",
+                Mode::Daemon,
+                one_refresher,
+                6,
+            )
+        },
     ];
     for sc in &scenarios {
         let Some(f) = simulate(sc) else { return };
