@@ -7,9 +7,9 @@
 //! When an agent runs an account follows the packaged setup: at boot the daemon checks
 //! every account; `codex-auth-refresh.timer` asks for all accounts 5 min after boot and
 //! then 6 h + up to 30 min after each run; in daemon mode each account is also checked
-//! again when its schedule says so (`daemon::machine::due_at`: when the credential becomes
-//! due, or 60 s later while it is still due). Agents whose runs fall on the same instant
-//! run concurrently (real races for the lease and the check-and-set writes).
+//! again when its schedule says so (`daemon::machine::Schedule`: when the credential becomes
+//! due, then after 60 s, 2, 4 … up to 60 min while it stays due). Agents whose runs fall on
+//! the same instant run concurrently (real races for the lease and the check-and-set writes).
 //!
 //! The figures: `cargo test --release --test bench_fleet -- --ignored --nocapture`
 //! (docs/PERFORMANCE.md, "Fleet"). The small non-ignored smoke run asserts the invariants.
@@ -436,6 +436,8 @@ fn simulate(sc: &Scenario) -> Option<Figures> {
         }
     }
     let mut next_wake: Vec<Vec<Option<i64>>> = vec![vec![None; sc.accounts]; sc.agents];
+    // The daemon's own per-account schedule (backoff, overdue backoff) decides its wake-ups.
+    let mut schedules = vec![vec![machine::Schedule::default(); sc.accounts]; sc.agents];
     let mut rotations: Vec<Vec<Rotation>> = (0..sc.accounts).map(|_| Vec::new()).collect();
     let mut by_sha: HashMap<String, (usize, usize)> = HashMap::new();
     let mut held: Vec<Vec<Option<usize>>> = vec![vec![None; sc.accounts]; sc.agents];
@@ -487,11 +489,10 @@ fn simulate(sc: &Scenario) -> Option<Figures> {
             }
             if sc.mode == Mode::Daemon {
                 let thresholds = agents[agent].settings.accounts[&account_name(a)].refresh.thresholds();
-                let at = match r.failure {
-                    None => machine::due_at(&r, &thresholds, clock.now()),
-                    Some(_) => Some(clock.now() + machine::BACKOFF_FIRST),
-                };
-                let at = at.map(|t| t.timestamp_millis().max(now + 1));
+                let schedule = &mut schedules[agent][a];
+                schedule.begin().expect("one run per account at a time");
+                schedule.finish(&r, &thresholds, None, clock.now(), rng.f64()).expect("finish after begin");
+                let at = schedule.wakes_at().map(|t| t.timestamp_millis().max(now + 1));
                 next_wake[agent][a] = at;
                 if let Some(t) = at {
                     queue.push(Reverse((t, rng.u64(..), agent, a)));

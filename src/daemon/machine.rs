@@ -87,6 +87,10 @@ pub struct Schedule {
     pub next_attempt: Option<DateTime<Utc>>,
     pub failures: u32,
     pub quarantine: Option<Quarantine>,
+    /// Runs in a row that found the credential due and left it so (a fleet follower waiting
+    /// for the refresher's rotation): the next look backs off like a failure would.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub overdue: u32,
     /// When a quarantined account's files are looked at next (see QUARANTINE_PROBE).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_probe: Option<DateTime<Utc>>,
@@ -188,10 +192,21 @@ impl Schedule {
         self.quarantine = None;
         self.next_attempt = None;
         self.next_probe = None;
+        let overdue = std::mem::take(&mut self.overdue);
         match to {
             State::Ok | State::Stale => {
                 self.failures = 0;
-                self.next_attempt = due_at(report, thresholds, now);
+                self.next_attempt = match becomes_due(report, thresholds, now) {
+                    Some(t) if t > now => Some(t),
+                    // Due already and still so after this run: a follower waiting for the
+                    // refresher (which may be down for a day) or a server handing out tokens
+                    // shorter-lived than refresh_before_expiry. Look again, less and less often.
+                    Some(_) => {
+                        self.overdue = overdue + 1;
+                        Some(now + backoff(self.overdue, jitter))
+                    }
+                    None => None,
+                };
             }
             State::Inert => self.failures = 0,
             State::FailedPermanent => {
@@ -214,8 +229,9 @@ impl Schedule {
     }
 }
 
-/// When the credential described by `report` becomes due, by the refresh policy.
-pub fn due_at(report: &Report, thresholds: &Thresholds, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+/// When the credential described by `report` becomes due by the refresh policy (`now` when
+/// it is due already; None when it never is).
+fn becomes_due(report: &Report, thresholds: &Thresholds, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let facts = AuthFacts {
         mode: AuthMode::ChatGpt,
         has_refresh_token: true,
@@ -224,10 +240,13 @@ pub fn due_at(report: &Report, thresholds: &Thresholds, now: DateTime<Utc>) -> O
     };
     match policy::decide(&facts, thresholds, now, false) {
         Decision::Fresh { due_at } => Some(due_at),
-        // Due already (a fresh result right at the edge): look again soon, not in a loop.
-        Decision::Refresh(_) => Some(now + BACKOFF_FIRST),
+        Decision::Refresh(_) => Some(now),
         Decision::Inert(_) => None,
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The one-line STATUS= / Summary text, e.g.
@@ -332,6 +351,29 @@ mod tests {
         s.begin().unwrap();
         s.finish(&ok_report(), &th(), None, at(0), 0.5).unwrap();
         assert_eq!(s.failures, 0);
+    }
+
+    #[test]
+    fn a_credential_that_stays_due_is_looked_at_less_and_less_often() {
+        // A follower whose refresher is down: every run says "due, the refresher refreshes it".
+        let mut waiting = Report::new("a", Outcome::Fresh, "due, but this host follows the fleet");
+        waiting.expires_at = Some(at(3600));
+        waiting.last_refresh = Some(at(-7 * 86400));
+        let (mut s, mut delays) = (Schedule::default(), vec![]);
+        for _ in 0..8 {
+            s.begin().unwrap();
+            s.finish(&waiting, &th(), None, at(0), 0.5).unwrap();
+            delays.push((s.next_attempt.unwrap() - at(0)).num_seconds());
+        }
+        assert_eq!(delays, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!((s.state, s.failures), (State::Ok, 0), "waiting is not failing");
+        // The rotation arrives: back to the policy's due time, and the next wait starts at 60 s.
+        s.begin().unwrap();
+        s.finish(&ok_report(), &th(), None, at(0), 0.5).unwrap();
+        assert_eq!((s.next_attempt, s.overdue), (Some(at(7 * 86400)), 0));
+        s.begin().unwrap();
+        s.finish(&waiting, &th(), None, at(0), 0.5).unwrap();
+        assert_eq!(s.next_attempt, Some(at(60)));
     }
 
     #[test]
