@@ -74,6 +74,17 @@ pub struct AgentDaemon {
 
 impl AgentDaemon {
     pub fn start(s: &Scratch, m: &MockServer, cfg: &Path, bus: &PrivateBus) -> AgentDaemon {
+        Self::start_with_env(s, m, cfg, bus, &[])
+    }
+
+    /// [`AgentDaemon::start`] with more environment variables (e.g. WATCHDOG_USEC).
+    pub fn start_with_env(
+        s: &Scratch,
+        m: &MockServer,
+        cfg: &Path,
+        bus: &PrivateBus,
+        env: &[(&str, &str)],
+    ) -> AgentDaemon {
         let log = s.path().join(format!("daemon-{}.log", fastrand_suffix()));
         let sock = s.path().join(format!("notify-{}.sock", fastrand_suffix()));
         let notify = UnixDatagram::bind(&sock).unwrap();
@@ -90,6 +101,7 @@ impl AgentDaemon {
             .arg(cfg)
             .args(["daemon", "--bus", &bus.address])
             .env("NOTIFY_SOCKET", &sock)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let started = Instant::now();
