@@ -9,50 +9,12 @@ mod support;
 use codex_auth_agent::names::{ACCOUNT_IFACE, BUS_NAME, account_path};
 use mock_openai::{MockConfig, MockServer};
 use std::time::{Duration, Instant};
+use support::bench::*;
 use support::dbus::*;
 use support::*;
 
 fn accounts(s: &Scratch, m: &MockServer, n: usize) -> std::path::PathBuf {
-    let mut body = String::new();
-    for i in 0..n {
-        let c = m.issue_family(&format!("acct-{i}"));
-        let home = s.codex_home(&format!("h{i}"), Some(&auth_json(&c, &recent())));
-        body.push_str(&format!("[accounts.a{i}]\nuser = \"{}\"\ncodex_home = \"{}\"\n", me(), home.display()));
-    }
-    s.config(&body)
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn wait_all_checked(conn: &zbus::Connection) {
-    let m = zbus::proxy::Builder::<zbus::Proxy>::new(conn)
-        .destination(BUS_NAME)
-        .unwrap()
-        .path(codex_auth_agent::names::MANAGER_PATH)
-        .unwrap()
-        .interface(codex_auth_agent::names::MANAGER_IFACE)
-        .unwrap()
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let s: String = m.get_property("Summary").await.unwrap();
-        if !s.contains("stale") && !s.contains("refreshing") {
-            return;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(600), "{s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    s.config(&fresh_accounts(s, m, n))
 }
 
 #[tokio::test]

@@ -78,8 +78,16 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
     tracing::info!("started: {}", publisher.summary());
     // First look at every account: runs only what is due (or never checked).
     core.kick(core.due(core.now(), true));
-    let watchdog = notify::watchdog_interval();
-    let mut ping = tokio::time::interval(watchdog.unwrap_or(MAX_SLEEP));
+    let clock = match notify::watchdog_interval().map(notify::PingClock::new).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot start the watchdog clock: {e}");
+            return 1;
+        }
+    };
+    if clock.is_some() {
+        notify::watchdog();
+    }
     loop {
         let sleep = core
             .next_wakeup()
@@ -98,7 +106,7 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
                 }
             }
             _ = tokio::time::sleep(sleep) => core.kick(core.due(core.now(), false)),
-            _ = ping.tick(), if watchdog.is_some() => notify::watchdog(),
+            _ = next_ping(clock.as_ref()) => notify::watchdog(),
         }
     }
     notify::stopping();
@@ -108,4 +116,18 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     exit::OK
+}
+
+/// When the watchdog wants its next ping; never without a watchdog. A failing clock
+/// stops the pings, so systemd restarts the daemon.
+async fn next_ping(clock: Option<&notify::PingClock>) {
+    match clock.map(|c| c.tick()) {
+        Some(tick) => {
+            if let Err(e) = tick.await {
+                tracing::error!("the watchdog clock failed: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }

@@ -80,6 +80,19 @@ impl AgentDaemon {
         Self::start_with(s, m, cfg, bus, |_| {})
     }
 
+    /// [`AgentDaemon::start`] with more environment variables (e.g. WATCHDOG_USEC).
+    pub fn start_with_env(
+        s: &Scratch,
+        m: &MockServer,
+        cfg: &Path,
+        bus: &PrivateBus,
+        env: &[(&str, &str)],
+    ) -> AgentDaemon {
+        Self::start_with(s, m, cfg, bus, |c| {
+            c.envs(env.iter().copied());
+        })
+    }
+
     /// [`AgentDaemon::start`] with a last change to the command (e.g. a namespace).
     pub fn start_with(
         s: &Scratch,

@@ -3,6 +3,7 @@
 //! `mod support;`, so not every helper is used everywhere.
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod canary;
 pub mod codex;
 pub mod dbus;
