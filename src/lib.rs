@@ -20,6 +20,8 @@ pub mod ctl;
 pub mod daemon;
 /// Test hook: `CODEX_AUTH_AGENT_FAULT=<step>` aborts a cycle at a named step.
 pub mod fault;
+/// Reading a pipe or descriptor to its end with a cap and a deadline.
+pub mod fdread;
 /// Fleet mode: one refresher per account across hosts through Vault/OpenBao KV v2.
 pub mod fleet;
 /// Operator hooks: on_success/on_failure commands run as the account's user after an outcome.

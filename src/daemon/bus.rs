@@ -7,12 +7,11 @@ use super::core::{Core, Event, Request};
 use super::view::{AccountView, Published};
 use crate::authfile::dir::SafeDir;
 use crate::authfile::{AuthFile, MAX_AUTH_BYTES};
+use crate::fdread::{self, Stopped};
 use crate::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, OPERATOR_GROUP, account_path};
 use crate::outcome::Report;
 use crate::seed::SeedInput;
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zbus::message::Header;
@@ -342,36 +341,13 @@ fn gone(name: &str) -> fdo::Error {
 /// Read at most `max` bytes until EOF, giving up after `timeout` (a writer that never
 /// closes must not hold a daemon thread forever).
 fn read_limited(fd: std::os::fd::OwnedFd, max: usize, timeout: Duration) -> Result<Vec<u8>, String> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let deadline = Instant::now() + timeout;
-    let mut file = std::fs::File::from(fd);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16384];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("the passed file descriptor did not reach end of file within {}s", timeout.as_secs()));
+    fdread::read_to_end_before(fd, max, Instant::now() + timeout).map_err(|e| match e {
+        Stopped::Deadline => {
+            format!("the passed file descriptor did not reach end of file within {}s", timeout.as_secs())
         }
-        let ms = PollTimeout::from(left.as_millis().min(10_000) as u16);
-        let ready = {
-            let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-            poll(&mut fds, ms).map_err(|e| e.to_string())?
-        };
-        if ready == 0 {
-            continue;
-        }
-        match file.read(&mut buf) {
-            Ok(0) => return Ok(out),
-            Ok(n) => {
-                out.extend_from_slice(&buf[..n]);
-                if out.len() > max {
-                    return Err(format!("the passed auth.json is larger than {} KiB", max / 1024));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("reading the passed file descriptor failed: {e}")),
-        }
-    }
+        Stopped::TooLarge => format!("the passed auth.json is larger than {} KiB", max / 1024),
+        Stopped::Io(e) => format!("reading the passed file descriptor failed: {e}"),
+    })
 }
 
 pub fn boot_id() -> String {
