@@ -6,8 +6,9 @@
 //! Run (release build, as root):
 //! `cargo test --release --test bench_scale -- --ignored --nocapture --test-threads 1`
 //! (`BENCH_RUNS=N`: runs per setting, default 11; a setting whose ideal is ≥ 10 s runs 3
-//! times; `BENCH_ACCOUNTS=1,100` for other account counts). Each line also gives the CPU
-//! time per refresh (daemon; workers, from the daemon's cutime/cstime) and what one
+//! times; `BENCH_ACCOUNTS=1,100` for other account counts, `BENCH_MAX_PARALLEL=8` for other
+//! settings). Each line also gives the CPU time per refresh (daemon; workers, from the
+//! daemon's cutime/cstime) and what one
 //! durable commit (file + directory fsync) costs on this disk meanwhile: a refresh makes
 //! four (auth.json and its sidecar in the worker, status.json and schedule.json in the
 //! daemon). Figures go to docs/PERFORMANCE.md.
@@ -83,6 +84,9 @@ async fn refresh_all_vs_max_parallel() {
     let counts: Vec<usize> = std::env::var("BENCH_ACCOUNTS")
         .map(|v| v.split(',').map(|n| n.trim().parse().unwrap()).collect())
         .unwrap_or_else(|_| vec![1, 100, 1000]);
+    let parallel: Vec<usize> = std::env::var("BENCH_MAX_PARALLEL")
+        .map(|v| v.split(',').map(|n| n.trim().parse().unwrap()).collect())
+        .unwrap_or_else(|_| vec![1, 4, 8, 16, 64]);
     for n in counts {
         let (mock, s) = (MockServer::start(MockConfig::default()), Scratch::new());
         let bus = PrivateBus::start(s.path());
@@ -96,7 +100,7 @@ async fn refresh_all_vs_max_parallel() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle = status_kib(pid, "VmRSS:");
         mock.set_latency(LATENCY);
-        for mp in [1usize, 4, 8, 16, 64] {
+        for &mp in &parallel {
             if mp > n {
                 continue; // more parallelism than accounts changes nothing
             }

@@ -255,6 +255,9 @@ impl Core {
             let result = run.await;
             lock(flights(&me)).remove(&name);
             let _ = tx.send(Some(result));
+            if me.busy() == 0 {
+                super::release_free_memory();
+            }
         });
         rx
     }
