@@ -236,19 +236,28 @@ fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> TaskReport {
         let _ = stdin.write_all(&payload);
     }
     // Read the report on this thread up to the deadline; only then wait for the exit (which
-    // follows the end of its stdout). One thread per run instead of three (a reader and a
-    // waiter beside this one) — measured as daemon RSS growth with max_parallel.
+    // follows the end of its stdout). One thread per run for its whole length instead of
+    // three (a reader and a waiter beside this one) — measured as daemon RSS growth with
+    // max_parallel.
     let until = Instant::now() + deadline;
+    let timed_out = || fail(format!("worker did not finish within {}s and was killed; will retry", deadline.as_secs()));
     let stdout = child.stdout.take().expect("stdout was piped");
-    let (out, status) = match fdread::read_to_end_before(stdout.into(), MAX_PIPE_BYTES as usize, until) {
-        Ok(out) => (out, wait_or_kill_group(&mut child, until.saturating_duration_since(Instant::now()))),
-        Err(Stopped::Deadline) => (Vec::new(), None),
-        // A report over the cap or an unreadable pipe: stop the worker now.
-        Err(_) => (Vec::new(), wait_or_kill_group(&mut child, Duration::ZERO)),
+    let out = match fdread::read_to_end_before(stdout.into(), MAX_PIPE_BYTES as usize, until) {
+        Ok(out) => out,
+        Err(e) => {
+            // Past the deadline, a report over the cap or an unreadable pipe: stop it now.
+            let _ = wait_or_kill_group(&mut child, Duration::ZERO);
+            return match e {
+                Stopped::Deadline => timed_out(),
+                Stopped::TooLarge => {
+                    fail(format!("the worker's report is larger than {} MiB; will retry", MAX_PIPE_BYTES >> 20))
+                }
+                Stopped::Io(e) => fail(format!("reading the worker's report failed: {e}; will retry")),
+            };
+        }
     };
-    let Some(status) = status else {
-        let _ = wait_or_kill_group(&mut child, Duration::ZERO);
-        return fail(format!("worker did not finish within {}s and was killed; will retry", deadline.as_secs()));
+    let Some(status) = wait_or_kill_group(&mut child, until.saturating_duration_since(Instant::now())) else {
+        return timed_out();
     };
     match serde_json::from_slice::<TaskReport>(&out) {
         Ok(report) => report,
