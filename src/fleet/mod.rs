@@ -328,12 +328,15 @@ impl Run<'_> {
                 tracing::info!(account = %self.name(), "fleet: {note}");
                 Ok((Entry { key: key.clone(), value: seed.value, version, created: None }, Some(note)))
             }
-            Err(VaultError::CasMismatch { .. }) => match v.read(key, self.clock.now())? {
-                Some(e) => Ok((e, None)),
-                None => Err(VaultError::NotFound { key: key.clone() }),
-            },
+            Err(VaultError::CasMismatch { .. }) => Ok((self.reread_rotating(v)?, None)),
             Err(e) => Err(e),
         }
+    }
+
+    /// The rotating key as it is now, after a check-and-set conflict said it moved.
+    fn reread_rotating(&self, v: &Vault) -> Result<Entry, VaultError> {
+        let key = &self.fleet.vault_rotating_key;
+        v.read(key, self.clock.now())?.ok_or_else(|| VaultError::NotFound { key: key.clone() })
     }
 
     /// The refresher's cycle on the rotating credential `entry`: lease, install, refresh
@@ -393,9 +396,8 @@ impl Run<'_> {
             }
             Err(VaultError::CasMismatch { .. }) => {
                 // Someone else rotated since we read: theirs is the fleet's credential now.
-                let theirs = match v.read(key, self.clock.now()) {
-                    Ok(Some(e)) => e,
-                    Ok(None) => return self.nothing_in_vault(),
+                let theirs = match self.reread_rotating(v) {
+                    Ok(e) => e,
                     Err(e) => return Report::failed(self.name(), vault_failure(&e)),
                 };
                 let mut r = self.follow_entry(st, theirs);
@@ -473,11 +475,9 @@ impl Run<'_> {
             }
             Err(VaultError::CasMismatch { .. }) if !p.stored => {
                 st.pending = None;
-                match v.read(key, self.clock.now()) {
-                    Ok(Some(e)) => Ok((e, None)),
-                    Ok(None) => Err(Box::new(self.nothing_in_vault())),
-                    Err(e) => Err(Box::new(Report::failed(self.name(), vault_failure(&e)))),
-                }
+                self.reread_rotating(v)
+                    .map(|e| (e, None))
+                    .map_err(|e| Box::new(Report::failed(self.name(), vault_failure(&e))))
             }
             Err(e) if p.stored => Err(Box::new(Report::failed(
                 self.name(),
