@@ -77,16 +77,19 @@ async fn refresh_all(m: &zbus::Proxy<'_>, mock: &MockServer, n: usize) -> Durati
     took
 }
 
+/// A comma-separated list of numbers from the environment, else `default`.
+fn list_env(name: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(name)
+        .map(|v| v.split(',').map(|n| n.trim().parse().unwrap()).collect())
+        .unwrap_or_else(|_| default.to_vec())
+}
+
 #[tokio::test]
 #[ignore]
 async fn refresh_all_vs_max_parallel() {
     let rows = Arc::new(Mutex::new(Vec::new()));
-    let counts: Vec<usize> = std::env::var("BENCH_ACCOUNTS")
-        .map(|v| v.split(',').map(|n| n.trim().parse().unwrap()).collect())
-        .unwrap_or_else(|_| vec![1, 100, 1000]);
-    let parallel: Vec<usize> = std::env::var("BENCH_MAX_PARALLEL")
-        .map(|v| v.split(',').map(|n| n.trim().parse().unwrap()).collect())
-        .unwrap_or_else(|_| vec![1, 4, 8, 16, 64]);
+    let counts = list_env("BENCH_ACCOUNTS", &[1, 100, 1000]);
+    let parallel = list_env("BENCH_MAX_PARALLEL", &[1, 4, 8, 16, 64]);
     for n in counts {
         let (mock, s) = (MockServer::start(MockConfig::default()), Scratch::new());
         let bus = PrivateBus::start(s.path());
