@@ -223,7 +223,7 @@ fn enospc_leaves_the_old_file_and_no_temp() {
     std::fs::create_dir(&mnt).unwrap();
     let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs"]).arg(&mnt).status();
     if !st.is_ok_and(|s| s.success()) {
-        println!("SKIPPED enospc_leaves_the_old_file_and_no_temp: cannot mount a tmpfs here");
+        skipped("enospc_leaves_the_old_file_and_no_temp", "cannot mount a tmpfs here");
         return;
     }
     let _guard = TinyFs(mnt.clone());

@@ -185,13 +185,25 @@ pub fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
-/// True when running as root; otherwise prints why the test is skipped.
+/// True when running as root; otherwise the test is skipped (see [`skipped`]).
 pub fn require_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    println!("SKIPPED {test}: needs root (creates users and drops privileges); CI runs as root");
+    skipped(test, "needs root (creates users and drops privileges); CI runs as root");
     false
+}
+
+/// Say that `test` did not run and why: printed, and appended to
+/// `target/tmp/skipped-tests.txt`, which tests/run-all.sh counts at the end (and fails on
+/// in CI), so a green run never hides tests that did not run.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    println!("SKIPPED {test}: {why}");
+    let list = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(list) {
+        let _ = writeln!(f, "{test}: {why}");
+    }
 }
 
 /// Create (once, idempotently) a throwaway system user for privilege tests.

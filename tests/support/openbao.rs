@@ -58,7 +58,7 @@ fn free_port() -> u16 {
 fn missing(test: &str) -> Option<PathBuf> {
     let bin = bao_bin();
     if bin.is_none() {
-        println!("SKIPPED {test}: no bao binary; tests/run-all.sh installs it ({BAO_ENV})");
+        super::skipped(test, &format!("no bao binary; tests/run-all.sh installs it ({BAO_ENV})"));
     }
     bin
 }
