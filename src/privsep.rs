@@ -54,7 +54,7 @@ impl Identity {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
-    Refresh(Job),
+    Refresh(Box<Job>),
     Preflight(PreflightJob),
 }
 
@@ -113,7 +113,7 @@ pub struct WorkerRequest {
 enum FromWorker {
     MaySpend(u64),
     Keep(PendingCredential),
-    Done(TaskReport),
+    Done(Box<TaskReport>),
 }
 
 /// The parent's answer to a question, on the worker's stdin.
@@ -202,7 +202,7 @@ pub fn drop_privileges(id: &Identity) -> Result<(), String> {
 /// worker child (which needs root); `sup` answers the cycle's questions here, in this
 /// process, either way. Always returns a report.
 pub fn run_as(id: &Identity, job: &Job, clock: &dyn Clock, sup: &dyn Supervisor) -> Report {
-    match run_task(id, Task::Refresh(job.clone()), clock, sup) {
+    match run_task(id, Task::Refresh(Box::new(job.clone())), clock, sup) {
         TaskReport::Refresh(r) => r,
         TaskReport::Preflight(_) => Report::failed(&job.account, Failure::transient(MISMATCH)),
     }
@@ -318,7 +318,7 @@ fn spawn_worker(req: &WorkerRequest, deadline: Duration, sup: &dyn Supervisor) -
             }
         };
         let answer = match serde_json::from_slice::<FromWorker>(&line) {
-            Ok(FromWorker::Done(r)) => break Some(r),
+            Ok(FromWorker::Done(r)) => break Some(*r),
             Ok(FromWorker::MaySpend(len)) => ToWorker::MaySpend(sup.may_spend(len)),
             Ok(FromWorker::Keep(p)) => ToWorker::Kept(sup.keep(&p)),
             Err(_) => break None,
@@ -358,6 +358,6 @@ pub fn worker_main(clock: &dyn Clock) -> i32 {
         Ok(()) => req.task.run(clock, &sup),
         Err(e) => req.task.failed(Failure::transient(format!("cannot run as {}: {e}", req.identity.user))),
     };
-    println!("{}", serde_json::to_string(&FromWorker::Done(report)).unwrap_or_default());
+    println!("{}", serde_json::to_string(&FromWorker::Done(Box::new(report))).unwrap_or_default());
     crate::outcome::exit::OK
 }
