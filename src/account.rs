@@ -8,11 +8,13 @@ use crate::hooks;
 use crate::logging;
 use crate::metrics;
 use crate::outcome::{Failure, Report};
+use crate::pending::{self, Keeper, PendingCredential};
 use crate::preflight::{PreflightJob, PreflightReport};
 use crate::privsep::{self, Identity};
 use crate::seed::{self, SeedInput};
 use crate::status;
-use crate::worker::{self, Job};
+use crate::worker::{self, Job, Supervisor};
+use std::path::PathBuf;
 
 /// Flags of one refresh request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,7 +53,54 @@ pub fn job_for(settings: &Settings, acct: &AccountSettings, id: &Identity, opts:
         materialize: false,
         follow: false,
         return_auth: false,
+        pending: pending::current(&settings.agent.state_dir, &acct.name),
+        quarantined: st.dead_auth_sha256.clone(),
     }
+}
+
+/// The caller's answers to a cycle's questions: `before_post` (a fleet refresher's own
+/// check), then room for a durable copy of the new credential; that copy after the POST.
+struct CallerSupervisor<'a> {
+    keeper: Keeper,
+    before_post: &'a dyn Fn() -> Result<(), Failure>,
+}
+
+impl Supervisor for CallerSupervisor<'_> {
+    fn may_spend(&self, auth_len: u64) -> Result<(), Failure> {
+        (self.before_post)()?;
+        self.keeper.reserve(auth_len).map_err(|e| {
+            Failure::transient(format!(
+                "cannot make room to keep the new credential in the agent's state ({e}); no token request was sent (the refresh token is unspent); will retry"
+            ))
+        })
+    }
+
+    fn keep(&self, p: &PendingCredential) -> Result<PathBuf, String> {
+        self.keeper.keep(p)
+    }
+}
+
+/// Run a refresh `job` as `id` with this process keeping what the POST returns until
+/// auth.json holds it (see `pending`).
+pub fn run_job(settings: &Settings, id: &Identity, job: &Job, clock: &dyn Clock) -> Report {
+    run_job_checked(settings, id, job, clock, &|| Ok(()))
+}
+
+/// Like [`run_job`], asking `before_post` right before the token is spent.
+pub fn run_job_checked(
+    settings: &Settings,
+    id: &Identity,
+    job: &Job,
+    clock: &dyn Clock,
+    before_post: &dyn Fn() -> Result<(), Failure>,
+) -> Report {
+    let state_dir = &settings.agent.state_dir;
+    let sup = CallerSupervisor { keeper: Keeper::new(state_dir, &job.account), before_post };
+    let report = privsep::run_as(id, job, clock, &sup);
+    if !job.dry_run {
+        pending::settle(state_dir, &job.account, &sup.keeper, report.pending_left);
+    }
+    report
 }
 
 /// Build the preflight job for `acct` (no root-only input: it works on auth.json as is).
@@ -89,11 +138,31 @@ pub fn preflight_deferred(
     clock: &dyn Clock,
 ) -> (PreflightReport, Option<hooks::HookEvent>) {
     let report = match Identity::lookup(&acct.user) {
-        Ok(id) => privsep::preflight_as(&id, &preflight_job_for(settings, acct, &id), clock),
+        Ok(id) => preflight_with(settings, acct, &id, clock),
         Err(e) => PreflightReport::failed(&acct.name, Failure::permanent(e)),
     };
     let hook = record_preflight(settings, &report, clock);
     (report, hook)
+}
+
+/// A preflight on a file whose successor is still pending would hand Codex a spent
+/// token: write the pending credential first (a refresh run does that before anything
+/// else), and preflight only once it is in auth.json.
+fn preflight_with(settings: &Settings, acct: &AccountSettings, id: &Identity, clock: &dyn Clock) -> PreflightReport {
+    let state_dir = &settings.agent.state_dir;
+    if pending::current(state_dir, &acct.name).is_some() {
+        let r = refresh(settings, acct, RefreshOptions::default(), clock);
+        if pending::current(state_dir, &acct.name).is_some() {
+            return PreflightReport::failed(
+                &acct.name,
+                Failure::transient(format!("not run: a new credential is still waiting to be written ({})", r.reason)),
+            );
+        }
+    }
+    let sup = CallerSupervisor { keeper: Keeper::new(state_dir, &acct.name), before_post: &|| Ok(()) };
+    let report = privsep::preflight_as(id, &preflight_job_for(settings, acct, id), clock, &sup);
+    pending::settle(state_dir, &acct.name, &sup.keeper, report.pending_left);
+    report
 }
 
 /// Fold a preflight into status.json (runner fields), write its journal entries and the
@@ -151,7 +220,7 @@ pub fn refresh_deferred(
                 Err(e) => return (Report::failed(&acct.name, Failure::permanent(e)), None),
             };
             let job = Job { store, ..job_for(settings, acct, &id, opts) };
-            privsep::run_as(&id, &job, clock)
+            run_job(settings, &id, &job, clock)
         }
     };
     let hook = if opts.dry_run { None } else { record(settings, &report, clock) };

@@ -36,6 +36,8 @@ pub mod metrics;
 pub mod names;
 /// Outcomes, failure classes, reports and exit codes shared by every command.
 pub mod outcome;
+/// A new credential received but not yet written to auth.json, kept durably by the caller.
+pub mod pending;
 /// Pure refresh decision from (auth facts, settings, now).
 pub mod policy;
 /// `codex exec` on a throwaway copy proves a login works; adopts what Codex refreshed.

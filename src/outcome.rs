@@ -155,6 +155,12 @@ pub struct Report {
     /// `human_line`, logs and status.json leave it out, and `Debug` redacts it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_b64: Option<AuthBytes>,
+    /// Set by a worker that ran its cycle to the end: whether a new credential received
+    /// from the token endpoint is still not in auth.json (the caller keeps its pending
+    /// copy) or not (the caller may drop it). None — a report made up by the caller
+    /// (worker killed, never started): nothing is known, so nothing is dropped.
+    #[serde(default)]
+    pub pending_left: Option<bool>,
 }
 
 /// A credential in transit from the worker (base64 of auth.json).
@@ -185,6 +191,7 @@ impl Report {
             store_version: None,
             lease_holder: None,
             auth_b64: None,
+            pending_left: None,
         }
     }
 

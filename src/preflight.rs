@@ -11,8 +11,11 @@ use crate::authfile::{AuthFile, sha256_hex};
 use crate::clock::Clock;
 use crate::codexrun::{self, AuthChange, CodexSetup, Ended, TempHome};
 use crate::outcome::{Failure, FailureClass, exit};
-use crate::refresh::classify::{self, RELOGIN};
-use crate::worker::{self, AUTH_FILE, CODEX_LOCK_WAIT, COMMIT_LOCK_WAIT, CYCLE_LOCK, Committed, dir_failure};
+use crate::pending::PendingCredential;
+use crate::refresh::classify;
+use crate::worker::{
+    self, AUTH_FILE, CODEX_LOCK_WAIT, COMMIT_LOCK_WAIT, CYCLE_LOCK, Committed, Supervisor, dir_failure,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -89,6 +92,10 @@ pub struct PreflightReport {
     pub last_refresh: Option<DateTime<Utc>>,
     pub token_fp: Option<String>,
     pub auth_sha256: Option<String>,
+    /// Like `Report::pending_left`: whether the credential Codex refreshed is kept but not
+    /// yet in auth.json (None: unknown, the probe did not run to its end).
+    #[serde(default)]
+    pub pending_left: Option<bool>,
 }
 
 impl PreflightReport {
@@ -108,6 +115,7 @@ impl PreflightReport {
             last_refresh: None,
             token_fp: None,
             auth_sha256: None,
+            pending_left: None,
         }
     }
 
@@ -184,10 +192,10 @@ pub fn verdict(ended: Ended, stdout: &str, stderr: &str, timeout: Duration) -> R
 }
 
 /// Run one preflight as the account's user. Never panics on bad input.
-pub fn run(job: &PreflightJob, clock: &dyn Clock) -> PreflightReport {
+pub fn run(job: &PreflightJob, clock: &dyn Clock, sup: &dyn Supervisor) -> PreflightReport {
     let started = Instant::now();
     let mut report = match SafeDir::open(&job.codex_home, job.owner_uid) {
-        Ok(home) => Probe { job, home: &home, clock }.run(),
+        Ok(home) => Probe { job, home: &home, clock, sup }.run(),
         Err(e) => PreflightReport::failed(&job.account, dir_failure(e)),
     };
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -198,6 +206,7 @@ struct Probe<'a> {
     job: &'a PreflightJob,
     home: &'a SafeDir,
     clock: &'a dyn Clock,
+    sup: &'a dyn Supervisor,
 }
 
 /// A finished probe: the verdict and Codex's copy of auth.json afterwards.
@@ -285,7 +294,13 @@ impl Probe<'_> {
         let mut merged = before.clone();
         merged.apply_refresh(&new.tokens(), new.last_refresh().unwrap_or_else(|| self.clock.now()));
         let merged_bytes = merged.to_bytes();
-        match worker::commit(self.home, Some(bytes), &merged_bytes) {
+        // Codex spent the canonical token: keep its successor before trying the commit,
+        // so a failed commit is finished by the next refresh instead of losing the login.
+        let pending = PendingCredential::new(sha256_hex(bytes), &merged_bytes, self.clock.now(), merged.token_fp());
+        if let Err(e) = self.sup.keep(&pending) {
+            tracing::warn!(account = %self.job.account, "could not keep a copy of the credential Codex refreshed: {e}");
+        }
+        match worker::commit(self.home, Some(bytes), &merged_bytes, None) {
             Ok(Committed::Written) => Adoption::Adopted(merged_bytes, merged),
             Ok(Committed::Changed(on_disk)) => Adoption::KeptOnDisk(on_disk),
             Err(f) => Adoption::Failed(f),
@@ -300,6 +315,7 @@ impl Probe<'_> {
         before: &AuthFile,
     ) -> PreflightReport {
         let path = self.job.codex_home.join(AUTH_FILE);
+        let pending_left = matches!(adoption, Adoption::Failed(_));
         let (verdict, note, adopted, now_on_disk) = match adoption {
             Adoption::NotNeeded => (verdict, None, false, Some((bytes.to_vec(), before.clone()))),
             Adoption::Adopted(b, a) => (verdict, Some("adopted the credential Codex refreshed"), true, Some((b, a))),
@@ -315,10 +331,11 @@ impl Probe<'_> {
                 false,
                 Some((bytes.to_vec(), before.clone())),
             ),
-            // Worse than any probe failure: the canonical file now holds a spent token.
+            // The canonical file now holds a spent token; its successor is kept (pending)
+            // and written by the next refresh run.
             Adoption::Failed(f) => (
-                Err(Failure::permanent(format!(
-                    "Codex refreshed the token during the preflight but saving it failed ({}); auth.json holds a spent refresh token; {RELOGIN}",
+                Err(Failure::transient(format!(
+                    "Codex refreshed the token during the preflight but writing it to auth.json failed ({}); the new credential is kept in the agent's state and the next refresh writes it (the old token is not sent again)",
                     f.reason
                 ))),
                 None,
@@ -336,6 +353,7 @@ impl Probe<'_> {
         };
         let mut r = PreflightReport::new(&self.job.account, verdict);
         r.adopted = adopted;
+        r.pending_left = Some(pending_left);
         if let Some((b, a)) = now_on_disk {
             r.expires_at = a.access_expires_at();
             r.last_refresh = a.last_refresh();

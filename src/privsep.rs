@@ -7,12 +7,13 @@
 use crate::clock::Clock;
 use crate::fdread::{self, Stopped};
 use crate::outcome::{Failure, Report};
+use crate::pending::PendingCredential;
 use crate::preflight::{self, PreflightJob, PreflightReport};
-use crate::worker::{self, Job};
+use crate::worker::{self, Job, Supervisor};
 use nix::unistd::{Gid, Uid, User};
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -82,10 +83,10 @@ impl Task {
     }
 
     /// Do it here, as whoever this process is now.
-    fn run(&self, clock: &dyn Clock) -> TaskReport {
+    fn run(&self, clock: &dyn Clock, sup: &dyn Supervisor) -> TaskReport {
         match self {
-            Task::Refresh(j) => TaskReport::Refresh(worker::run(j, clock)),
-            Task::Preflight(j) => TaskReport::Preflight(preflight::run(j, clock)),
+            Task::Refresh(j) => TaskReport::Refresh(worker::run(j, clock, sup)),
+            Task::Preflight(j) => TaskReport::Preflight(preflight::run(j, clock, sup)),
         }
     }
 
@@ -98,11 +99,65 @@ impl Task {
     }
 }
 
-/// What the parent sends the worker child.
+/// What the parent sends the worker child (one line on its stdin; the answers to its
+/// questions follow as lines).
 #[derive(Serialize, Deserialize)]
 pub struct WorkerRequest {
     pub identity: Identity,
     pub task: Task,
+}
+
+/// A line from the worker on its stdout: a question for its [`Supervisor`], or the end.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FromWorker {
+    MaySpend(u64),
+    Keep(PendingCredential),
+    Done(TaskReport),
+}
+
+/// The parent's answer to a question, on the worker's stdin.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ToWorker {
+    MaySpend(Result<(), Failure>),
+    Kept(Result<PathBuf, String>),
+}
+
+/// The worker's side of its [`Supervisor`]: each question goes to the parent as a line
+/// on stdout and waits for its answer on stdin. No answer (the parent died) is a no.
+struct PipeSupervisor {
+    input: std::sync::Mutex<std::io::StdinLock<'static>>,
+}
+
+impl PipeSupervisor {
+    fn ask(&self, question: &FromWorker) -> Option<ToWorker> {
+        let mut input = self.input.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string(question).ok()?).ok()?;
+        out.flush().ok()?;
+        let mut line = String::new();
+        (&mut *input).take(MAX_PIPE_BYTES).read_line(&mut line).ok()?;
+        serde_json::from_str(&line).ok()
+    }
+}
+
+const NO_ANSWER: &str = "the agent that started this worker did not answer";
+
+impl Supervisor for PipeSupervisor {
+    fn may_spend(&self, auth_len: u64) -> Result<(), Failure> {
+        match self.ask(&FromWorker::MaySpend(auth_len)) {
+            Some(ToWorker::MaySpend(r)) => r,
+            _ => Err(Failure::transient(format!("{NO_ANSWER}; no token request was sent; will retry"))),
+        }
+    }
+
+    fn keep(&self, p: &PendingCredential) -> Result<PathBuf, String> {
+        match self.ask(&FromWorker::Keep(p.clone())) {
+            Some(ToWorker::Kept(r)) => r,
+            _ => Err(NO_ANSWER.to_string()),
+        }
+    }
 }
 
 /// A worker answering a different kind of task than it was given is a bug of ours.
@@ -144,17 +199,18 @@ pub fn drop_privileges(id: &Identity) -> Result<(), String> {
 }
 
 /// Run the refresh `job` as `id`: in-process when we already are that user, else in a
-/// worker child (which needs root). Always returns a report.
-pub fn run_as(id: &Identity, job: &Job, clock: &dyn Clock) -> Report {
-    match run_task(id, Task::Refresh(job.clone()), clock) {
+/// worker child (which needs root); `sup` answers the cycle's questions here, in this
+/// process, either way. Always returns a report.
+pub fn run_as(id: &Identity, job: &Job, clock: &dyn Clock, sup: &dyn Supervisor) -> Report {
+    match run_task(id, Task::Refresh(job.clone()), clock, sup) {
         TaskReport::Refresh(r) => r,
         TaskReport::Preflight(_) => Report::failed(&job.account, Failure::transient(MISMATCH)),
     }
 }
 
 /// Run the preflight `job` as `id`, like [`run_as`].
-pub fn preflight_as(id: &Identity, job: &PreflightJob, clock: &dyn Clock) -> PreflightReport {
-    match run_task(id, Task::Preflight(job.clone()), clock) {
+pub fn preflight_as(id: &Identity, job: &PreflightJob, clock: &dyn Clock, sup: &dyn Supervisor) -> PreflightReport {
+    match run_task(id, Task::Preflight(job.clone()), clock, sup) {
         TaskReport::Preflight(r) => r,
         TaskReport::Refresh(_) => PreflightReport::failed(&job.account, Failure::transient(MISMATCH)),
     }
@@ -171,18 +227,18 @@ pub fn always_use_workers() {
 }
 
 /// The one path for every task: in-process as its user, or in a dropped worker child.
-fn run_task(id: &Identity, task: Task, clock: &dyn Clock) -> TaskReport {
+fn run_task(id: &Identity, task: Task, clock: &dyn Clock, sup: &dyn Supervisor) -> TaskReport {
     let euid = nix::unistd::geteuid();
     let isolate = ALWAYS_WORKER.load(std::sync::atomic::Ordering::SeqCst);
     if euid.as_raw() == id.uid && !isolate {
-        return task.run(clock);
+        return task.run(clock, sup);
     }
     if !euid.is_root() && euid.as_raw() != id.uid {
         return task
             .failed(Failure::permanent(format!("must run as root or as user {} to work on this account", id.user)));
     }
     let deadline = task.deadline();
-    spawn_worker(&WorkerRequest { identity: id.clone(), task }, deadline)
+    spawn_worker(&WorkerRequest { identity: id.clone(), task }, deadline, sup)
 }
 
 /// Wait for `child` at most `limit`; past it, SIGKILL its whole process group (it was
@@ -211,7 +267,7 @@ pub fn wait_or_kill_group(child: &mut Child, limit: Duration) -> Option<ExitStat
 const PASSTHROUGH_ENV: &[&str] =
     &["PATH", "JOURNAL_STREAM", "CODEX_AUTH_AGENT_LOG", "RUST_LOG", "LANG", "LC_ALL", "CODEX_AUTH_AGENT_FAULT"];
 
-fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> TaskReport {
+fn spawn_worker(req: &WorkerRequest, deadline: Duration, sup: &dyn Supervisor) -> TaskReport {
     let fail = |why: String| req.task.failed(Failure::transient(why));
     let exe = match std::env::current_exe() {
         Ok(p) => p,
@@ -230,47 +286,59 @@ fn spawn_worker(req: &WorkerRequest, deadline: Duration) -> TaskReport {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start the worker: {e}")),
     };
-    let payload = serde_json::to_vec(req).unwrap_or_default();
-    if let Some(mut stdin) = child.stdin.take() {
+    let mut stdin = child.stdin.take();
+    let mut send = |line: Vec<u8>| {
         // A worker that died early closes the pipe; its exit status tells the story.
-        let _ = stdin.write_all(&payload);
-    }
-    // Read the report on this thread up to the deadline; only then wait for the exit (which
-    // follows the end of its stdout). One thread per run for its whole length instead of
-    // three (a reader and a waiter beside this one) — measured as daemon RSS growth with
-    // max_parallel.
-    let until = Instant::now() + deadline;
-    let timed_out = || fail(format!("worker did not finish within {}s and was killed; will retry", deadline.as_secs()));
-    let stdout = child.stdout.take().expect("stdout was piped");
-    let out = match fdread::read_to_end_before(stdout.into(), MAX_PIPE_BYTES as usize, until) {
-        Ok(out) => out,
-        Err(e) => {
-            // Past the deadline, a report over the cap or an unreadable pipe: stop it now.
-            let _ = wait_or_kill_group(&mut child, Duration::ZERO);
-            return match e {
-                Stopped::Deadline => timed_out(),
-                Stopped::TooLarge => {
-                    fail(format!("the worker's report is larger than {} MiB; will retry", MAX_PIPE_BYTES >> 20))
-                }
-                Stopped::Io(e) => fail(format!("reading the worker's report failed: {e}; will retry")),
-            };
+        if let Some(w) = stdin.as_mut() {
+            let _ = w.write_all(&line).and_then(|()| w.write_all(b"\n")).and_then(|()| w.flush());
         }
     };
+    send(serde_json::to_vec(req).unwrap_or_default());
+    // Read the worker's lines on this thread up to the deadline, answering its questions;
+    // only then wait for the exit (which follows the end of its stdout). One thread per
+    // run for its whole length instead of three (a reader and a waiter beside this one) —
+    // measured as daemon RSS growth with max_parallel.
+    let until = Instant::now() + deadline;
+    let timed_out = || fail(format!("worker did not finish within {}s and was killed; will retry", deadline.as_secs()));
+    let mut lines = fdread::Lines::new(child.stdout.take().expect("stdout was piped").into());
+    let report = loop {
+        let line = match lines.next_before(MAX_PIPE_BYTES as usize, until) {
+            Ok(Some(line)) => line,
+            Ok(None) => break None,
+            Err(e) => {
+                // Past the deadline, a line over the cap or an unreadable pipe: stop it now.
+                let _ = wait_or_kill_group(&mut child, Duration::ZERO);
+                return match e {
+                    Stopped::Deadline => timed_out(),
+                    Stopped::TooLarge => {
+                        fail(format!("the worker's report is larger than {} MiB; will retry", MAX_PIPE_BYTES >> 20))
+                    }
+                    Stopped::Io(e) => fail(format!("reading the worker's report failed: {e}; will retry")),
+                };
+            }
+        };
+        let answer = match serde_json::from_slice::<FromWorker>(&line) {
+            Ok(FromWorker::Done(r)) => break Some(r),
+            Ok(FromWorker::MaySpend(len)) => ToWorker::MaySpend(sup.may_spend(len)),
+            Ok(FromWorker::Keep(p)) => ToWorker::Kept(sup.keep(&p)),
+            Err(_) => break None,
+        };
+        send(serde_json::to_vec(&answer).unwrap_or_default());
+    };
+    drop(stdin);
     let Some(status) = wait_or_kill_group(&mut child, until.saturating_duration_since(Instant::now())) else {
         return timed_out();
     };
-    match serde_json::from_slice::<TaskReport>(&out) {
-        Ok(report) => report,
-        Err(_) => fail(format!("worker exited ({status}) without a report; will retry")),
-    }
+    report.unwrap_or_else(|| fail(format!("worker exited ({status}) without a report; will retry")))
 }
 
 /// Entry point of `codex-auth-agent worker`: read the request, drop privileges, run,
 /// print the report as one JSON line.
 pub fn worker_main(clock: &dyn Clock) -> i32 {
     harden_process();
+    let mut stdin = std::io::stdin().lock();
     let mut input = Vec::new();
-    if let Err(e) = std::io::stdin().take(MAX_PIPE_BYTES).read_to_end(&mut input) {
+    if let Err(e) = (&mut stdin).take(MAX_PIPE_BYTES).read_until(b'\n', &mut input) {
         eprintln!("codex-auth-agent worker: reading the job failed: {e}");
         return crate::outcome::exit::USAGE;
     }
@@ -285,10 +353,11 @@ pub fn worker_main(clock: &dyn Clock) -> i32 {
             return crate::outcome::exit::USAGE;
         }
     };
+    let sup = PipeSupervisor { input: std::sync::Mutex::new(stdin) };
     let report = match drop_privileges(&req.identity) {
-        Ok(()) => req.task.run(clock),
+        Ok(()) => req.task.run(clock, &sup),
         Err(e) => req.task.failed(Failure::transient(format!("cannot run as {}: {e}", req.identity.user))),
     };
-    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    println!("{}", serde_json::to_string(&FromWorker::Done(report)).unwrap_or_default());
     crate::outcome::exit::OK
 }

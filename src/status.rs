@@ -43,6 +43,10 @@ pub struct AccountStatus {
     /// Fleet mode: the rotating key's version installed here, and the lease holder.
     pub store_version: Option<u64>,
     pub lease_holder: Option<String>,
+    /// sha256 of the auth.json whose refresh token the last run found dead (a permanent
+    /// failure with the file read): not sent again while auth.json is that file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_auth_sha256: Option<String>,
 }
 
 impl AccountStatus {
@@ -85,6 +89,7 @@ impl AccountStatus {
         if r.seed_applied.is_some() {
             self.seed_sha256 = r.seed_applied.clone();
         }
+        self.dead_auth_sha256 = r.auth_sha256.clone().filter(|_| r.class() == Some(FailureClass::Permanent));
     }
 }
 

@@ -3,17 +3,19 @@
 //! commit under Codex's lock protocol → sidecar. Every failure leaves auth.json
 //! byte-identical; the report says what happened without any token value.
 
-use crate::authfile::dir::{DirError, FileRead, SafeDir};
+use crate::authfile::dir::{DirError, FileRead, Reserved, SafeDir};
 use crate::authfile::{AuthFile, NewTokens, sha256_hex};
 use crate::clock::Clock;
 use crate::codexrun::CodexSetup;
 use crate::config::RefreshMethod;
 use crate::outcome::{AuthBytes, Event, Failure, Outcome, Report};
+use crate::pending::PendingCredential;
 use crate::policy::{self, Decision, Thresholds};
 use crate::refresh::{appserver, oauth};
 use crate::seed::{self, SeedInput};
 use crate::status;
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,6 +66,32 @@ pub struct Job {
     /// so the parent can write it to Vault.
     #[serde(default)]
     pub return_auth: bool,
+    /// A credential an earlier run received but could not write: written first, before
+    /// anything else; while it is not, no token request is sent.
+    #[serde(default)]
+    pub pending: Option<PendingCredential>,
+    /// sha256 of the auth.json whose refresh failed permanently last time: while auth.json
+    /// is still that file, its dead token is not sent again (unless `force`).
+    #[serde(default)]
+    pub quarantined: Option<String>,
+}
+
+/// What a cycle asks of whoever started it, at the two moments that decide a refresh
+/// token's fate. Answered in-process, or by the parent over the worker's pipes.
+pub trait Supervisor {
+    /// Right before the POST, after this account's own checks passed: may the token be
+    /// spent? The caller makes sure it can keep a copy of up to `auth_len` bytes of
+    /// auth.json (and, in fleet mode, that the token is still the fleet's current one).
+    fn may_spend(&self, auth_len: u64) -> Result<(), Failure>;
+    /// Right after the POST, before the commit: keep `p`, now the only live credential.
+    /// The path of the durable copy, or why there is none.
+    fn keep(&self, p: &PendingCredential) -> Result<PathBuf, String>;
+}
+
+/// Room reserved for the new auth.json before a POST: twice today's size and some, so a
+/// longer token still fits.
+fn commit_room(len: usize) -> u64 {
+    (len as u64 * 2 + 4096).min(crate::authfile::MAX_AUTH_BYTES)
 }
 
 /// The longest the refresh step itself may take with `method`.
@@ -115,12 +143,14 @@ pub(crate) fn dir_failure(e: DirError) -> Failure {
 }
 
 /// Run one cycle and write the sidecar. Never panics on bad input.
-pub fn run(job: &Job, clock: &dyn Clock) -> Report {
+pub fn run(job: &Job, clock: &dyn Clock, sup: &dyn Supervisor) -> Report {
     let home = match SafeDir::open(&job.codex_home, job.owner_uid) {
         Ok(h) => h,
         Err(e) => return Report::failed(&job.account, dir_failure(e)),
     };
-    let report = Cycle { job, home: &home, clock }.run();
+    let cycle = Cycle { job, home: &home, clock, sup, pending_open: Cell::new(job.pending.is_some()) };
+    let mut report = cycle.run();
+    report.pending_left = Some(cycle.pending_open.get());
     if !job.dry_run && report.class() != Some(crate::outcome::FailureClass::Unsafe) {
         if let Err(e) = home.write_atomic(status::SIDECAR_FILE, &status::sidecar_bytes(&report, clock.now())) {
             tracing::warn!(account = %job.account, "could not write the status sidecar: {e}");
@@ -133,6 +163,10 @@ struct Cycle<'a> {
     job: &'a Job,
     home: &'a SafeDir,
     clock: &'a dyn Clock,
+    sup: &'a dyn Supervisor,
+    /// A new credential exists that auth.json does not hold yet (the job's pending one,
+    /// or ours after a failed commit).
+    pending_open: Cell<bool>,
 }
 
 /// The on-disk credential this cycle works from.
@@ -201,6 +235,11 @@ impl Cycle<'_> {
     }
 
     fn run_locked(&self, before: Option<String>, waited: bool) -> Report {
+        if let Some(p) = self.job.pending.as_ref().filter(|_| !self.job.dry_run) {
+            if let Some(done) = self.finish_pending(p) {
+                return done;
+            }
+        }
         let (snapshot, seeded) = match self.current_credential() {
             Ok(x) => x,
             Err(f) => return self.failed(f),
@@ -224,6 +263,57 @@ impl Cycle<'_> {
             report.seed_applied = self.job.seed.as_ref().map(|s| s.sha256.clone());
         }
         report
+    }
+
+    /// Write a credential an earlier run received but could not save, before anything
+    /// else. Some(report) ends the cycle (written, or still pending); None: a newer
+    /// login replaced it and the cycle goes on with that.
+    fn finish_pending(&self, p: &PendingCredential) -> Option<Report> {
+        let new = p.bytes();
+        let since = p.received_at.to_rfc3339();
+        let still_pending = |f: Failure| {
+            let mut f = f;
+            f.reason = format!(
+                "a new credential received at {since} is not yet written to {}: {}; it is kept in the agent's state and will be written by the next run (the old refresh token is not sent again)",
+                self.auth_path().display(),
+                f.reason
+            );
+            Some(self.failed(f))
+        };
+        let current = match self.home.read(AUTH_FILE) {
+            Ok(c) => c,
+            Err(e) => return still_pending(dir_failure(e)),
+        };
+        // The credential it replaces: auth.json as it was, or (fleet) Vault's copy of it.
+        let base_is = |b: &[u8]| sha256_hex(b) == p.base_sha256;
+        let replaces = match (&self.job.store, &current) {
+            (Some(s), _) => base_is(&s.bytes()),
+            (None, Some(f)) => f.bytes == new || base_is(&f.bytes),
+            (None, None) => true,
+        };
+        if !replaces {
+            tracing::warn!(account = %self.account(), "a new login replaced the credential kept since {since} (never written); dropped it");
+            self.pending_open.set(false);
+            return None;
+        }
+        let auth = match AuthFile::parse(&new, &self.auth_path()) {
+            Ok(a) => a,
+            Err(e) => return still_pending(Failure::permanent(format!("the kept credential does not parse: {e}"))),
+        };
+        if current.as_ref().is_none_or(|f| f.bytes != new) {
+            match commit(self.home, current.as_ref().map(|f| f.bytes.as_slice()), &new, None) {
+                Ok(Committed::Written) => {}
+                Ok(Committed::Changed(_)) => return still_pending(Failure::transient("auth.json changed meanwhile")),
+                Err(f) => return still_pending(f),
+            }
+        }
+        self.pending_open.set(false);
+        let r = Report::new(
+            self.account(),
+            Outcome::Refreshed,
+            format!("wrote the credential received at {since}, which an earlier run could not save"),
+        );
+        Some(self.describe(r, &new, &auth))
     }
 
     /// `cli_auth_credentials_store` from CODEX_HOME/config.toml when it is not "file".
@@ -280,7 +370,7 @@ impl Cycle<'_> {
         if self.job.dry_run || (self.job.materialize && current.is_some_and(|f| f.bytes == bytes)) {
             return Ok(Snapshot { bytes, auth });
         }
-        match commit(self.home, current.map(|f| f.bytes.as_slice()), &bytes) {
+        match commit(self.home, current.map(|f| f.bytes.as_slice()), &bytes, None) {
             Ok(Committed::Written) => {
                 tracing::debug!(account = %self.account(), "{what}: installed as auth.json");
                 Ok(Snapshot { bytes, auth })
@@ -317,17 +407,65 @@ impl Cycle<'_> {
             let r = Report::new(self.account(), Outcome::WouldRefresh, format!("dry run: would refresh: {reason}"));
             return self.describe(r, &snap.bytes, &snap.auth);
         }
-        let tokens = match self.refresh_tokens(&snap) {
-            Ok(t) => {
-                crate::fault::point(crate::fault::Step::AfterPost);
-                t
+        let unsent = |f: Failure| self.describe(self.failed(f), &snap.bytes, &snap.auth);
+        if !self.job.force && self.job.quarantined.as_deref() == Some(sha256_hex(&snap.bytes).as_str()) {
+            return unsent(Failure::permanent(
+                "the last refresh of this auth.json failed permanently, so its refresh token is not sent again; log in again (codex login --device-auth), or --force to try anyway",
+            ));
+        }
+        let room = match self.prepare_commit(&snap) {
+            Ok(Prepared::Room(r)) => r,
+            Ok(Prepared::Changed(on_disk)) => {
+                return self.kept_theirs(on_disk, "while we waited for Codex's lock, before any token request");
             }
-            Err(f) => {
-                let r = self.failed(f);
-                return self.describe(Report { outcome: Outcome::Failed, ..r }, &snap.bytes, &snap.auth);
-            }
+            Err(f) => return unsent(f),
         };
-        self.save(snap, &tokens, reason)
+        if let Err(f) = self.sup.may_spend(snap.bytes.len() as u64) {
+            return unsent(f);
+        }
+        match self.refresh_tokens(&snap) {
+            Ok(tokens) => self.save(snap, &tokens, reason, room),
+            Err(f) => unsent(f),
+        }
+    }
+
+    /// Everything the commit will need, checked before the token is spent: both of
+    /// Codex's lock files are lock files we can take (auth.lock within its wait), and the
+    /// new auth.json has room (its temp file is allocated now and written after the
+    /// POST). Nothing stays locked across the POST, so Codex is never blocked by it.
+    /// Waiting for auth.lock may outlast a commit of Codex's: auth.json is read again
+    /// after it, and a change means Codex already spent the token we hold.
+    fn prepare_commit(&self, snap: &Snapshot) -> Result<Prepared, Failure> {
+        let unsent = |e: DirError| {
+            let mut f = dir_failure(e);
+            f.reason = format!("{}; no token request was sent (the refresh token is unspent)", f.reason);
+            f
+        };
+        for (name, wait) in [(CODEX_LOCK, CODEX_LOCK_WAIT), (CODEX_COMMIT_LOCK, COMMIT_LOCK_WAIT)] {
+            drop(self.home.lock(name, Some(wait)).map_err(unsent)?);
+        }
+        let room = self.home.reserve(AUTH_FILE, commit_room(snap.bytes.len())).map_err(unsent)?;
+        match self.home.read(AUTH_FILE).map_err(unsent)? {
+            Some(f) if f.bytes == snap.bytes => Ok(Prepared::Room(room)),
+            other => Ok(Prepared::Changed(other.map(|f| f.bytes).unwrap_or_default())),
+        }
+    }
+
+    /// Someone else (Codex, another writer) replaced auth.json since we read it: theirs
+    /// stays, ours (if any) is discarded, as Codex's own commit does.
+    fn kept_theirs(&self, on_disk: Vec<u8>, when: &str) -> Report {
+        let mut r = Report::new(
+            self.account(),
+            Outcome::Fresh,
+            format!(
+                "auth.json changed during the refresh (Codex or another writer) {when}; kept the on-disk credential"
+            ),
+        );
+        r.events.push(Event::Adopted);
+        match AuthFile::parse(&on_disk, &self.auth_path()) {
+            Ok(a) => self.describe(r, &on_disk, &a),
+            Err(_) => r,
+        }
     }
 
     /// The refresh step by `refresh_method`: our own OAuth request, or Codex's app-server
@@ -350,32 +488,35 @@ impl Cycle<'_> {
         }
     }
 
-    fn save(&self, snap: Snapshot, tokens: &NewTokens, reason: policy::RefreshReason) -> Report {
+    /// After the POST: keep the new credential, then commit it into `room`.
+    fn save(&self, snap: Snapshot, tokens: &NewTokens, reason: policy::RefreshReason, room: Reserved) -> Report {
         let mut updated = snap.auth.clone();
         updated.apply_refresh(tokens, self.clock.now());
         let new_bytes = updated.to_bytes();
-        match commit(self.home, Some(&snap.bytes), &new_bytes) {
+        let pending = PendingCredential::new(sha256_hex(&snap.bytes), &new_bytes, self.clock.now(), updated.token_fp());
+        let kept = self.sup.keep(&pending);
+        crate::fault::point(crate::fault::Step::AfterPost);
+        match commit(self.home, Some(&snap.bytes), &new_bytes, Some(room)) {
             Ok(Committed::Written) => {
                 let r = Report::new(self.account(), Outcome::Refreshed, format!("refreshed ({reason})"));
                 self.describe(r, &new_bytes, &updated)
             }
-            Ok(Committed::Changed(on_disk)) => {
-                let mut r = Report::new(
-                    self.account(),
-                    Outcome::Fresh,
-                    "auth.json changed during the refresh (Codex or another writer); kept the on-disk credential",
-                );
-                r.events.push(Event::Adopted);
-                match AuthFile::parse(&on_disk, &self.auth_path()) {
-                    Ok(a) => self.describe(r, &on_disk, &a),
-                    Err(_) => r,
-                }
-            }
+            Ok(Committed::Changed(on_disk)) => self.kept_theirs(on_disk, "while our request was in flight"),
             Err(mut f) => {
-                // The POST already rotated the token: say so, or fixing the file and
-                // retrying would look like a fix and then fail as refresh_token_reused.
+                // The POST rotated the token: the new credential is the only live one.
+                self.pending_open.set(true);
+                let kept = match kept {
+                    Ok(path) => format!(
+                        "it is kept in {} and the next run writes it once that is fixed; the old refresh token is not sent again, so do not log in again",
+                        path.display()
+                    ),
+                    Err(e) => format!(
+                        "keeping a copy in the agent's state failed too ({e}), so only this process holds it; if it ends before the fix, log in again (codex login --device-auth)"
+                    ),
+                };
                 f.reason = format!(
-                    "the refresh succeeded but the new tokens could not be saved, so the refresh token read from auth.json is spent; once the cause below is fixed, log in again (codex login --device-auth) unless auth.json holds a newer login by then: {}",
+                    "the refresh succeeded (the refresh token read from auth.json is now spent) but the new credential could not be written to {}: {}; {kept}",
+                    self.auth_path().display(),
                     f.reason
                 );
                 let r = self.failed(f);
@@ -388,8 +529,14 @@ impl Cycle<'_> {
 /// Codex's commit protocol, the one way anything of ours writes auth.json (refresh, seed,
 /// store, preflight adoption): auth.lock → re-read (changed? keep theirs) →
 /// auth.json.lock → atomic write. `expected` is the content we started from (None: no
-/// file). Call with our cycle lock held.
-pub fn commit(home: &SafeDir, expected: Option<&[u8]>, new: &[u8]) -> Result<Committed, Failure> {
+/// file); `room`, space reserved before a POST (else a temp is made now). Call with our
+/// cycle lock held.
+pub fn commit(
+    home: &SafeDir,
+    expected: Option<&[u8]>,
+    new: &[u8],
+    room: Option<Reserved>,
+) -> Result<Committed, Failure> {
     let _codex = home.lock(CODEX_LOCK, Some(CODEX_LOCK_WAIT)).map_err(dir_failure)?;
     let on_disk = home.read(AUTH_FILE).map_err(dir_failure)?;
     if on_disk.as_ref().map(|f| f.bytes.as_slice()) != expected {
@@ -399,8 +546,20 @@ pub fn commit(home: &SafeDir, expected: Option<&[u8]>, new: &[u8]) -> Result<Com
         DirError::Busy { .. } => Failure::transient("credential commit lock (auth.json.lock) timed out; will retry"),
         e => dir_failure(e),
     })?;
-    home.write_atomic(AUTH_FILE, new).map_err(dir_failure)?;
+    match room {
+        Some(r) => r.replace(new),
+        None => home.write_atomic(AUTH_FILE, new),
+    }
+    .map_err(dir_failure)?;
     Ok(Committed::Written)
+}
+
+/// What the checks before a POST found.
+enum Prepared {
+    /// All clear: the new auth.json's temp file, allocated.
+    Room(Reserved),
+    /// auth.json changed meanwhile: its bytes now.
+    Changed(Vec<u8>),
 }
 
 /// What [`commit`] did.

@@ -243,13 +243,9 @@ fn codex_lock_held_we_wait_then_adopt_the_file_codex_wrote() {
     let c = m.issue_family("a");
     let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
     let (lock, child) = refresh_behind_codex_lock(&s, &m, &home);
-    // Wait until our POST happened: the agent is now blocked on auth.lock.
-    let t0 = std::time::Instant::now();
-    while m.token_requests() == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "agent never called the endpoint");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    // The agent waits for auth.lock before its POST (the commit will need it).
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(m.token_requests(), 0, "no token request while Codex holds auth.lock");
     // "Codex" commits its own credential meanwhile.
     let codex_creds = m.issue_family("a-codex");
     let codex_file = auth_json(&codex_creds, &recent());
@@ -261,6 +257,7 @@ fn codex_lock_held_we_wait_then_adopt_the_file_codex_wrote() {
     assert_eq!(v["outcome"], "fresh");
     assert!(v["reason"].as_str().unwrap().contains("changed during the refresh"));
     assert_eq!(std::fs::read_to_string(home.join("auth.json")).unwrap(), codex_file, "Codex's file was kept");
+    assert_eq!(m.token_requests(), 0, "Codex's rotation made our token stale: never sent");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -201,13 +201,34 @@ impl SafeDir {
 
     /// Take an exclusive flock on `name` (created 0600 if missing). With `wait` None a
     /// held lock is `Busy` at once; otherwise we poll until the deadline, so nothing can
-    /// block us forever.
+    /// block us forever. A lock file that is not a regular file of the account's user (a
+    /// directory, symlink or FIFO planted there) is refused: the commit could not use it.
     pub fn lock(&self, name: &str, wait: Option<Duration>) -> Result<Lock, DirError> {
+        let not_a_lock = |what: &str| {
+            self.refuse(name, format!("is {what}, not a lock file"), "remove it (it is recreated as needed)")
+        };
         let fd =
             self.open_at(name, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NONBLOCK, 0o600).map_err(|e| match e {
-                Errno::ELOOP => self.refuse(name, "is a symlink".into(), "remove it"),
+                Errno::ELOOP => not_a_lock("a symlink"),
+                Errno::EISDIR => not_a_lock("a directory"),
+                Errno::EACCES => self.refuse(
+                    name,
+                    "cannot be opened by the account's user".into(),
+                    "remove it or chown it to the account's user",
+                ),
                 e => DirError::io(self.child(name), e),
             })?;
+        let st = fstat(fd.as_raw_fd()).map_err(|e| DirError::io(self.child(name), e))?;
+        if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+            return Err(not_a_lock("a special file"));
+        }
+        if st.st_uid != self.owner {
+            return Err(self.refuse(
+                name,
+                format!("is owned by uid {}, not the account's uid {}", st.st_uid, self.owner),
+                "remove it or chown it to the account's user",
+            ));
+        }
         let started = Instant::now();
         let (mut fd, mut waited) = (fd, false);
         loop {
@@ -235,26 +256,18 @@ impl SafeDir {
     /// Replace `name` atomically with `bytes`, mode 0600, owned by whoever we run as
     /// (the account's user). On any error the old file is untouched and the temp removed.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), DirError> {
+        self.reserve(name, 0)?.replace(bytes)
+    }
+
+    /// Set aside room for a later [`Reserved::replace`] of `name`: an O_EXCL temp file
+    /// with `size` bytes allocated now. Taken before a refresh token is spent, so a full
+    /// file system fails here (no request sent) instead of after the POST.
+    pub fn reserve(&self, name: &str, size: u64) -> Result<Reserved, DirError> {
+        let dirfd = self.fd.try_clone().map_err(|source| DirError::Io { path: self.path.clone(), source })?;
         let (tmp, fd) = self.create_temp(name)?;
-        let is_auth = name == crate::worker::AUTH_FILE;
-        let result = write_sync(fd, bytes)
-            .and_then(|()| {
-                if is_auth {
-                    crate::fault::point(crate::fault::Step::AfterTempWrite);
-                }
-                renameat(Some(self.fd.as_raw_fd()), tmp.as_str(), Some(self.fd.as_raw_fd()), name)
-                    .map_err(io::Error::from)
-            })
-            .map_err(|source| DirError::Io { path: self.child(name), source });
-        if result.is_err() {
-            let _ = unlinkat(Some(self.fd.as_raw_fd()), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-            return result;
-        }
-        if is_auth {
-            crate::fault::point(crate::fault::Step::AfterRename);
-        }
-        // The rename is durable only once the directory entry is on disk.
-        fsync(self.fd.as_raw_fd()).map_err(|e| DirError::io(self.path.clone(), e))
+        let reserved = Reserved { dirfd, dir: self.path.clone(), target: name.to_string(), tmp, fd: Some(fd) };
+        allocate(reserved.fd.as_ref().expect("just set"), size).map_err(|e| DirError::io(self.child(name), e))?;
+        Ok(reserved)
     }
 
     /// Create `name` with `bytes` (0600, fsync'ed) unless it exists: the file appears
@@ -309,17 +322,80 @@ impl SafeDir {
             .filter(|n| unlinkat(Some(self.fd.as_raw_fd()), n.as_str(), UnlinkatFlags::NoRemoveDir).is_ok())
             .count()
     }
+}
 
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+/// `size` bytes of real blocks for `fd`: fallocate, or zeros where the file system has no
+/// fallocate. The content is overwritten from offset 0 and truncated before the rename.
+fn allocate(fd: &OwnedFd, size: u64) -> Result<(), Errno> {
+    use std::os::unix::fs::FileExt;
+    if size == 0 {
+        return Ok(());
+    }
+    match nix::fcntl::fallocate(fd.as_raw_fd(), nix::fcntl::FallocateFlags::empty(), 0, size as i64) {
+        Err(Errno::EOPNOTSUPP) => {
+            let f = File::from(fd.try_clone().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?);
+            let errno = |e: io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(0));
+            f.write_all_at(&vec![0u8; size as usize], 0).map_err(errno)?;
+            f.sync_all().map_err(errno)
+        }
+        r => r,
+    }
+}
+
+/// Room for one atomic replacement of a file in a [`SafeDir`] (see [`SafeDir::reserve`]).
+/// Dropped unused, its temp file is removed. It keeps its own handle on the directory.
+pub struct Reserved {
+    dirfd: OwnedFd,
+    dir: PathBuf,
+    target: String,
+    tmp: String,
+    fd: Option<OwnedFd>,
+}
+
+impl Reserved {
+    /// Write `bytes` into the reserved temp (0600), fsync, rename it over the target and
+    /// fsync the directory. On error the target is untouched and the temp removed.
+    pub fn replace(mut self, bytes: &[u8]) -> Result<(), DirError> {
+        let fd = self.fd.take().expect("a reservation is replaced once");
+        let dirfd = self.dirfd.as_raw_fd();
+        let target = self.dir.join(&self.target);
+        let is_auth = self.target == crate::worker::AUTH_FILE;
+        write_sync(fd, bytes)
+            .and_then(|()| {
+                if is_auth {
+                    crate::fault::point(crate::fault::Step::AfterTempWrite);
+                }
+                renameat(Some(dirfd), self.tmp.as_str(), Some(dirfd), self.target.as_str()).map_err(io::Error::from)
+            })
+            .map_err(|source| DirError::Io { path: target, source })?;
+        // Renamed: nothing left to remove on drop.
+        self.tmp.clear();
+        if is_auth {
+            crate::fault::point(crate::fault::Step::AfterRename);
+        }
+        // The rename is durable only once the directory entry is on disk.
+        fsync(dirfd).map_err(|e| DirError::io(self.dir.clone(), e))
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if !self.tmp.is_empty() {
+            let _ = unlinkat(Some(self.dirfd.as_raw_fd()), self.tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
     }
 }
 
 fn write_sync(fd: OwnedFd, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Seek;
     // The umask may have narrowed or (via ACL defaults) widened the create mode.
     fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(0o600))?;
     let mut f = File::from(fd);
+    // Over the reserved blocks from the start; whatever the reservation held past our
+    // length goes.
+    f.seek(io::SeekFrom::Start(0))?;
     f.write_all(bytes)?;
+    f.set_len(bytes.len() as u64)?;
     f.sync_all()
 }
 

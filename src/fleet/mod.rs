@@ -14,7 +14,7 @@ use crate::authfile::sha256_hex;
 use crate::clock::Clock;
 use crate::config::{AccountSettings, AgentSettings, FleetRole, FleetSettings, HostIdSource, Settings, VaultSettings};
 use crate::outcome::{Event, Failure, Outcome, Report};
-use crate::privsep::{self, Identity};
+use crate::privsep::Identity;
 use crate::seed::SeedInput;
 use crate::status;
 use crate::worker::Job;
@@ -287,7 +287,7 @@ impl Run<'_> {
     fn work(&self, f: impl FnOnce(&mut Job)) -> Report {
         let mut job = account::job_for(self.settings, self.acct, &self.id, self.opts);
         f(&mut job);
-        privsep::run_as(&self.id, &job, self.clock)
+        account::run_job(self.settings, &self.id, &job, self.clock)
     }
 
     /// Install `entry` locally (only written when auth.json differs), never refreshing.
