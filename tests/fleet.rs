@@ -953,3 +953,67 @@ fn a_lease_ttl_shorter_than_one_refresher_cycle_is_a_config_error() {
     let r = check();
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 }
+
+/// Hold `name` in `dir` locked from this process (as another cycle of ours would).
+fn hold_lock(dir: &Path, name: &str) -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(name)).unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap()
+}
+
+#[test]
+fn a_refresher_does_not_spend_a_token_whose_version_was_rotated_after_it_took_the_lease() {
+    let Some(bao) = Bao::start("a_refresher_does_not_spend_a_token_whose_version_was_rotated_after_it_took_the_lease")
+    else {
+        return;
+    };
+    let (mock, c, rt, _) = fleet(&bao);
+    let refresher = Host::new(&bao, "vm-0", "refresher", Login::Token(&rt));
+    assert_eq!(refresher.refresh(&mock, &[]).code, 0);
+    let (v2, version) = bao.get(ROTATING).unwrap();
+    assert_eq!(version, 2);
+    let lease = "codex-auth-lease-team";
+    let lease_version = bao.get(lease).unwrap().1;
+
+    // The refresher's next cycle takes the lease and then waits for its cycle lock (held
+    // here, as a preflight would hold it). Meanwhile someone else spends version 2's
+    // refresh token and writes version 3 (here: a one-shot refresh of a copy, put in Vault).
+    let held = hold_lock(&refresher.home, "codex-auth-agent.lock");
+    let child = refresher.cmd(&mock, &["--force"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while bao.get(lease).unwrap().1 == lease_version {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the refresher never renewed its lease");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let other = Scratch::new();
+    let copy = other.codex_home("codex", Some(std::str::from_utf8(&v2).unwrap()));
+    let mut one_shot = agent(&other, &mock);
+    one_shot.args(["refresh", "--force", "--json", "--codex-home"]).arg(&copy);
+    let r = run(one_shot);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let v3 = std::fs::read(copy.join("auth.json")).unwrap();
+    assert_eq!(bao.put(ROTATING, &v3), 3);
+    drop(held);
+
+    // Right before its POST the refresher re-reads Vault: version 2 is no longer current,
+    // so its token is not sent (it would be refresh_token_reused, revoking the family).
+    let out = child.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(4), "{line}");
+    assert!(
+        line.contains("not spending the refresh token: the rotating key moved from version 2 (installed for this refresh) to version 3"),
+        "{line}"
+    );
+    assert_eq!(mock.token_requests(), 2, "the first rotation and the one-shot refresh, nothing else");
+    assert_eq!(mock.reuse_detections(), 0, "no refresh_token_reused");
+    // The next run installs version 3 and refreshes from it.
+    let r = refresher.refresh(&mock, &["--force"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.one()["reason"].as_str().unwrap().contains("wrote codex-auth-json-b64-rotating-team version 4"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(mock.reuse_detections(), 0);
+    assert!(mock.is_live_refresh_token(&refresh_token(&refresher.auth())));
+    assert_clean(&r, &refresher.scratch.state_dir(), &all_secrets(&mock, &c, &[&rt]));
+}

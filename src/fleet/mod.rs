@@ -262,7 +262,7 @@ fn with_run(
 /// Who holds the lease, as [`Run::lease`] found or made it.
 enum Held {
     /// We do: this agent as it wrote the lease.
-    Ours(#[allow(dead_code)] Me), // for the pre-spend check (`Run::may_spend`)
+    Ours(Me),
     /// Another host (its host_id): follow.
     Other(String),
     /// A lease with our host_id that we did not write.
@@ -285,9 +285,15 @@ impl Run<'_> {
 
     /// A worker job for this account, adjusted by `f`.
     fn work(&self, f: impl FnOnce(&mut Job)) -> Report {
+        self.work_gated(f, &|| Ok(()))
+    }
+
+    /// Like [`Run::work`], with `before_post` asked right before the token is spent (the
+    /// worker's pre-spend gate, answered here in the root parent).
+    fn work_gated(&self, f: impl FnOnce(&mut Job), before_post: &dyn Fn() -> Result<(), Failure>) -> Report {
         let mut job = account::job_for(self.settings, self.acct, &self.id, self.opts);
         f(&mut job);
-        account::run_job(self.settings, &self.id, &job, self.clock)
+        account::run_job_checked(self.settings, &self.id, &job, self.clock, before_post)
     }
 
     /// Install `entry` locally (only written when auth.json differs), never refreshing.
@@ -427,7 +433,6 @@ impl Run<'_> {
     /// the current version and the lease is still ours (written by us, see [`Me`]) for long
     /// enough to finish ([`Run::spend_window`]). Vault not answering is a refusal too: the
     /// token is spent only when Vault says it may be. Transient, so the next run retries.
-    #[allow(dead_code)] // answered from the worker's pre-spend gate once it exists (worker.rs)
     fn may_spend(&self, v: &Vault, entry_version: u64, me: &Me) -> Result<(), Failure> {
         let refuse =
             |why: String| Failure::transient(format!("fleet: not spending the refresh token: {why}; will retry"));
@@ -504,8 +509,11 @@ impl Run<'_> {
             Ok(h) => h,
             Err(f) => return Report::failed(self.name(), f),
         };
-        match held {
-            Held::Ours(_) => st.lease_holder = Some(self.settings.agent.host_id.clone()),
+        let me = match held {
+            Held::Ours(me) => {
+                st.lease_holder = Some(self.settings.agent.host_id.clone());
+                me
+            }
             Held::Other(other) => {
                 st.lease_holder = Some(other.clone());
                 let mut r = self.follow_entry(st, entry);
@@ -519,12 +527,18 @@ impl Run<'_> {
                 let followed = self.follow_entry(st, entry);
                 return self.collision(&c, followed);
             }
-        }
-        let report = self.work(|j| {
-            j.store = Some(SeedInput::from_bytes(&entry.value.0));
-            j.materialize = true;
-            j.return_auth = true;
-        });
+        };
+        // Right before the POST the worker asks again: is this still the current version,
+        // and still our lease?
+        let gate = || self.may_spend(v, entry.version, &me);
+        let report = self.work_gated(
+            |j| {
+                j.store = Some(SeedInput::from_bytes(&entry.value.0));
+                j.materialize = true;
+                j.return_auth = true;
+            },
+            &gate,
+        );
         if report.outcome != Outcome::Refreshed {
             if report.failure.is_none() && report.auth_sha256.as_deref() == Some(&sha256_hex(&entry.value.0)) {
                 st.version = Some(entry.version);
