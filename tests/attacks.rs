@@ -84,13 +84,13 @@ fn as_user(u: &nix::unistd::User, dir: &Path, script: &str, args: &[&Path]) {
 }
 
 /// The `--json` line, and that its reason says the POST spent the refresh token in
-/// auth.json (the new one could not be saved): the loss is reported, never silent.
+/// auth.json and the new one, which could not be written, is kept for the next run.
 fn assert_reports_spent(r: &Run, problem: &str) {
     assert_eq!(r.code, 5, "refused as unsafe: {}\n{}", r.stdout, r.stderr);
     let j: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
     let reason = j["reason"].as_str().unwrap();
     assert_eq!((j["outcome"].as_str(), j["class"].as_str()), (Some("failed"), Some("unsafe")), "{}", r.stdout);
-    for says in [problem, "could not be saved", "spent", "log in again"] {
+    for says in [problem, "could not be written", "spent", "kept in", "do not log in again"] {
         assert!(reason.contains(says), "the reason says {says:?}: {reason}");
     }
 }

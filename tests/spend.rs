@@ -252,3 +252,38 @@ fn the_one_shot_cli_does_not_resend_a_dead_token_on_every_run() {
     assert_eq!((r.code, r.one()["outcome"].as_str()), (0, Some("refreshed")), "{}", r.stdout);
     assert_eq!(m.token_requests(), 3);
 }
+
+#[test]
+fn as_root_the_worker_hands_the_new_credential_to_root_state_before_its_commit() {
+    if !require_root("as_root_the_worker_hands_the_new_credential_to_root_state_before_its_commit") {
+        return;
+    }
+    let alice = ensure_user("caa-alice");
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("alice-acct");
+    let home = home_for(&s, &alice, Some(&auth_json(&c, OLD)));
+    let cfg = s.config(&format!("[accounts.alice]\nuser = \"{}\"\ncodex_home = \"{}\"\n", alice.name, home.display()));
+    let refresh = |fault: Option<&str>| {
+        let mut cmd = agent(&s, &m);
+        cmd.arg("--config").arg(&cfg).args(["refresh", "--json", "--account", "alice"]);
+        if let Some(f) = fault {
+            cmd.env("CODEX_AUTH_AGENT_FAULT", f);
+        }
+        run(cmd)
+    };
+    // The worker (alice) dies between the POST and the commit; root kept the copy.
+    let r = refresh(Some("after_post"));
+    assert_eq!(r.code, 4, "the parent reports the dead worker as transient: {} {}", r.stdout, r.stderr);
+    let pending = s.state_dir().join("accounts/alice/pending.json");
+    let md = std::fs::metadata(&pending).unwrap();
+    assert_eq!((md.permissions().mode() & 0o777, std::os::unix::fs::MetadataExt::uid(&md)), (0o600, 0));
+    assert_all_owned_by(&home, alice.uid.as_raw());
+    let live = m.current_refresh_token("alice-acct").unwrap();
+    assert_no_secrets(&[("stdout", &r.stdout), ("stderr", &r.stderr)], std::slice::from_ref(&live));
+    let r = refresh(None);
+    assert_eq!((r.code, r.one()["outcome"].as_str()), (0, Some("refreshed")), "{}", r.stderr);
+    assert_eq!(disk_token(&home), live);
+    assert_all_owned_by(&home, alice.uid.as_raw());
+    assert_eq!((m.token_requests(), m.reuse_detections()), (1, 0));
+    assert!(!pending.exists());
+}
