@@ -55,8 +55,10 @@ impl Host {
                 secret_file(scratch.path(), "secret-id", secret_id).display()
             ),
         };
+        // An empty host_id leaves the key out: the agent's default (/etc/machine-id) applies.
+        let host_line = if host_id.is_empty() { String::new() } else { format!("host_id = \"{host_id}\"\n") };
         let config = scratch.config(&format!(
-            "host_id = \"{host_id}\"\n\n[vault]\naddress = \"{}\"\n{auth}\nrequest_timeout = \"1s\"\n{vault}\n\
+            "{host_line}\n[vault]\naddress = \"{}\"\n{auth}\nrequest_timeout = \"1s\"\n{vault}\n\
              [defaults]\nrequest_timeout = \"20s\"\n\n[accounts.team]\nuser = \"{}\"\ncodex_home = \"{}\"\nfleet_role = \"{role}\"\n{account}",
             address,
             me(),
@@ -714,4 +716,304 @@ fn a_quarantined_refresher_is_healed_by_a_new_seed_in_vault() {
     assert_eq!((p["state"].as_str(), p["store_version"].as_u64()), (Some("ok"), Some(2)), "{p}");
     assert_eq!(mock.token_requests(), 1);
     assert_eq!(mock.reuse_detections(), 0);
+}
+
+// Two agents with one identity (issue #11, part 2): two configs on one host with the same
+// default host_id, or a cloned VM whose state dir was copied too. Exactly one of them may
+// refresh; the other says why and follows.
+
+/// The host id of an agent without `agent.host_id` (/etc/machine-id, else the hostname).
+fn default_host_id() -> String {
+    codex_auth_agent::config::default_host_id()
+}
+
+impl Host {
+    /// This agent's instance id, generated once into its state dir.
+    fn instance_id(&self) -> String {
+        let p = self.scratch.state_dir().join("instance-id");
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_string()
+    }
+
+    /// Reconfigure `agent.host_id` (the operator's fix for a shared identity).
+    fn set_host_id(&self, id: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("host_id = ")).collect();
+        let text = kept.join("\n").replacen("[agent]\n", &format!("[agent]\nhost_id = \"{id}\"\n"), 1);
+        std::fs::write(&self.config, text + "\n").unwrap();
+    }
+}
+
+/// Run every host at once, each forced (every cycle is due for all of them).
+fn race(hosts: &[&Host], mock: &MockServer) -> Vec<Run> {
+    let spawned: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            h.cmd(mock, &["--force"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    spawned
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            Run {
+                code: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        })
+        .collect()
+}
+
+/// One cycle of two agents sharing an identity: exactly one refreshed, the other failed
+/// transient with the collision; returns (index of the refresher, the collision reason).
+fn one_refreshed_one_collided(cycle: u64, runs: &[Run]) -> (usize, String) {
+    let refreshed: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].code == 0).collect();
+    let all = || runs.iter().map(|r| format!("{}{}", r.stdout, r.stderr)).collect::<Vec<_>>().join("\n");
+    assert_eq!(refreshed.len(), 1, "cycle {cycle}: exactly one agent refreshes:\n{}", all());
+    let (winner, loser) = (refreshed[0], 1 - refreshed[0]);
+    assert_eq!(runs[winner].one()["outcome"], "refreshed", "cycle {cycle}: {}", all());
+    let r = &runs[loser];
+    assert_eq!(r.code, 4, "cycle {cycle}: the other one fails transient: {}", all());
+    let line = r.one();
+    assert_eq!((line["outcome"].as_str(), line["class"].as_str()), (Some("failed"), Some("transient")), "{line}");
+    (winner, line["reason"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn two_refreshers_with_the_same_default_host_id_on_one_host_refresh_once_per_cycle_and_name_the_collision() {
+    let test = "two_refreshers_with_the_same_default_host_id_on_one_host_refresh_once_per_cycle";
+    let Some(bao) = Bao::start(test) else { return };
+    let (mock, c, rt, _) = fleet(&bao);
+    // Two configs, two state dirs, one host: neither sets agent.host_id.
+    let hosts =
+        [Host::new(&bao, "", "refresher", Login::Token(&rt)), Host::new(&bao, "", "refresher", Login::Token(&rt))];
+    let id = default_host_id();
+    const CYCLES: u64 = 20;
+    let mut first_winner = None;
+    let mut runs = Vec::new();
+    for cycle in 0..CYCLES {
+        runs = race(&[&hosts[0], &hosts[1]], &mock);
+        assert_eq!(mock.token_requests(), cycle + 1, "cycle {cycle}: exactly one token call");
+        assert_eq!(mock.reuse_detections(), 0, "cycle {cycle}: no refresh_token_reused");
+        let (winner, reason) = one_refreshed_one_collided(cycle, &runs);
+        assert_eq!(*first_winner.get_or_insert(winner), winner, "cycle {cycle}: the lease holder keeps the lease");
+        let (w, l) = (&hosts[winner], &hosts[1 - winner]);
+        assert_ne!(w.instance_id(), l.instance_id(), "each agent has an instance id of its own");
+        for want in [
+            format!("two agents share host_id {id} (cloned VM image?)"),
+            format!("held by host_id {id} instance {}", w.instance_id()),
+            format!("this agent is host_id {id} instance {}", l.instance_id()),
+            "set agent.host_id".to_string(),
+            "not refreshing".to_string(),
+        ] {
+            assert!(reason.contains(&want), "cycle {cycle}: {want:?} missing in: {reason}");
+        }
+    }
+    let winner = first_winner.unwrap();
+    let (w, l) = (&hosts[winner], &hosts[1 - winner]);
+    // The colliding agent keeps following the rotating key: it installs the newest version.
+    let r = l.refresh(&mock, &[]);
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    let (rotated, version) = bao.get(ROTATING).unwrap();
+    assert_eq!(version, CYCLES + 1, "mirror (1), then one version per cycle");
+    assert_eq!(l.auth(), rotated, "the colliding agent installed the fleet's credential");
+    assert_eq!(l.status()["lease_holder"], id.as_str());
+    assert_eq!(l.status()["class"], "transient");
+
+    // The operator's fix: a host_id of its own. From then on it follows without a failure.
+    l.set_host_id("vm-second");
+    for cycle in CYCLES..CYCLES + 3 {
+        let runs = race(&[w, l], &mock);
+        for r in &runs {
+            assert_eq!(r.code, 0, "cycle {cycle}: {}\n{}", r.stdout, r.stderr);
+        }
+        assert_eq!(mock.token_requests(), cycle + 1, "cycle {cycle}: exactly one token call");
+        assert!(runs.iter().any(|r| r.one()["reason"].as_str().unwrap().contains(&format!("lease held by {id}"))));
+    }
+    assert_eq!(l.refresh(&mock, &[]).code, 0);
+    assert_eq!(l.auth(), bao.get(ROTATING).unwrap().0, "healed: both on the fleet's credential");
+    assert_eq!(mock.reuse_detections(), 0, "no refresh_token_reused at any time");
+    assert!(mock.is_live_refresh_token(&refresh_token(&l.auth())));
+    for (h, r) in hosts.iter().zip(&runs) {
+        assert_clean(r, &h.scratch.state_dir(), &all_secrets(&mock, &c, &[&rt]));
+    }
+}
+
+/// `cp -a` of a directory tree (a cloned VM's copy of the agent's state).
+fn copy_tree(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let out = Command::new("cp").arg("-a").arg(from).arg(to).output().unwrap();
+    assert!(out.status.success(), "cp -a: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_cloned_vm_with_a_copied_state_dir_refreshes_once_per_cycle_and_names_the_collision() {
+    let test = "a_cloned_vm_with_a_copied_state_dir_refreshes_once_per_cycle_and_names_the_collision";
+    let Some(bao) = Bao::start(test) else { return };
+    let (mock, c, rt, _) = fleet(&bao);
+    let original = Host::new(&bao, "", "refresher", Login::Token(&rt));
+    let r = original.refresh(&mock, &[]);
+    assert_eq!((r.code, r.one()["outcome"].as_str()), (0, Some("refreshed")), "{}\n{}", r.stdout, r.stderr);
+    // The clone: same machine id, and /var/lib/codex-auth-agent and CODEX_HOME copied.
+    let clone = Host::new(&bao, "", "refresher", Login::Token(&rt));
+    copy_tree(&original.scratch.state_dir(), &clone.scratch.state_dir());
+    std::fs::write(clone.home.join("auth.json"), original.auth()).unwrap();
+    let id = default_host_id();
+    const CYCLES: u64 = 20;
+    let mut first_winner = None;
+    let hosts = [&original, &clone];
+    for cycle in 0..CYCLES {
+        let runs = race(&hosts, &mock);
+        assert_eq!(mock.token_requests(), cycle + 2, "cycle {cycle}: exactly one token call");
+        assert_eq!(mock.reuse_detections(), 0, "cycle {cycle}: no refresh_token_reused");
+        let (winner, reason) = one_refreshed_one_collided(cycle, &runs);
+        assert_eq!(*first_winner.get_or_insert(winner), winner, "cycle {cycle}: the lease holder keeps the lease");
+        let instance = original.instance_id();
+        assert_eq!(clone.instance_id(), instance, "the copy carries the instance id");
+        for want in [
+            format!("two agents share host_id {id} (cloned VM image?)"),
+            format!("and instance {instance}"),
+            "set agent.host_id".to_string(),
+            "not refreshing".to_string(),
+        ] {
+            assert!(reason.contains(&want), "cycle {cycle}: {want:?} missing in: {reason}");
+        }
+    }
+    let winner = first_winner.unwrap();
+    let (w, l) = (hosts[winner], hosts[1 - winner]);
+    assert_eq!(l.refresh(&mock, &[]).code, 4);
+    assert_eq!(l.auth(), bao.get(ROTATING).unwrap().0, "the colliding agent follows the rotating key");
+
+    // Either one reconfigured heals it: here the one that was refreshing gets a host_id of
+    // its own. Its old lease still blocks the other until it runs out (at most lease_ttl),
+    // so nobody refreshes meanwhile — and nobody spends a token twice.
+    w.set_host_id("vm-renamed");
+    let runs = race(&hosts, &mock);
+    assert_eq!(mock.token_requests(), CYCLES + 1, "nobody refreshes while the old lease lasts");
+    assert_eq!(runs[winner].code, 0, "{}\n{}", runs[winner].stdout, runs[winner].stderr);
+    assert!(runs[winner].stdout.contains(&format!("lease held by {id}")), "{}", runs[winner].stdout);
+    assert_eq!(runs[1 - winner].code, 4, "{}", runs[1 - winner].stdout);
+    // The old lease runs out (its expiry moved into the past, as time would): one of them
+    // takes the lease, and from then on exactly one of them refreshes per cycle.
+    let lease = "codex-auth-lease-team";
+    let (bytes, _) = bao.get(lease).unwrap();
+    let mut record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    record["expires_at"] = serde_json::json!("2020-01-01T00:00:00Z");
+    bao.put(lease, &serde_json::to_vec(&record).unwrap());
+    for cycle in CYCLES..CYCLES + 3 {
+        let runs = race(&hosts, &mock);
+        for r in &runs {
+            assert_eq!(r.code, 0, "cycle {cycle}: {}\n{}", r.stdout, r.stderr);
+        }
+        let refreshed = runs.iter().filter(|r| r.one()["outcome"] == "refreshed").count();
+        assert_eq!(refreshed, 1, "cycle {cycle}: one of them holds the lease now");
+        assert_eq!(mock.token_requests(), cycle + 2, "cycle {cycle}: exactly one token call");
+        for r in &runs {
+            assert_clean(r, &l.scratch.state_dir(), &all_secrets(&mock, &c, &[&rt]));
+        }
+    }
+    assert_eq!(w.refresh(&mock, &[]).code, 0);
+    assert_eq!(w.auth(), bao.get(ROTATING).unwrap().0, "healed: both on the fleet's credential");
+    assert_eq!(mock.reuse_detections(), 0, "no refresh_token_reused at any time");
+}
+
+#[test]
+fn a_lease_ttl_shorter_than_one_refresher_cycle_is_a_config_error() {
+    let mock = MockServer::start(MockConfig::default());
+    let h = Host::with("http://127.0.0.1:8200", "vm-0", "refresher", Login::Token("s.placeholder"), "", "");
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    let set_ttl = |ttl: &str| {
+        std::fs::write(&h.config, text.replacen("[agent]\n", &format!("[agent]\nlease_ttl = \"{ttl}\"\n"), 1)).unwrap();
+    };
+    let check = || {
+        let mut c = agent(&h.scratch, &mock);
+        c.arg("--config").arg(&h.config).arg("check-config");
+        run(c)
+    };
+    set_ttl("1s");
+    let r = check();
+    assert_eq!(r.code, 78, "{}\n{}", r.stdout, r.stderr);
+    // Vault request_timeout 1s and request_timeout 20s (Host::with), preflight_timeout 120s:
+    // the worker's deadline 285s (lock wait 190s, refresh 20s, Codex's locks 65s, 10s) + 4 × 1s.
+    let head = format!("config error in {} at key `agent.lease_ttl`: ", h.config.display());
+    assert!(r.stderr.starts_with(&head), "{}", r.stderr);
+    for want in ["1s is shorter than", "account team", "4m 49s", "refresh_token_reused", "at least 4m 49s"] {
+        assert!(r.stderr.contains(want), "{want:?} missing in: {}", r.stderr);
+    }
+    // A refresh with that config is refused the same way, before anything is spent.
+    let r = h.refresh(&mock, &[]);
+    assert_eq!(r.code, 78, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(mock.token_requests(), 0);
+    // The minimum itself is accepted.
+    set_ttl("4m 49s");
+    let r = check();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+}
+
+/// Hold `name` in `dir` locked from this process (as another cycle of ours would).
+fn hold_lock(dir: &Path, name: &str) -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(name)).unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap()
+}
+
+#[test]
+fn a_refresher_does_not_spend_a_token_whose_version_was_rotated_after_it_took_the_lease() {
+    let Some(bao) = Bao::start("a_refresher_does_not_spend_a_token_whose_version_was_rotated_after_it_took_the_lease")
+    else {
+        return;
+    };
+    let (mock, c, rt, _) = fleet(&bao);
+    let refresher = Host::new(&bao, "vm-0", "refresher", Login::Token(&rt));
+    assert_eq!(refresher.refresh(&mock, &[]).code, 0);
+    let (v2, version) = bao.get(ROTATING).unwrap();
+    assert_eq!(version, 2);
+    let lease = "codex-auth-lease-team";
+    let lease_version = bao.get(lease).unwrap().1;
+
+    // The refresher's next cycle takes the lease and then waits for its cycle lock (held
+    // here, as a preflight would hold it). Meanwhile someone else spends version 2's
+    // refresh token and writes version 3 (here: a one-shot refresh of a copy, put in Vault).
+    let held = hold_lock(&refresher.home, "codex-auth-agent.lock");
+    let child = refresher.cmd(&mock, &["--force"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while bao.get(lease).unwrap().1 == lease_version {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the refresher never renewed its lease");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let other = Scratch::new();
+    let copy = other.codex_home("codex", Some(std::str::from_utf8(&v2).unwrap()));
+    let mut one_shot = agent(&other, &mock);
+    one_shot.args(["refresh", "--force", "--json", "--codex-home"]).arg(&copy);
+    let r = run(one_shot);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let v3 = std::fs::read(copy.join("auth.json")).unwrap();
+    assert_eq!(bao.put(ROTATING, &v3), 3);
+    drop(held);
+
+    // Right before its POST the refresher re-reads Vault: version 2 is no longer current,
+    // so its token is not sent (it would be refresh_token_reused, revoking the family).
+    let out = child.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(4), "{line}");
+    assert!(
+        line.contains("not spending the refresh token: the rotating key moved from version 2 (installed for this refresh) to version 3"),
+        "{line}"
+    );
+    assert_eq!(mock.token_requests(), 2, "the first rotation and the one-shot refresh, nothing else");
+    assert_eq!(mock.reuse_detections(), 0, "no refresh_token_reused");
+    // The next run installs version 3 and refreshes from it.
+    let r = refresher.refresh(&mock, &["--force"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.one()["reason"].as_str().unwrap().contains("wrote codex-auth-json-b64-rotating-team version 4"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(mock.reuse_detections(), 0);
+    assert!(mock.is_live_refresh_token(&refresh_token(&refresher.auth())));
+    assert_clean(&r, &refresher.scratch.state_dir(), &all_secrets(&mock, &c, &[&rt]));
 }

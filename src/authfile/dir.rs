@@ -270,6 +270,31 @@ impl SafeDir {
         Ok(reserved)
     }
 
+    /// Create `name` with `bytes` (0600, fsync'ed) unless it exists: the file appears
+    /// whole or not at all, and of several writers racing exactly one creates it (a rename
+    /// that never replaces). Returns whether we created it.
+    pub fn write_new(&self, name: &str, bytes: &[u8]) -> Result<bool, DirError> {
+        use nix::fcntl::{RenameFlags, renameat2};
+        let (tmp, fd) = self.create_temp(name)?;
+        let dir = Some(self.fd.as_raw_fd());
+        let renamed =
+            write_sync(fd, bytes).map_err(|source| DirError::Io { path: self.child(name), source }).and_then(|()| {
+                match renameat2(dir, tmp.as_str(), dir, name, RenameFlags::RENAME_NOREPLACE) {
+                    Ok(()) => Ok(true),
+                    Err(Errno::EEXIST) => Ok(false),
+                    Err(e) => Err(DirError::io(self.child(name), e)),
+                }
+            });
+        if !matches!(renamed, Ok(true)) {
+            let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        let created = renamed?;
+        if created {
+            fsync(self.fd.as_raw_fd()).map_err(|e| DirError::io(self.path.clone(), e))?;
+        }
+        Ok(created)
+    }
+
     /// An O_EXCL temp file next to `name`; a squatted name is skipped, never reused.
     fn create_temp(&self, name: &str) -> Result<(String, OwnedFd), DirError> {
         for _ in 0..32 {
@@ -381,6 +406,30 @@ mod tests {
 
     fn me() -> u32 {
         nix::unistd::geteuid().as_raw()
+    }
+
+    #[test]
+    fn write_new_creates_once_and_never_replaces() {
+        let t = tempfile::tempdir().unwrap();
+        let d = SafeDir::open(t.path(), me()).unwrap();
+        assert!(d.write_new("instance-id", b"first\n").unwrap());
+        assert!(!d.write_new("instance-id", b"second\n").unwrap(), "an existing file is kept");
+        assert_eq!(std::fs::read(t.path().join("instance-id")).unwrap(), b"first\n");
+        let md = std::fs::metadata(t.path().join("instance-id")).unwrap();
+        assert_eq!((md.mode() & 0o777, md.nlink()), (0o600, 1));
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "no temp left");
+        // Racing writers: exactly one creates it, every one then reads the same content.
+        let created: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|i| {
+                    let d = SafeDir::open(t.path(), me()).unwrap();
+                    s.spawn(move || usize::from(d.write_new("raced", format!("{i}").as_bytes()).unwrap()))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(created, 1);
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 2, "no temp left");
     }
 
     #[test]

@@ -173,11 +173,26 @@ pub struct AgentSettings {
     pub codex_bin: String,
     /// This machine's name in fleet leases (default: /etc/machine-id, else the hostname).
     pub host_id: String,
+    /// Where `host_id` came from (the fix an identity collision suggests depends on it).
+    #[serde(skip)]
+    pub host_id_source: HostIdSource,
     #[serde(with = "humantime_serde_compat")]
     pub lease_ttl: Duration,
     /// Where to write the Prometheus textfile after every recorded outcome; None = off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_textfile: Option<PathBuf>,
+}
+
+/// Where `agent.host_id` came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HostIdSource {
+    /// Set in this config file.
+    Config(PathBuf),
+    /// /etc/machine-id (a cloned VM image shares it unless the clone got its own).
+    #[default]
+    MachineId,
+    /// The hostname (no /etc/machine-id).
+    Hostname,
 }
 
 /// The validated configuration.
@@ -239,6 +254,7 @@ pub fn single_user(codex_home: &Path, user: &str, state_dir: PathBuf, env: &Env)
             max_parallel: 1,
             codex_bin: "codex".into(),
             host_id: default_host_id(),
+            host_id_source: HostIdSource::default(),
             lease_ttl: DEFAULT_LEASE_TTL,
             metrics_textfile: None,
         },
@@ -384,9 +400,9 @@ impl Validator<'_> {
         if codex_bin.is_empty() {
             return Err(self.err("agent.codex_bin", "must not be empty"));
         }
-        let host_id = match self.merged.get("agent.host_id") {
-            Some((v, _)) => v.as_str().unwrap_or_default().to_string(),
-            None => default_host_id(),
+        let (host_id, host_id_source) = match self.merged.get("agent.host_id") {
+            Some((v, file)) => (v.as_str().unwrap_or_default().to_string(), HostIdSource::Config(file.to_path_buf())),
+            None => default_host_id_and_source(),
         };
         if host_id.is_empty() || host_id.len() > 253 || host_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(self.err("agent.host_id", "must be 1 to 253 characters without spaces"));
@@ -416,6 +432,7 @@ impl Validator<'_> {
             max_parallel: max_parallel as usize,
             codex_bin,
             host_id,
+            host_id_source,
             lease_ttl,
             metrics_textfile,
         })
@@ -630,12 +647,79 @@ fn valid_vault_path(p: &str) -> bool {
 
 /// /etc/machine-id, else the hostname: stable per machine without configuration.
 pub fn default_host_id() -> String {
-    std::fs::read_to_string("/etc/machine-id")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
-        .unwrap_or_else(|| "unknown-host".into())
+    default_host_id_and_source().0
+}
+
+/// [`default_host_id`] and which of the two it is.
+pub fn default_host_id_and_source() -> (String, HostIdSource) {
+    let machine_id = std::fs::read_to_string("/etc/machine-id").ok().map(|s| s.trim().to_string());
+    match machine_id.filter(|s| !s.is_empty()) {
+        Some(id) => (id, HostIdSource::MachineId),
+        None => (
+            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown-host".into()),
+            HostIdSource::Hostname,
+        ),
+    }
+}
+
+/// How long a refresher's worker may run at most with these settings: the same sum as
+/// `worker::Job::deadline` (checked against it by a test in `fleet`), from the worker's
+/// own pieces — the wait for another cycle or a preflight, the refresh step, Codex's
+/// commit locks, and 10 s of slack.
+pub fn worker_deadline(r: &RefreshSettings) -> Duration {
+    use crate::worker::{CODEX_LOCK_WAIT, COMMIT_LOCK_WAIT, cycle_lock_wait, refresh_limit};
+    let refresh = refresh_limit(r.refresh_method, r.request_timeout);
+    cycle_lock_wait(refresh, r.preflight_timeout)
+        + refresh
+        + CODEX_LOCK_WAIT
+        + COMMIT_LOCK_WAIT
+        + Duration::from_secs(10)
+}
+
+/// `agent.lease_ttl` must outlast the longest cycle of every fleet refresher here: a lease
+/// that runs out mid-cycle lets another refresher take it and spend the same refresh token.
+/// Followers never hold the lease, so a config without refreshers is not checked.
+fn check_lease_ttl(
+    merged: &Merged,
+    agent: &AgentSettings,
+    vault: Option<&VaultSettings>,
+    accounts: &BTreeMap<String, AccountSettings>,
+) -> Result<(), ConfigError> {
+    let Some(vault) = vault else { return Ok(()) };
+    let refreshers =
+        accounts.values().filter(|a| a.fleet.as_ref().is_some_and(|f| f.fleet_role == FleetRole::Refresher));
+    let Some((acct, deadline)) = refreshers.map(|a| (a, worker_deadline(&a.refresh))).max_by_key(|(_, d)| *d) else {
+        return Ok(());
+    };
+    let minimum = crate::fleet::lease::min_ttl(deadline, vault.request_timeout);
+    if agent.lease_ttl >= minimum {
+        return Ok(());
+    }
+    let fmt = |d: Duration| humantime::format_duration(d).to_string();
+    let (given, file) = match merged.get("agent.lease_ttl") {
+        Some((_, file)) => (fmt(agent.lease_ttl), Some(file.to_path_buf())),
+        None => (format!("the default {}", fmt(agent.lease_ttl)), merged.files.first().cloned()),
+    };
+    let r = &acct.refresh;
+    Err(ConfigError {
+        file,
+        key: Some("agent.lease_ttl".into()),
+        message: format!(
+            "{given} is shorter than one refresher cycle of account {} can take ({}: the worker's deadline of {} — waiting for another cycle or a preflight (preflight_timeout {}), the refresh ({}, request_timeout {}), Codex's commit locks — plus {} Vault requests of up to {} each (vault.request_timeout)); a lease that runs out mid-cycle lets another refresher take it and spend the same refresh token (refresh_token_reused); set agent.lease_ttl to at least {}",
+            acct.name,
+            fmt(minimum),
+            fmt(deadline),
+            fmt(r.preflight_timeout),
+            match r.refresh_method {
+                RefreshMethod::Oauth => "oauth",
+                RefreshMethod::AppServer => "app-server",
+            },
+            fmt(r.request_timeout),
+            crate::fleet::lease::VAULT_REQUESTS_AFTER_LEASE,
+            fmt(vault.request_timeout),
+            fmt(minimum),
+        ),
+    })
 }
 
 /// `[a-z0-9][a-z0-9-]{0,62}`
@@ -658,6 +742,7 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
     for name in merged.accounts.keys() {
         accounts.insert(name.clone(), v.account(name, config_dir, vault.as_ref())?);
     }
+    check_lease_ttl(merged, &agent, vault.as_ref(), &accounts)?;
     let mut warnings = Vec::new();
     for a in accounts.values() {
         if a.refresh.refresh_before_expiry < 2 * REFRESH_TIMER_PERIOD {

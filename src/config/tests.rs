@@ -293,3 +293,70 @@ fn a_token_pasted_into_the_config_is_not_repeated_in_the_error() {
         assert!(e.contains("line 3") || e.contains("line 2") || e.contains("max_age"), "still says where: {e}");
     }
 }
+
+#[test]
+fn a_lease_ttl_shorter_than_a_refresher_cycle_names_the_file_the_key_and_the_minimum() {
+    let t = tempfile::tempdir().unwrap();
+    let tok = secret(t.path(), "vault-token", 0o600);
+    let base = format!(
+        "[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"{}\"\n[accounts.team]\nuser = \"root\"\nfleet_role = \"refresher\"\n",
+        tok.display()
+    );
+    let main = write(t.path(), "config.toml", &base);
+    let drop_in = write(t.path(), "config.d/50-lease.toml", "[agent]\nlease_ttl = \"1m\"\n");
+    let e = load(&main, &Env::default()).unwrap_err();
+    assert_eq!((e.file.as_deref(), e.key.as_deref()), (Some(drop_in.as_path()), Some("agent.lease_ttl")), "{e}");
+    // Defaults: request_timeout 30s, preflight_timeout 120s, vault.request_timeout 10s →
+    // the worker's deadline 4m 55s (190s lock wait + 30s + 65s Codex's locks + 10s) + 4 × 10s.
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "config error in {} at key `agent.lease_ttl`: 1m is shorter than one refresher cycle of account team can take (5m 35s: the worker's deadline of 4m 55s",
+            drop_in.display()
+        )),
+        "{text}"
+    );
+    for want in [
+        "preflight_timeout 2m",
+        "oauth, request_timeout 30s",
+        "plus 4 Vault requests of up to 10s each",
+        "lets another refresher take it and spend the same refresh token (refresh_token_reused)",
+        "set agent.lease_ttl to at least 5m 35s",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in: {text}");
+    }
+    // Exactly the minimum is enough.
+    write(t.path(), "config.d/50-lease.toml", "[agent]\nlease_ttl = \"5m 35s\"\n");
+    assert_eq!(load(&main, &Env::default()).unwrap().agent.lease_ttl, Duration::from_secs(335));
+    // The default (15m) is checked too, and the slowest refresher is the one named.
+    std::fs::remove_file(&drop_in).unwrap();
+    write(
+        t.path(),
+        "config.toml",
+        &format!(
+            "{base}[accounts.slow]\nuser = \"root\"\nfleet_role = \"refresher\"\nrequest_timeout = \"10m\"\n[accounts.fast]\nuser = \"root\"\nfleet_role = \"refresher\"\nrequest_timeout = \"5s\"\n"
+        ),
+    );
+    let e = load(&main, &Env::default()).unwrap_err();
+    assert_eq!((e.file.as_deref(), e.key.as_deref()), (Some(main.as_path()), Some("agent.lease_ttl")), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("the default 15m is shorter than one refresher cycle of account slow can take (23m 5s"),
+        "{text}"
+    );
+    // Followers never hold the lease: their lease_ttl is not checked.
+    write(t.path(), "config.toml", &base.replace("refresher", "follower"));
+    write(t.path(), "config.d/50-lease.toml", "[agent]\nlease_ttl = \"1s\"\n");
+    assert_eq!(load(&main, &Env::default()).unwrap().agent.lease_ttl, Duration::from_secs(1));
+}
+
+#[test]
+fn host_id_remembers_where_it_came_from() {
+    let t = tempfile::tempdir().unwrap();
+    let main = write(t.path(), "config.toml", "[agent]\nhost_id = \"vm-3\"\n");
+    let s = load(&main, &Env::default()).unwrap();
+    assert_eq!((s.agent.host_id.as_str(), &s.agent.host_id_source), ("vm-3", &HostIdSource::Config(main.clone())));
+    let s = load_text("").unwrap();
+    assert_eq!((s.agent.host_id.clone(), s.agent.host_id_source.clone()), default_host_id_and_source());
+    assert!(!s.render().contains("host_id_source"), "not a config key");
+}

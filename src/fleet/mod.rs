@@ -12,19 +12,24 @@ use crate::account::{self, RefreshOptions};
 use crate::authfile::dir::SafeDir;
 use crate::authfile::sha256_hex;
 use crate::clock::Clock;
-use crate::config::{AccountSettings, FleetRole, FleetSettings, Settings, VaultSettings};
+use crate::config::{AccountSettings, AgentSettings, FleetRole, FleetSettings, HostIdSource, Settings, VaultSettings};
 use crate::outcome::{Event, Failure, Outcome, Report};
 use crate::privsep::Identity;
 use crate::seed::SeedInput;
 use crate::status;
 use crate::worker::Job;
 use base64::Engine as _;
-use lease::{LeaseDecision, LeaseRecord};
+use lease::{Collision, LeaseDecision, LeaseRecord, Me};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use vault::{Entry, Secret, Vault, VaultError};
 
 pub const FLEET_FILE: &str = "fleet.json";
+/// This agent's instance id, in state_dir (root, 0600): with `agent.host_id` it names the
+/// lease holder, so two agents that share a host_id are told apart.
+pub const INSTANCE_FILE: &str = "instance-id";
 
 /// What this host remembers per fleet account (state_dir/accounts/<name>/fleet.json, no secrets).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +43,11 @@ pub struct FleetState {
     /// refresh only if the rotating key is still at `base_version`; a Store in any case).
     pub pending: Option<Pending>,
     pub lease_holder: Option<String>,
+    /// The nonce of our last lease write that Vault confirmed (or that we read back).
+    pub lease_nonce: Option<String>,
+    /// The nonce of a lease write whose answer we have not seen (saved before the write,
+    /// so a write that reached Vault is still recognised as ours after a crash).
+    pub lease_nonce_unconfirmed: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,10 +77,63 @@ pub fn load_state(settings: &Settings, account: &str) -> FleetState {
 }
 
 fn save_state(settings: &Settings, account: &str, st: &FleetState) {
-    let r = SafeDir::create_private(&status::account_dir(&settings.agent.state_dir, account))
-        .and_then(|d| d.write_atomic(FLEET_FILE, &serde_json::to_vec_pretty(st).unwrap_or_default()));
-    if let Err(e) = r {
+    if let Err(e) = try_save_state(settings, account, st) {
         tracing::warn!(account = %account, "could not save {FLEET_FILE}: {e}");
+    }
+}
+
+fn try_save_state(settings: &Settings, account: &str, st: &FleetState) -> Result<(), crate::authfile::dir::DirError> {
+    SafeDir::create_private(&status::account_dir(&settings.agent.state_dir, account))
+        .and_then(|d| d.write_atomic(FLEET_FILE, &serde_json::to_vec_pretty(st).unwrap_or_default()))
+}
+
+/// `bytes` random bytes as lowercase hex, from the kernel's generator (fastrand only if
+/// /dev/urandom cannot be read): instance ids and lease nonces must differ between two
+/// copies of one machine, whatever their clocks and pids.
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; bytes];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).is_err() {
+        buf.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// This agent's instance id (state_dir/instance-id), generated on first use; of several
+/// runs racing to generate it exactly one file wins and every run uses that one.
+pub fn instance_id(state_dir: &Path) -> Result<String, String> {
+    let path = state_dir.join(INSTANCE_FILE);
+    let dir = SafeDir::create_private(state_dir).map_err(|e| e.to_string())?;
+    for _ in 0..2 {
+        if let Some(f) = dir.read(INSTANCE_FILE).map_err(|e| e.to_string())? {
+            let id = String::from_utf8_lossy(&f.bytes).trim().to_string();
+            let valid =
+                (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !valid {
+                return Err(format!(
+                    "{} does not hold an instance id (hex digits); remove it and the next run generates a new one",
+                    path.display()
+                ));
+            }
+            return Ok(id);
+        }
+        dir.write_new(INSTANCE_FILE, format!("{}\n", random_hex(16)).as_bytes()).map_err(|e| e.to_string())?;
+    }
+    Err(format!("{} vanished right after it was created; will retry", path.display()))
+}
+
+/// How to fix a shared identity, by where host_id came from.
+fn collision_fix(agent: &AgentSettings) -> String {
+    match &agent.host_id_source {
+        HostIdSource::Config(file) => format!(
+            "set agent.host_id (now {} in {}) to a name of its own on one of them",
+            agent.host_id,
+            file.display()
+        ),
+        HostIdSource::MachineId => "set agent.host_id to a name of its own on one of them, or give the clone a machine id of its own (rm /etc/machine-id && systemd-machine-id-setup, then restart the agent)".into(),
+        HostIdSource::Hostname => {
+            "set agent.host_id to a name of its own on one of them (it defaults to the hostname here)".into()
+        }
     }
 }
 
@@ -196,6 +259,16 @@ fn with_run(
     report
 }
 
+/// Who holds the lease, as [`Run::lease`] found or made it.
+enum Held {
+    /// We do: this agent as it wrote the lease.
+    Ours(Me),
+    /// Another host (its host_id): follow.
+    Other(String),
+    /// A lease with our host_id that we did not write.
+    Collision(Collision),
+}
+
 struct Run<'a> {
     settings: &'a Settings,
     acct: &'a AccountSettings,
@@ -212,9 +285,15 @@ impl Run<'_> {
 
     /// A worker job for this account, adjusted by `f`.
     fn work(&self, f: impl FnOnce(&mut Job)) -> Report {
+        self.work_gated(f, &|| Ok(()))
+    }
+
+    /// Like [`Run::work`], with `before_post` asked right before the token is spent (the
+    /// worker's pre-spend gate, answered here in the root parent).
+    fn work_gated(&self, f: impl FnOnce(&mut Job), before_post: &dyn Fn() -> Result<(), Failure>) -> Report {
         let mut job = account::job_for(self.settings, self.acct, &self.id, self.opts);
         f(&mut job);
-        account::run_job(self.settings, &self.id, &job, self.clock)
+        account::run_job_checked(self.settings, &self.id, &job, self.clock, before_post)
     }
 
     /// Install `entry` locally (only written when auth.json differs), never refreshing.
@@ -259,27 +338,111 @@ impl Run<'_> {
         )
     }
 
-    /// Take or renew the lease; `Ok(None)` = we hold it, `Ok(Some(holder))` = follow.
-    fn lease(&self, v: &Vault) -> Result<Option<String>, VaultError> {
+    /// This agent as a lease holder, with the nonces fleet.json remembers.
+    fn me(&self, instance: &str, st: &FleetState) -> Me {
+        Me {
+            host_id: self.settings.agent.host_id.clone(),
+            instance: instance.to_string(),
+            nonces: st.lease_nonce.iter().chain(&st.lease_nonce_unconfirmed).cloned().collect(),
+        }
+    }
+
+    /// Take or renew the lease. Each write carries a fresh nonce, saved in fleet.json
+    /// before the write (a write that reached Vault must be recognised as ours even if we
+    /// never see its answer) and confirmed after it.
+    fn lease(&self, v: &Vault, st: &mut FleetState) -> Result<Held, Failure> {
         let key = lease::lease_key(self.name());
-        let me = &self.settings.agent.host_id;
+        let instance = instance_id(&self.settings.agent.state_dir)
+            .map_err(|e| Failure::transient(format!("fleet: no instance id for the lease: {e}")))?;
         for _ in 0..3 {
             let now = self.clock.now();
-            let current = v.read(&key, now)?;
+            let me = self.me(&instance, st);
+            let current = v.read(&key, now).map_err(|e| vault_failure(&e))?;
             let record = current.as_ref().and_then(|e| LeaseRecord::parse(&e.value.0));
-            let cas = match lease::decide(current.as_ref().map(|e| (record.as_ref(), e.version)), me, now) {
-                LeaseDecision::Follow { holder, .. } => return Ok(Some(holder)),
-                LeaseDecision::Take { cas } | LeaseDecision::Renew { cas } => cas,
+            let cas = match lease::decide(current.as_ref().map(|e| (record.as_ref(), e.version)), &me, now) {
+                LeaseDecision::Follow { holder, .. } => return Ok(Held::Other(holder)),
+                LeaseDecision::Collision(c) => return Ok(Held::Collision(c)),
+                LeaseDecision::Renew { cas } => {
+                    // What Vault holds is ours: its nonce is the confirmed one now.
+                    if let Some(n) = record.and_then(|r| r.nonce) {
+                        st.lease_nonce = Some(n);
+                    }
+                    cas
+                }
+                LeaseDecision::Take { cas } => cas,
             };
-            let mine = LeaseRecord::new(me, now, self.settings.agent.lease_ttl);
+            let nonce = random_hex(16);
+            st.lease_nonce_unconfirmed = Some(nonce.clone());
+            try_save_state(self.settings, self.name(), st).map_err(|e| {
+                Failure::transient(format!(
+                    "fleet: could not save {FLEET_FILE} before writing the lease ({e}); not refreshing; will retry"
+                ))
+            })?;
+            let mine = LeaseRecord::new(&me, &nonce, now, self.settings.agent.lease_ttl);
             match v.write(&key, &mine.to_bytes(), cas, now) {
-                Ok(_) => return Ok(None),
-                // Someone wrote the lease between our read and write: look again.
-                Err(VaultError::CasMismatch { .. }) => continue,
-                Err(e) => return Err(e),
+                Ok(_) => {
+                    st.lease_nonce = Some(nonce.clone());
+                    st.lease_nonce_unconfirmed = None;
+                    return Ok(Held::Ours(Me { nonces: vec![nonce], ..me }));
+                }
+                // Someone wrote the lease between our read and write (ours was refused, so
+                // its nonce is not in Vault): look again.
+                Err(VaultError::CasMismatch { .. }) => st.lease_nonce_unconfirmed = None,
+                // The write may or may not have happened: keep its nonce as possibly ours.
+                Err(e) => return Err(vault_failure(&e)),
             }
         }
-        Err(VaultError::CasMismatch { key })
+        Err(vault_failure(&VaultError::CasMismatch { key }))
+    }
+
+    /// A shared identity: `followed` (the rotating key installed like a follower would)
+    /// turned into the transient failure that names both holders and the fix.
+    fn collision(&self, c: &Collision, mut followed: Report) -> Report {
+        let why = format!(
+            "fleet: identity collision on {}: {c}; fix: {}; meanwhile this agent follows the rotating key",
+            lease::lease_key(self.name()),
+            collision_fix(&self.settings.agent)
+        );
+        tracing::warn!(account = %self.name(), "{why}");
+        match followed.failure.as_mut() {
+            Some(f) => {
+                f.reason = format!("{why}; {}", f.reason);
+                followed.reason = f.reason.clone();
+                followed
+            }
+            None => {
+                let reason = format!("{why}; {}", followed.reason);
+                pending_failure(followed, reason)
+            }
+        }
+    }
+
+    /// How long the lease must still last at the moment of the POST: the refresh step,
+    /// Codex's commit locks, and the upload with its re-read after a conflict.
+    fn spend_window(&self) -> Duration {
+        let r = &self.acct.refresh;
+        let vault = self.settings.vault.as_ref().map_or(Duration::ZERO, |v| v.request_timeout);
+        crate::worker::refresh_limit(r.refresh_method, r.request_timeout)
+            + crate::worker::CODEX_LOCK_WAIT
+            + crate::worker::COMMIT_LOCK_WAIT
+            + vault * 2
+    }
+
+    /// The pre-spend check, right before the POST: re-read the rotating key and the lease,
+    /// and refuse to spend the refresh token of version `entry_version` unless that is still
+    /// the current version and the lease is still ours (written by us, see [`Me`]) for long
+    /// enough to finish ([`Run::spend_window`]). Vault not answering is a refusal too: the
+    /// token is spent only when Vault says it may be. Transient, so the next run retries.
+    fn may_spend(&self, v: &Vault, entry_version: u64, me: &Me) -> Result<(), Failure> {
+        let refuse =
+            |why: String| Failure::transient(format!("fleet: not spending the refresh token: {why}; will retry"));
+        let now = self.clock.now();
+        let rotating = v.read(&self.fleet.vault_rotating_key, now).map_err(|e| refuse(e.to_string()))?;
+        let lease = v.read(&lease::lease_key(self.name()), now).map_err(|e| refuse(e.to_string()))?;
+        let record = lease.as_ref().and_then(|e| LeaseRecord::parse(&e.value.0));
+        let current = lease.as_ref().map(|e| (record.as_ref(), e.version));
+        lease::may_spend(rotating.map(|e| e.version), entry_version, current, me, self.clock.now(), self.spend_window())
+            .map_err(|r| refuse(r.to_string()))
     }
 
     fn refresher(&self, v: &Vault, st: &mut FleetState) -> Report {
@@ -342,23 +505,40 @@ impl Run<'_> {
     /// The refresher's cycle on the rotating credential `entry`: lease, install, refresh
     /// when due, publish.
     fn rotate(&self, v: &Vault, st: &mut FleetState, entry: Entry) -> Report {
-        let holder = match self.lease(v) {
+        let held = match self.lease(v, st) {
             Ok(h) => h,
-            Err(e) => return Report::failed(self.name(), vault_failure(&e)),
+            Err(f) => return Report::failed(self.name(), f),
         };
-        st.lease_holder = Some(holder.clone().unwrap_or_else(|| self.settings.agent.host_id.clone()));
-        if let Some(other) = holder {
-            let mut r = self.follow_entry(st, entry);
-            if r.failure.is_none() {
-                r.reason = format!("lease held by {other}: following, not refreshing; {}", r.reason);
+        let me = match held {
+            Held::Ours(me) => {
+                st.lease_holder = Some(self.settings.agent.host_id.clone());
+                me
             }
-            return r;
-        }
-        let report = self.work(|j| {
-            j.store = Some(SeedInput::from_bytes(&entry.value.0));
-            j.materialize = true;
-            j.return_auth = true;
-        });
+            Held::Other(other) => {
+                st.lease_holder = Some(other.clone());
+                let mut r = self.follow_entry(st, entry);
+                if r.failure.is_none() {
+                    r.reason = format!("lease held by {other}: following, not refreshing; {}", r.reason);
+                }
+                return r;
+            }
+            Held::Collision(c) => {
+                st.lease_holder = Some(c.host_id.clone());
+                let followed = self.follow_entry(st, entry);
+                return self.collision(&c, followed);
+            }
+        };
+        // Right before the POST the worker asks again: is this still the current version,
+        // and still our lease?
+        let gate = || self.may_spend(v, entry.version, &me);
+        let report = self.work_gated(
+            |j| {
+                j.store = Some(SeedInput::from_bytes(&entry.value.0));
+                j.materialize = true;
+                j.return_auth = true;
+            },
+            &gate,
+        );
         if report.outcome != Outcome::Refreshed {
             if report.failure.is_none() && report.auth_sha256.as_deref() == Some(&sha256_hex(&entry.value.0)) {
                 st.version = Some(entry.version);
@@ -604,6 +784,78 @@ impl Run<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_instance_id_is_made_once_private_and_kept() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("state");
+        let id = instance_id(&state).unwrap();
+        assert_eq!(id.len(), 32, "{id}");
+        assert_eq!(instance_id(&state).unwrap(), id, "generated once, then read");
+        let md = std::fs::metadata(state.join(INSTANCE_FILE)).unwrap();
+        assert_eq!((md.mode() & 0o777, md.uid()), (0o600, nix::unistd::geteuid().as_raw()));
+        assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+        let other = t.path().join("other");
+        assert_ne!(instance_id(&other).unwrap(), id, "another state dir, another agent");
+        std::fs::write(state.join(INSTANCE_FILE), "not hex\n").unwrap();
+        let e = instance_id(&state).unwrap_err();
+        assert!(e.contains("does not hold an instance id") && e.contains("remove it"), "{e}");
+        // Runs of one agent racing to create it agree on one id.
+        let fresh = t.path().join("fresh");
+        let ids: std::collections::BTreeSet<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| instance_id(&fresh).unwrap())).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(ids.len(), 1, "{ids:?}");
+    }
+
+    #[test]
+    fn the_lease_ttl_minimum_uses_the_workers_own_deadline() {
+        // config::worker_deadline repeats Job::deadline's sum; they must not drift apart.
+        let t = tempfile::tempdir().unwrap();
+        let id = Identity::current().unwrap();
+        for (method, timeout) in [("oauth", "30s"), ("app-server", "45s"), ("oauth", "10m")] {
+            let text = format!(
+                "[agent]\nstate_dir = \"{}\"\n[accounts.a]\nuser = \"{}\"\nrefresh_method = \"{method}\"\nrequest_timeout = \"{timeout}\"\n",
+                t.path().join("state").display(),
+                id.user
+            );
+            let cfg = t.path().join("config.toml");
+            std::fs::write(&cfg, text).unwrap();
+            let s = crate::config::load(&cfg, &crate::config::Env::default()).unwrap();
+            let a = &s.accounts["a"];
+            let job = account::job_for(&s, a, &id, RefreshOptions::default());
+            assert_eq!(crate::config::worker_deadline(&a.refresh), job.deadline(), "{method} {timeout}");
+        }
+    }
+
+    #[test]
+    fn fleet_state_without_lease_nonces_parses() {
+        let old = br#"{"version":3,"sha256":"ab","pending":null,"lease_holder":"vm-0"}"#;
+        let st: FleetState = serde_json::from_slice(old).unwrap();
+        assert_eq!(
+            (st.version, st.lease_nonce.as_deref(), st.lease_nonce_unconfirmed.as_deref()),
+            (Some(3), None, None)
+        );
+    }
+
+    #[test]
+    fn the_collision_fix_depends_on_where_host_id_came_from() {
+        let mut agent = crate::config::single_user(Path::new("/tmp/x"), "root", "/tmp/s".into(), &Default::default())
+            .unwrap()
+            .agent;
+        agent.host_id = "vm-7".into();
+        agent.host_id_source = HostIdSource::Config("/etc/codex-auth-agent/config.d/10-host.toml".into());
+        assert_eq!(
+            collision_fix(&agent),
+            "set agent.host_id (now vm-7 in /etc/codex-auth-agent/config.d/10-host.toml) to a name of its own on one of them"
+        );
+        agent.host_id_source = HostIdSource::MachineId;
+        assert!(collision_fix(&agent).contains("rm /etc/machine-id && systemd-machine-id-setup"));
+        agent.host_id_source = HostIdSource::Hostname;
+        assert!(collision_fix(&agent).contains("defaults to the hostname"));
+    }
 
     #[test]
     fn a_pending_upload_saved_before_stores_existed_is_a_refresh() {
