@@ -108,6 +108,15 @@ pub fn cycle_lock_wait(refresh_limit: Duration, preflight_timeout: Duration) -> 
     refresh_limit.max(preflight_timeout) + CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT + Duration::from_secs(5)
 }
 
+/// The longest one cycle may take before its parent kills it: the wait for another
+/// cycle, Codex's two locks before the POST (checked) and again at the commit, the
+/// refresh step, and some slack.
+pub fn cycle_deadline(method: RefreshMethod, request_timeout: Duration, preflight_timeout: Duration) -> Duration {
+    let refresh = refresh_limit(method, request_timeout);
+    let codex_locks = CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT;
+    cycle_lock_wait(refresh, preflight_timeout) + codex_locks * 2 + refresh + Duration::from_secs(10)
+}
+
 impl Job {
     /// The longest the refresh step itself may take.
     pub fn refresh_limit(&self) -> Duration {
@@ -121,7 +130,7 @@ impl Job {
 
     /// After this the parent kills the worker: every wait above, bounded.
     pub fn deadline(&self) -> Duration {
-        self.lock_wait() + self.refresh_limit() + CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT + Duration::from_secs(10)
+        cycle_deadline(self.refresh_method, self.request_timeout, self.preflight_timeout)
     }
 
     /// What the app-server refresh runs.

@@ -667,13 +667,7 @@ pub fn default_host_id_and_source() -> (String, HostIdSource) {
 /// own pieces — the wait for another cycle or a preflight, the refresh step, Codex's
 /// commit locks, and 10 s of slack.
 pub fn worker_deadline(r: &RefreshSettings) -> Duration {
-    use crate::worker::{CODEX_LOCK_WAIT, COMMIT_LOCK_WAIT, cycle_lock_wait, refresh_limit};
-    let refresh = refresh_limit(r.refresh_method, r.request_timeout);
-    cycle_lock_wait(refresh, r.preflight_timeout)
-        + refresh
-        + CODEX_LOCK_WAIT
-        + COMMIT_LOCK_WAIT
-        + Duration::from_secs(10)
+    crate::worker::cycle_deadline(r.refresh_method, r.request_timeout, r.preflight_timeout)
 }
 
 /// `agent.lease_ttl` must outlast the longest cycle of every fleet refresher here: a lease
@@ -705,7 +699,7 @@ fn check_lease_ttl(
         file,
         key: Some("agent.lease_ttl".into()),
         message: format!(
-            "{given} is shorter than one refresher cycle of account {} can take ({}: the worker's deadline of {} — waiting for another cycle or a preflight (preflight_timeout {}), the refresh ({}, request_timeout {}), Codex's commit locks — plus {} Vault requests of up to {} each (vault.request_timeout)); a lease that runs out mid-cycle lets another refresher take it and spend the same refresh token (refresh_token_reused); set agent.lease_ttl to at least {}",
+            "{given} is shorter than one refresher cycle of account {} can take ({}: the worker's deadline of {} — waiting for another cycle or a preflight (preflight_timeout {}), the refresh ({}, request_timeout {}), Codex's locks before the POST and at the commit — plus {} Vault requests of up to {} each (vault.request_timeout)); a lease that runs out mid-cycle lets another refresher take it and spend the same refresh token (refresh_token_reused); set agent.lease_ttl to at least {}",
             acct.name,
             fmt(minimum),
             fmt(deadline),
