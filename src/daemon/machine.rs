@@ -74,6 +74,9 @@ pub const QUARANTINE_PROBE: Duration = Duration::minutes(15);
 /// The jitter that gives the longest backoff: what a deadline's bound is computed with.
 const LONGEST: f64 = 1.0;
 
+/// The growing interval's step that reaches BACKOFF_CAP (60 s · 2⁶ ≥ 1 h).
+const STEP_AT_CAP: u32 = 7;
+
 /// `jitter` in [0, 1) spreads retries over ±20 %.
 pub fn backoff(failures: u32, jitter: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(12);
@@ -269,8 +272,12 @@ impl Schedule {
                     // Due already and still so after this run: a follower waiting for the
                     // refresher (which may be down for a day) or a server handing out tokens
                     // shorter-lived than refresh_before_expiry. Look again, less and less often.
+                    // A token handed out just now that has expired already says this clock runs
+                    // ahead of the issuer's (a step forward): refreshing sooner cannot make it
+                    // look fresh, so wait as long as the growing interval ever does.
                     Some(_) => {
-                        self.overdue = overdue + 1;
+                        let ahead = report.outcome == Outcome::Refreshed && report.expires_at.is_some_and(|e| e <= now);
+                        self.overdue = if ahead { (overdue + 1).max(STEP_AT_CAP) } else { overdue + 1 };
                         Some(now + backoff(self.overdue, jitter))
                     }
                     None => None,
@@ -573,6 +580,25 @@ mod tests {
             let mut s = Schedule { state, next_attempt: Some(at(60 * DAY)), ..Default::default() };
             assert!(!s.clamp(at(0), &th(), 0.5));
         }
+    }
+
+    #[test]
+    fn a_token_that_arrives_expired_waits_as_long_as_the_growing_interval_ever_does() {
+        // The clock runs 30 days ahead of the issuer: the token it just minted looks expired.
+        let mut r = Report::new("a", Outcome::Refreshed, "");
+        (r.expires_at, r.last_refresh) = (Some(at(5 * DAY)), Some(at(30 * DAY)));
+        let mut s = Schedule::default();
+        s.begin().unwrap();
+        s.finish(&r, &th(), None, at(30 * DAY), 0.5).unwrap();
+        assert_eq!((s.next_attempt, s.overdue), (Some(at(30 * DAY) + BACKOFF_CAP), STEP_AT_CAP));
+        assert!(backoff(STEP_AT_CAP - 1, 0.5) < BACKOFF_CAP, "the first step at the cap");
+        assert_eq!(backoff(STEP_AT_CAP, 0.5), BACKOFF_CAP);
+        // A short-lived token that has not expired yet still starts at a minute.
+        r.expires_at = Some(at(30 * DAY + 3600));
+        let mut s = Schedule::default();
+        s.begin().unwrap();
+        s.finish(&r, &th(), None, at(30 * DAY), 0.5).unwrap();
+        assert_eq!(s.next_attempt, Some(at(30 * DAY + 60)));
     }
 
     fn report_strategy() -> impl Strategy<Value = Report> {
