@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Longest wait between looks at the schedule (a net for anything the alarm misses).
+/// Longest wait between looks at the schedule.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 /// How long SIGTERM waits for runs in flight.
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -130,30 +130,19 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
 
 /// Until the wall clock reads `wake` (worked out at `now`) or is set. The next look is a
 /// wall-clock time, but tokio's sleep counts monotonic time: after a step forward or a
-/// resume from suspend it would oversleep, up to MAX_SLEEP. The alarm fires by the wall
-/// clock; the monotonic sleep beside it ends the wait no later than planned whatever the
-/// alarm does (a step back is answered by the alarm's ClockSet, and else by this). When
-/// nothing steps both end together, so the wake-ups stay those of the plain sleep.
+/// resume from suspend it would oversleep by up to MAX_SLEEP, and a step back would be seen
+/// only when it ends. The alarm answers both at once (see `WallAlarm`); the monotonic
+/// sleep is left for when there is no alarm, and a failing alarm falls back to it (no
+/// spinning on the error).
 async fn wait_until(alarm: Option<&WallAlarm>, wake: DateTime<Utc>, now: DateTime<Utc>) -> Woke {
-    let planned = tokio::time::sleep((wake - now).to_std().unwrap_or(Duration::ZERO));
-    let Some(alarm) = alarm else {
-        planned.await;
-        return Woke::Reached;
-    };
-    // A failing alarm leaves the wait to the monotonic sleep (no spinning on the error).
-    let by_wall = async {
-        match alarm.until(wake).await {
-            Ok(woke) => woke,
-            Err(e) => {
-                tracing::warn!("the wall-clock alarm failed: {e}");
-                std::future::pending().await
-            }
+    if let Some(alarm) = alarm {
+        match alarm.until(wake, now).await {
+            Ok(woke) => return woke,
+            Err(e) => tracing::warn!("the wall-clock alarm failed: {e}"),
         }
-    };
-    tokio::select! {
-        woke = by_wall => woke,
-        _ = planned => Woke::Reached,
     }
+    tokio::time::sleep((wake - now).to_std().unwrap_or(Duration::ZERO)).await;
+    Woke::Reached
 }
 
 /// When the watchdog wants its next ping; never without a watchdog. A failing clock
