@@ -189,6 +189,15 @@ impl Sim {
         }
     }
 
+    /// Run in one-minute steps until `name` is in `state`, at most `limit`; how long it took.
+    async fn until_state(&mut self, name: &str, state: State, limit: Span) -> Span {
+        let from = self.truth();
+        while self.state(name) != state.as_str() && self.truth() - from < limit {
+            self.run_for(Span::minutes(1)).await;
+        }
+        self.truth() - from
+    }
+
     fn acct(&self, name: &str) -> &Acct {
         self.accounts.iter().find(|a| a.name == name).unwrap()
     }
@@ -300,10 +309,15 @@ async fn a_daemon_restarted_after_the_step_back_keeps_neither_the_old_backoff_no
     let t1 = sim.truth();
     // A human logs in again on bob: the next quarantine probe notices.
     sim.login("bob", &ts(sim.now()));
-    sim.run_for(QUARANTINE_PROBE + Span::minutes(1)).await;
+    let bob = sim.until_state("bob", State::Ok, QUARANTINE_PROBE + Span::minutes(1)).await;
     assert_eq!(sim.state("bob"), State::Ok.as_str(), "bob's quarantine lifts within a probe interval of the new login");
-    sim.run_for(cap() + Span::minutes(1) - (sim.truth() - t1)).await;
+    let alice = sim.until_state("alice", State::Ok, cap() + Span::minutes(1) - (sim.truth() - t1)).await + bob;
     assert_eq!(sim.state("alice"), State::Ok.as_str(), "alice is looked at within the backoff cap after the restart");
+    println!(
+        "restarted after the step back: bob's quarantine lifted after {} min, alice looked at after {} min",
+        bob.num_minutes(),
+        alice.num_minutes()
+    );
     sim.run_for(expiry - Span::minutes(1) - sim.truth()).await;
     assert!(sim.expiry("alice") > expiry, "alice: no refresh before the token's expiry at {expiry}");
     for name in ["alice", "bob"] {
@@ -388,6 +402,11 @@ async fn a_vm_paused_30_days_refreshes_each_account_once_at_most_max_parallel_at
     }
     assert!(sim.max_per_hour("dave", t1) <= 2);
     let gaps: Vec<_> = sim.requests_since("dave", t1).windows(2).map(|w| w[1] - w[0]).collect();
+    println!(
+        "dave (503 throughout) after the step: {} requests in 25 h, gaps {:?} min",
+        gaps.len() + 1,
+        gaps.iter().map(|g| g.num_minutes()).collect::<Vec<_>>()
+    );
     assert!(gaps.iter().all(|g| *g >= BACKOFF_CAP * 4 / 5 && *g <= cap()), "dave's retries at the cap: {gaps:?}");
     assert_eq!(sim.mock.reuse_detections(), 0);
 }
