@@ -203,7 +203,9 @@ pub fn remove_stale(temp_dir: &Path, uid: u32, now: DateTime<Utc>) -> usize {
         let Some(name) = name.to_str().filter(|n| is_home_of(n, uid)) else { continue };
         let path = temp_dir.join(name);
         let Ok(md) = std::fs::symlink_metadata(&path) else { continue };
-        let age = DateTime::from_timestamp(md.mtime(), 0).map(|t| now - t).and_then(|d| d.to_std().ok());
+        // Either way from now: a home left before the clock stepped back has an mtime in the
+        // future, and would otherwise stay until the clock caught up. Use is the lock's say.
+        let age = DateTime::from_timestamp(md.mtime(), 0).map(|t| (now - t).abs()).and_then(|d| d.to_std().ok());
         if !md.is_dir() || md.uid() != uid || age.is_none_or(|a| a < STALE_AFTER) {
             continue;
         }
@@ -593,6 +595,9 @@ mod tests {
         let now = now();
         assert_eq!(remove_stale(t.path(), uid, now), 0, "too young");
         assert_eq!(remove_stale(t.path(), uid, now + chrono::Duration::hours(1)), 1);
+        assert!(!stale.exists());
+        std::fs::create_dir(&stale).unwrap();
+        assert_eq!(remove_stale(t.path(), uid, now - chrono::Duration::days(30)), 1, "left before a step back");
         assert!(!stale.exists());
         assert!(other.exists(), "another uid's name is left alone");
     }

@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::{self, AccountSettings, ConfigError, Env, FleetRole, Settings};
 use crate::hooks::HookEvent;
 use crate::outcome::{Failure, Report};
+use crate::policy::Thresholds;
 use crate::preflight::PreflightReport;
 use crate::seed::SeedInput;
 use crate::status::{self, AccountStatus};
@@ -77,12 +78,34 @@ pub struct Core {
     events: mpsc::UnboundedSender<Event>,
 }
 
-fn load_schedule(state_dir: &Path, name: &str) -> Schedule {
-    std::fs::read(status::account_dir(state_dir, name).join(SCHEDULE_FILE))
+fn load_schedule(state_dir: &Path, name: &str, status: &AccountStatus) -> Schedule {
+    let mut s = std::fs::read(status::account_dir(state_dir, name).join(SCHEDULE_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice::<Schedule>(&b).ok())
         .unwrap_or_default()
-        .loaded()
+        .loaded();
+    if s.expires_at.is_none() && s.last_refresh.is_none() {
+        // Saved before schedules kept the credential's times: status.json has them.
+        (s.expires_at, s.last_refresh) = (status.expires_at, status.last_refresh);
+    }
+    s
+}
+
+/// Bring `name`'s deadlines within their rules (`Schedule::clamp`), saving and announcing a
+/// change. Deadlines are wall-clock times, so this runs wherever one is compared with now.
+fn clamp(core: &Core, state_dir: &Path, name: &str, e: &mut Entry, thresholds: &Thresholds, now: DateTime<Utc>) {
+    let before = e.schedule.wakes_at();
+    if e.schedule.clamp(now, thresholds, fastrand::f64()) {
+        let show = |t: Option<DateTime<Utc>>| t.map_or("none".to_string(), |t| t.to_rfc3339());
+        tracing::warn!(
+            account = %name,
+            "next look at {} is further away than its rule allows (the clock was set back?); now {}",
+            show(before),
+            show(e.schedule.wakes_at())
+        );
+        save_schedule(state_dir, name, &e.schedule);
+        core.emit(Event::Account(name.to_string()));
+    }
 }
 
 fn save_schedule(state_dir: &Path, name: &str, s: &Schedule) {
@@ -140,11 +163,13 @@ impl Core {
         {
             let mut entries = lock(&self.entries);
             entries.retain(|name, _| new.accounts.contains_key(name));
-            for name in new.accounts.keys() {
-                entries.entry(name.clone()).or_insert_with(|| Entry {
-                    schedule: load_schedule(&state_dir, name),
-                    status: status::load(&state_dir, name),
+            let now = self.now();
+            for (name, acct) in &new.accounts {
+                let e = entries.entry(name.clone()).or_insert_with(|| {
+                    let status = status::load(&state_dir, name);
+                    Entry { schedule: load_schedule(&state_dir, name, &status), status }
                 });
+                clamp(self, &state_dir, name, e, &acct.refresh.thresholds(), now);
             }
         }
         let old = self.settings();
@@ -196,18 +221,28 @@ impl Core {
         super::machine::summary(entries.iter().map(|(n, e)| (n.as_str(), &e.schedule)), problem.as_deref())
     }
 
+    /// Clamp every account's deadlines against `now` (see `clamp`).
+    fn clamp_all(&self, entries: &mut BTreeMap<String, Entry>, now: DateTime<Utc>) {
+        let settings = self.settings();
+        for (name, e) in entries.iter_mut() {
+            if let Some(acct) = settings.accounts.get(name) {
+                clamp(self, &settings.agent.state_dir, name, e, &acct.refresh.thresholds(), now);
+            }
+        }
+    }
+
     /// When the earliest account wants its next run.
     pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
-        lock(&self.entries).values().filter_map(|e| e.schedule.wakes_at()).min()
+        let mut entries = lock(&self.entries);
+        self.clamp_all(&mut entries, self.now());
+        entries.values().filter_map(|e| e.schedule.wakes_at()).min()
     }
 
     /// Accounts whose own schedule says "now" (or never checked since start).
     pub fn due(&self, now: DateTime<Utc>, all_unchecked: bool) -> Vec<String> {
-        lock(&self.entries)
-            .iter()
-            .filter(|(_, e)| e.schedule.is_due(now, all_unchecked))
-            .map(|(n, _)| n.clone())
-            .collect()
+        let mut entries = lock(&self.entries);
+        self.clamp_all(&mut entries, now);
+        entries.iter().filter(|(_, e)| e.schedule.is_due(now, all_unchecked)).map(|(n, _)| n.clone()).collect()
     }
 
     /// Run (or join the run of) one account. Every caller that arrives while a run is in
@@ -293,9 +328,14 @@ impl Core {
 
     async fn run(self: &Arc<Self>, name: &str, req: Request) -> Report {
         let Some((acct, gate)) = ({
-            let entries = lock(&self.entries);
-            let acct = self.account_settings(name);
-            entries.get(name).and_then(|e| acct.map(|a| (a, e.schedule.gate(self.now(), req.force))))
+            let mut entries = lock(&self.entries);
+            let (acct, now) = (self.account_settings(name), self.now());
+            let state_dir = self.settings().agent.state_dir.clone();
+            entries.get_mut(name).and_then(|e| {
+                let a = acct?;
+                clamp(self, &state_dir, name, e, &a.refresh.thresholds(), now);
+                Some((a, e.schedule.gate(now, req.force)))
+            })
         }) else {
             return Report::failed(name, Failure::transient("account was removed from the config"));
         };

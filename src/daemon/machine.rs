@@ -71,6 +71,12 @@ pub const BACKOFF_CAP: Duration = Duration::seconds(3600);
 /// minutes instead of at the next refresh timer.
 pub const QUARANTINE_PROBE: Duration = Duration::minutes(15);
 
+/// The jitter that gives the longest backoff: what a deadline's bound is computed with.
+const LONGEST: f64 = 1.0;
+
+/// The growing interval's step that reaches BACKOFF_CAP (60 s · 2⁶ ≥ 1 h).
+const STEP_AT_CAP: u32 = 7;
+
 /// `jitter` in [0, 1) spreads retries over ±20 %.
 pub fn backoff(failures: u32, jitter: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(12);
@@ -94,6 +100,12 @@ pub struct Schedule {
     /// When a quarantined account's files are looked at next (see QUARANTINE_PROBE).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_probe: Option<DateTime<Utc>>,
+    /// The credential as the last run that read it found it (access-token expiry, last
+    /// refresh): what bounds a fine account's next look after a clock step (`clamp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_refresh: Option<DateTime<Utc>>,
 }
 
 impl Schedule {
@@ -129,6 +141,64 @@ impl Schedule {
                     || (all_unchecked && self.next_attempt.is_none() && self.state != State::Inert)
             }
         }
+    }
+
+    /// The latest its own rule lets this schedule's next look be, seen from `now`: a backoff
+    /// for its failure count (or its growing interval) at the longest jitter, the next
+    /// quarantine probe, or the credential's due time while it is fine. None: no deadline of
+    /// its own (in a run, or inert).
+    pub fn latest_wake(&self, now: DateTime<Utc>, thresholds: &Thresholds) -> Option<DateTime<Utc>> {
+        match self.state {
+            State::Refreshing | State::Inert => None,
+            State::FailedPermanent => Some(now + QUARANTINE_PROBE),
+            State::FailedTransient | State::Unsafe => Some(now + backoff(self.failures, LONGEST)),
+            State::Ok | State::Stale if self.overdue > 0 => Some(now + backoff(self.overdue, LONGEST)),
+            State::Ok | State::Stale => Some(self.credential_due(thresholds, now)),
+        }
+    }
+
+    /// Deadlines are absolute wall-clock times: one set before the clock stepped back (NTP
+    /// correcting a clock that ran ahead, a VM restored from a snapshot) can lie days beyond
+    /// what its rule allows, and the account would wait that long while its token expires.
+    /// Such a deadline is set again as its rule sets it now (a new backoff with `jitter` in
+    /// [0, 1), the next probe, the credential's due time). A deadline within its bound is
+    /// left alone: a step forward changes nothing here (what it makes due runs once, bounded
+    /// by max_parallel), and the failure count and growing interval are kept, so a clamped
+    /// account goes on at the rate it had. Every bound moves forward with `now`, so a
+    /// clamped deadline is not clamped again. Returns whether anything changed.
+    pub fn clamp(&mut self, now: DateTime<Utc>, thresholds: &Thresholds, jitter: f64) -> bool {
+        let Some(latest) = self.latest_wake(now, thresholds) else { return false };
+        let again = match self.state {
+            State::FailedPermanent => now + QUARANTINE_PROBE,
+            State::FailedTransient | State::Unsafe => now + backoff(self.failures, jitter),
+            _ if self.overdue > 0 => now + backoff(self.overdue, jitter),
+            _ => latest,
+        };
+        let deadline = match self.state {
+            State::FailedPermanent => &mut self.next_probe,
+            _ => &mut self.next_attempt,
+        };
+        match deadline {
+            Some(t) if *t > latest => {
+                *t = again;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The credential's own due time by the policy, from what the last run learned of it. A
+    /// last_refresh later than `now` was written before the clock stepped back and counts as
+    /// `now`, so it defers nothing beyond max_age (the expiry, an absolute time from the
+    /// issuer, is unaffected by our steps). Knowing neither: `now + max_age`, so a schedule
+    /// without them gets the account looked at within max_age, not at once and again.
+    pub fn credential_due(&self, thresholds: &Thresholds, now: DateTime<Utc>) -> DateTime<Utc> {
+        let max_age = Duration::from_std(thresholds.max_age).unwrap_or(Duration::MAX);
+        let unknown = now.checked_add_signed(max_age).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        if self.expires_at.is_none() && self.last_refresh.is_none() {
+            return unknown;
+        }
+        due_by_policy(self.expires_at, self.last_refresh.map(|t| t.min(now)), thresholds, now).unwrap_or(unknown)
     }
 
     /// A quarantined account was looked at and nothing changed: next look later.
@@ -196,13 +266,18 @@ impl Schedule {
         match to {
             State::Ok | State::Stale => {
                 self.failures = 0;
+                (self.expires_at, self.last_refresh) = (report.expires_at, report.last_refresh);
                 self.next_attempt = match becomes_due(report, thresholds, now) {
                     Some(t) if t > now => Some(t),
                     // Due already and still so after this run: a follower waiting for the
                     // refresher (which may be down for a day) or a server handing out tokens
                     // shorter-lived than refresh_before_expiry. Look again, less and less often.
+                    // A token handed out just now that has expired already says this clock runs
+                    // ahead of the issuer's (a step forward): refreshing sooner cannot make it
+                    // look fresh, so wait as long as the growing interval ever does.
                     Some(_) => {
-                        self.overdue = overdue + 1;
+                        let ahead = report.outcome == Outcome::Refreshed && report.expires_at.is_some_and(|e| e <= now);
+                        self.overdue = if ahead { (overdue + 1).max(STEP_AT_CAP) } else { overdue + 1 };
                         Some(now + backoff(self.overdue, jitter))
                     }
                     None => None,
@@ -232,12 +307,17 @@ impl Schedule {
 /// When the credential described by `report` becomes due by the refresh policy (`now` when
 /// it is due already; None when it never is).
 fn becomes_due(report: &Report, thresholds: &Thresholds, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let facts = AuthFacts {
-        mode: AuthMode::ChatGpt,
-        has_refresh_token: true,
-        access_expires_at: report.expires_at,
-        last_refresh: report.last_refresh,
-    };
+    due_by_policy(report.expires_at, report.last_refresh, thresholds, now)
+}
+
+fn due_by_policy(
+    expires_at: Option<DateTime<Utc>>,
+    last_refresh: Option<DateTime<Utc>>,
+    thresholds: &Thresholds,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let facts =
+        AuthFacts { mode: AuthMode::ChatGpt, has_refresh_token: true, access_expires_at: expires_at, last_refresh };
     match policy::decide(&facts, thresholds, now, false) {
         Decision::Fresh { due_at } => Some(due_at),
         Decision::Refresh(_) => Some(now),
@@ -291,6 +371,7 @@ pub fn summary<'a>(accounts: impl IntoIterator<Item = (&'a str, &'a Schedule)>, 
 mod tests {
     use super::*;
     use crate::outcome::Failure;
+    use proptest::prelude::*;
 
     fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
@@ -419,6 +500,168 @@ mod tests {
         s.finish(&ok_report(), &th(), None, at(2000), 0.5).unwrap();
         assert_eq!(s.next_probe, None);
         assert_eq!(s.wakes_at(), s.next_attempt);
+    }
+
+    const DAY: i64 = 86400;
+
+    fn failing(n: u32, class: fn(&'static str) -> Failure, now: DateTime<Utc>) -> Schedule {
+        let mut s = Schedule::default();
+        for _ in 0..n {
+            s.begin().unwrap();
+            s.finish(&Report::failed("a", class("x")), &th(), None, now, 0.5).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn a_deadline_set_before_the_clock_stepped_back_is_set_again_by_its_rule() {
+        // Set while the clock read 30 days ahead; now it reads at(0).
+        let ahead = at(30 * DAY);
+        let mut s = failing(9, Failure::transient, ahead);
+        assert_eq!(s.next_attempt, Some(ahead + BACKOFF_CAP));
+        assert!(s.clamp(at(0), &th(), 0.5));
+        assert_eq!((s.next_attempt, s.failures), (Some(at(3600)), 9), "a new capped backoff; the count is kept");
+        assert!(!s.clamp(at(0), &th(), 0.5), "a clamped deadline stays");
+        assert!(!s.clamp(at(1800), &th(), 0.5), "and time passing does not clamp it again");
+
+        let mut q = failing(1, Failure::permanent, ahead);
+        assert!(q.clamp(at(0), &th(), 0.5));
+        assert_eq!(q.wakes_at(), Some(at(900)), "the next quarantine probe");
+
+        // A credential that stays due (a follower waiting): its growing interval, kept.
+        let mut waiting = Report::new("a", Outcome::Fresh, "due, but this host follows the fleet");
+        (waiting.expires_at, waiting.last_refresh) = (Some(at(0)), Some(at(0)));
+        let mut w = Schedule::default();
+        for _ in 0..3 {
+            w.begin().unwrap();
+            w.finish(&waiting, &th(), None, ahead, 0.5).unwrap();
+        }
+        assert!(w.clamp(at(0), &th(), 0.0));
+        assert_eq!((w.next_attempt, w.overdue), (Some(at(192)), 3), "240 s with -20 % jitter");
+
+        // Fine, due by max_age from a last_refresh written 30 days "later": from now instead.
+        let mut fine = Report::new("a", Outcome::Refreshed, "");
+        fine.last_refresh = Some(ahead);
+        let mut f = Schedule::default();
+        f.begin().unwrap();
+        f.finish(&fine, &th(), None, ahead, 0.5).unwrap();
+        assert_eq!(f.next_attempt, Some(ahead + Duration::days(7)));
+        assert!(f.clamp(at(0), &th(), 0.5));
+        assert_eq!(f.next_attempt, Some(at(7 * DAY)));
+        // The expiry is the issuer's absolute time: a due time by it is never clamped.
+        let mut r = ok_report();
+        (r.expires_at, r.last_refresh) = (Some(at(3 * DAY)), Some(ahead));
+        f.begin().unwrap();
+        f.finish(&r, &th(), None, at(DAY), 0.5).unwrap();
+        assert_eq!(f.next_attempt, Some(at(2 * DAY)));
+        assert!(!f.clamp(at(0), &th(), 0.5));
+    }
+
+    #[test]
+    fn a_step_forward_moves_no_deadline() {
+        let mut s = failing(9, Failure::transient, at(0));
+        let before = s.clone();
+        assert!(!s.clamp(at(30 * DAY), &th(), 0.5));
+        assert_eq!(s, before);
+        assert!(s.is_due(at(30 * DAY), false), "it is due once");
+        let mut ok = Schedule::default();
+        ok.begin().unwrap();
+        ok.finish(&ok_report(), &th(), None, at(0), 0.5).unwrap();
+        assert!(!ok.clamp(at(30 * DAY), &th(), 0.5));
+    }
+
+    #[test]
+    fn a_schedule_that_knows_nothing_of_its_credential_waits_at_most_max_age() {
+        let mut s = Schedule { state: State::Ok, next_attempt: Some(at(60 * DAY)), ..Default::default() };
+        assert!(s.clamp(at(0), &th(), 0.5));
+        assert_eq!(s.next_attempt, Some(at(7 * DAY)));
+        // An inert account or one in a run has no deadline to clamp.
+        for state in [State::Inert, State::Refreshing] {
+            let mut s = Schedule { state, next_attempt: Some(at(60 * DAY)), ..Default::default() };
+            assert!(!s.clamp(at(0), &th(), 0.5));
+        }
+    }
+
+    #[test]
+    fn a_token_that_arrives_expired_waits_as_long_as_the_growing_interval_ever_does() {
+        // The clock runs 30 days ahead of the issuer: the token it just minted looks expired.
+        let mut r = Report::new("a", Outcome::Refreshed, "");
+        (r.expires_at, r.last_refresh) = (Some(at(5 * DAY)), Some(at(30 * DAY)));
+        let mut s = Schedule::default();
+        s.begin().unwrap();
+        s.finish(&r, &th(), None, at(30 * DAY), 0.5).unwrap();
+        assert_eq!((s.next_attempt, s.overdue), (Some(at(30 * DAY) + BACKOFF_CAP), STEP_AT_CAP));
+        assert!(backoff(STEP_AT_CAP - 1, 0.5) < BACKOFF_CAP, "the first step at the cap");
+        assert_eq!(backoff(STEP_AT_CAP, 0.5), BACKOFF_CAP);
+        // A short-lived token that has not expired yet still starts at a minute.
+        r.expires_at = Some(at(30 * DAY + 3600));
+        let mut s = Schedule::default();
+        s.begin().unwrap();
+        s.finish(&r, &th(), None, at(30 * DAY), 0.5).unwrap();
+        assert_eq!(s.next_attempt, Some(at(30 * DAY + 60)));
+    }
+
+    fn report_strategy() -> impl Strategy<Value = Report> {
+        let t = proptest::option::of((-40 * DAY..40 * DAY).prop_map(at));
+        (0u8..6, t.clone(), t).prop_map(|(kind, exp, lr)| {
+            let mut r = match kind {
+                0 => Report::new("a", Outcome::Refreshed, ""),
+                1 => Report::new("a", Outcome::Fresh, ""),
+                2 => Report::failed("a", Failure::transient("503")),
+                3 => Report::failed("a", Failure::permanent("reused")),
+                4 => Report::failed("a", Failure::unsafe_file("symlink")),
+                _ => Report::new("a", Outcome::Inert, ""),
+            };
+            (r.expires_at, r.last_refresh) = (exp, lr);
+            r
+        })
+    }
+
+    proptest! {
+        /// Whatever ran before and however far the clock then steps, the next wake-up is
+        /// never later than the longest rule (capped backoff with jitter) or the
+        /// credential's own due time, after now; and the clamp makes nothing due at once
+        /// unless the credential is.
+        #[test]
+        fn after_any_step_the_next_wake_up_is_within_its_rule_or_the_credential_due_time(
+            runs in proptest::collection::vec((report_strategy(), 0.0f64..1.0), 1..12),
+            step in -60 * DAY..60 * DAY,
+            jitter in 0.0f64..1.0,
+        ) {
+            let (mut s, t0) = (Schedule::default(), at(0));
+            let mut known = (None, None);
+            for (r, j) in &runs {
+                s.begin().unwrap();
+                s.finish(r, &th(), None, t0, *j).unwrap();
+                if r.failure.is_none() && r.outcome != Outcome::Inert {
+                    known = (r.expires_at, r.last_refresh);
+                }
+            }
+            let now = t0 + Duration::seconds(step);
+            let before = s.clone();
+            let changed = s.clamp(now, &th(), jitter);
+            // The credential's due time, worked out apart from the code under test.
+            let credential = match known {
+                (None, None) => now + Duration::days(7),
+                (exp, lr) => [exp.map(|e| e - Duration::days(1)), lr.map(|l| l.min(now) + Duration::days(7))]
+                    .into_iter().flatten().min().unwrap(),
+            };
+            let bound = (now + BACKOFF_CAP * 6 / 5).max(credential);
+            if let Some(w) = s.wakes_at() {
+                prop_assert!(w <= bound, "wakes at {w}, bound {bound} ({s:?})");
+            }
+            if changed {
+                let w = s.wakes_at().unwrap();
+                prop_assert!(before.wakes_at().unwrap() > w, "a clamp only moves a deadline nearer");
+                prop_assert!(w > now || credential <= now, "made due at once: {s:?}");
+            } else {
+                prop_assert_eq!(&s, &before);
+            }
+            // Settled: neither the same instant nor later ones move it again.
+            prop_assert!(!s.clone().clamp(now, &th(), jitter));
+            prop_assert!(!s.clone().clamp(now + Duration::minutes(30), &th(), jitter));
+            prop_assert_eq!((s.failures, s.overdue, s.state), (before.failures, before.overdue, before.state));
+        }
     }
 
     #[test]
