@@ -7,6 +7,7 @@ use crate::authfile::dir::{DirError, FileRead, SafeDir};
 use crate::authfile::{AuthFile, NewTokens, sha256_hex};
 use crate::clock::Clock;
 use crate::codexrun::CodexSetup;
+use crate::codexwatch;
 use crate::config::RefreshMethod;
 use crate::outcome::{AuthBytes, Event, Failure, Outcome, Report};
 use crate::policy::{self, Decision, Thresholds};
@@ -317,7 +318,18 @@ impl Cycle<'_> {
             let r = Report::new(self.account(), Outcome::WouldRefresh, format!("dry run: would refresh: {reason}"));
             return self.describe(r, &snap.bytes, &snap.auth);
         }
-        let tokens = match self.refresh_tokens(&snap) {
+        let ctx = codexwatch::Ctx {
+            account: self.account(),
+            codex_home: &self.job.codex_home,
+            home: self.home,
+            request_timeout: self.job.request_timeout,
+            clock: self.clock,
+        };
+        let mut watch = match codexwatch::before_post(ctx, &snap.bytes, &snap.auth) {
+            codexwatch::Before::Done(r) => return r,
+            codexwatch::Before::Post(w) => w,
+        };
+        let tokens = match watch.post(|| self.refresh_tokens(&snap)) {
             Ok(t) => {
                 crate::fault::point(crate::fault::Step::AfterPost);
                 t
@@ -327,7 +339,12 @@ impl Cycle<'_> {
                 return self.describe(Report { outcome: Outcome::Failed, ..r }, &snap.bytes, &snap.auth);
             }
         };
-        self.save(snap, &tokens, reason)
+        let report = self.save(snap, &tokens, reason.clone());
+        watch.verify(
+            report,
+            |bytes, auth| self.refresh_tokens(&Snapshot { bytes: bytes.to_vec(), auth: auth.clone() }),
+            |bytes, auth, tokens| self.save(Snapshot { bytes, auth }, tokens, reason),
+        )
     }
 
     /// The refresh step by `refresh_method`: our own OAuth request, or Codex's app-server

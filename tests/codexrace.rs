@@ -118,6 +118,11 @@ impl Round {
 /// Judge a round once every connection to the mock has been answered.
 fn judge(w: &World, account: &str, home: &Path, agent_run: Run, codex: Run) -> Round {
     assert!(w.mock.settle(Duration::from_secs(20)), "the mock settled");
+    if std::env::var_os("CODEXRACE_DEBUG").is_some() {
+        for e in w.mock.requests_log() {
+            println!("{e:?}");
+        }
+    }
     let agent = agent_run.one();
     let rt = read_json(&home.join("auth.json"))["tokens"]["refresh_token"].as_str().unwrap().to_string();
     Round {
@@ -165,6 +170,9 @@ fn codex_exec_and_the_agent_refreshing_together_never_spend_one_token_twice() {
     let results: Vec<Round> = (0..n).map(|i| exec_round(&w, i, Duration::ZERO)).collect();
     for (i, r) in results.iter().enumerate() {
         println!("{}", r.line(i));
+        if std::env::var_os("CODEXRACE_DEBUG").is_some() {
+            println!("CODEX STDERR {}\nAGENT STDERR {}", r.codex.stderr, r.agent_run.stderr);
+        }
     }
     let reused = results.iter().filter(|r| r.reused > 0).count();
     let lied = results.iter().filter(|r| r.outcome() == "refreshed" && r.revoked).count();
