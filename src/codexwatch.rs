@@ -559,7 +559,7 @@ impl Watch<'_> {
                 let mut r = save(file.bytes, auth, &tokens);
                 if r.outcome == Outcome::Refreshed {
                     r.reason = format!(
-                        "{}{yielded}; verified: a Codex of this account (pid {pids}) ran during the refresh, so after its attempt ({settled:.1}s) the new login was refreshed once more and is alive",
+                        "{}{yielded}; verified: a Codex of this account (pid {pids}) ran during the refresh, so once its attempt was over ({settled:.1}s later) the new login was refreshed once more and is alive",
                         r.reason
                     );
                 }

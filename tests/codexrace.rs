@@ -14,9 +14,10 @@ mod support;
 
 use mock_openai::{Credentials, make_jwt};
 use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::codex::*;
 use support::*;
 
@@ -118,11 +119,6 @@ impl Round {
 /// Judge a round once every connection to the mock has been answered.
 fn judge(w: &World, account: &str, home: &Path, agent_run: Run, codex: Run) -> Round {
     assert!(w.mock.settle(Duration::from_secs(20)), "the mock settled");
-    if std::env::var_os("CODEXRACE_DEBUG").is_some() {
-        for e in w.mock.requests_log() {
-            println!("{e:?}");
-        }
-    }
     let agent = agent_run.one();
     let rt = read_json(&home.join("auth.json"))["tokens"]["refresh_token"].as_str().unwrap().to_string();
     Round {
@@ -170,9 +166,6 @@ fn codex_exec_and_the_agent_refreshing_together_never_spend_one_token_twice() {
     let results: Vec<Round> = (0..n).map(|i| exec_round(&w, i, Duration::ZERO)).collect();
     for (i, r) in results.iter().enumerate() {
         println!("{}", r.line(i));
-        if std::env::var_os("CODEXRACE_DEBUG").is_some() {
-            println!("CODEX STDERR {}\nAGENT STDERR {}", r.codex.stderr, r.agent_run.stderr);
-        }
     }
     let reused = results.iter().filter(|r| r.reused > 0).count();
     let lied = results.iter().filter(|r| r.outcome() == "refreshed" && r.revoked).count();
@@ -187,4 +180,214 @@ fn codex_exec_and_the_agent_refreshing_together_never_spend_one_token_twice() {
         &results.iter().flat_map(|r| [("agent stdout", r.agent_run.stdout.as_str())]).collect::<Vec<_>>(),
         &[],
     );
+}
+
+/// Spawn the agent, and Codex once the agent's POST has reached the token endpoint.
+fn codex_during_our_post(w: &World, home: &Path) -> (Run, Run) {
+    let agent = agent_refresh(w, home).spawn().unwrap();
+    let t = Instant::now();
+    while w.mock.token_requests() == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the agent never POSTed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let codex = codex_exec(w, home).spawn().unwrap();
+    (finish(agent), finish(codex))
+}
+
+#[test]
+fn a_codex_that_starts_during_our_post_is_verified_and_a_revoked_login_reported_as_such() {
+    // The agent sees no Codex and POSTs; Codex starts while the (slow) POST is in flight,
+    // reads the old token and POSTs it too: the endpoint revokes the login. Unavoidable
+    // from here (the first POST is already out); what matters is that the agent does not
+    // say `refreshed`.
+    let w = World::new();
+    w.mock.set_latency(Duration::from_millis(1500));
+    let account = "acct-late-codex";
+    let c = login(&w, account, -100);
+    let home = account_home(&w, "late", &c);
+    let t = Instant::now();
+    let (agent_run, codex_run) = codex_during_our_post(&w, &home);
+    let took = t.elapsed();
+    let r = judge(&w, account, &home, agent_run, codex_run);
+    println!("{} ({took:?})", r.line(0));
+    assert_eq!(r.reused, 1, "the collision this test provokes: {}", r.line(0));
+    assert!(r.revoked);
+    assert_eq!(r.agent_run.code, 3, "permanent: {}\n{}", r.line(0), r.agent_run.stderr);
+    assert_eq!((r.outcome(), r.agent["class"].as_str()), ("failed", Some("permanent")), "{}", r.line(0));
+    let reason = r.agent["reason"].as_str().unwrap();
+    for part in ["collided with a running Codex of this account", "refresh_token_reused", "codex login --device-auth"] {
+        assert!(reason.contains(part), "{part}: {reason}");
+    }
+    assert!(r.requests >= 3, "ours, Codex's (it retries once), and our verification: {}", r.line(0));
+    assert!(reason.contains("new refresh token was refused when we verified it"), "{reason}");
+    assert!(took < Duration::from_secs(20), "bounded: {took:?}");
+    assert_no_secrets(&[("agent stdout", &r.agent_run.stdout), ("agent stderr", &r.agent_run.stderr)], &secrets(&c));
+}
+
+#[test]
+fn without_a_running_codex_the_agent_refreshes_at_once() {
+    let w = World::new();
+    w.mock.set_latency(SLOW);
+    let account = "acct-alone";
+    let c = login(&w, account, -100);
+    let home = account_home(&w, "alone", &c);
+    let t = Instant::now();
+    let run = finish(agent_refresh(&w, &home).spawn().unwrap());
+    let took = t.elapsed();
+    let r = judge(&w, account, &home, run, Run { code: 0, stdout: String::new(), stderr: String::new() });
+    println!("{} ({took:?})", r.line(0));
+    assert_eq!((r.outcome(), r.requests, r.reused), ("refreshed", 1, 0), "{}", r.line(0));
+    assert!(r.on_disk_live);
+    let reason = r.agent["reason"].as_str().unwrap();
+    assert!(!reason.contains("Codex"), "nothing about Codex: {reason}");
+    assert!(took < SLOW + Duration::from_millis(1500), "no wait: {took:?}");
+}
+
+/// `codex app-server` on `home`, initialized, waiting for requests.
+struct AppServer {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    out: BufReader<std::process::ChildStdout>,
+    next: u64,
+}
+
+impl AppServer {
+    /// Started, not yet initialized. With an expired token Codex refreshes at once, before
+    /// any request (seen here: the POST comes before `initialize` is answered).
+    fn spawn(w: &World, home: &Path) -> AppServer {
+        let mut cmd = codex(w, home, &["app-server"]);
+        cmd.stdin(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        AppServer { child, stdin, out, next: 1 }
+    }
+
+    fn initialize(&mut self) {
+        self.call("initialize", json!({"clientInfo": {"name": "codexrace", "version": "0.1.0"}}));
+        self.send(&json!({"method": "initialized"}));
+    }
+
+    fn start(w: &World, home: &Path) -> AppServer {
+        let mut a = AppServer::spawn(w, home);
+        a.initialize();
+        a
+    }
+
+    fn send(&mut self, v: &Value) {
+        writeln!(self.stdin, "{v}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Send a request now; read its answer with [`Self::answer`].
+    fn request(&mut self, method: &str, params: Value) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.send(&json!({"id": id, "method": method, "params": params}));
+        id
+    }
+
+    fn answer(&mut self, id: u64) -> Value {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(self.out.read_line(&mut line).unwrap() > 0, "app-server closed its output");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id && v.get("method").is_none() {
+                return v;
+            }
+        }
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.request(method, params);
+        self.answer(id)
+    }
+}
+
+impl Drop for AppServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn codex_app_server_refreshing_and_the_agent_together_never_spend_one_token_twice() {
+    let w = World::new();
+    w.mock.set_latency(SLOW);
+    let n = rounds().min(5);
+    for i in 0..n {
+        let account = format!("acct-app-{i}");
+        let c = login(&w, &account, -100);
+        let home = account_home(&w, &format!("app-{i}"), &c);
+        w.mock.reset_counters();
+        let mut app = AppServer::spawn(&w, &home);
+        let agent = agent_refresh(&w, &home).spawn().unwrap();
+        app.initialize();
+        let id = app.request("account/read", json!({"refreshToken": true}));
+        let read = app.answer(id);
+        let run = finish(agent);
+        drop(app);
+        let r = judge(&w, &account, &home, run, Run { code: 0, stdout: String::new(), stderr: String::new() });
+        println!("{}", r.line(i));
+        assert!(read.get("result").is_some(), "account/read answered: {read}");
+        assert_clean_round(&r, i);
+        assert_eq!(r.outcome(), "fresh", "the agent adopted Codex's refresh: {}", r.line(i));
+        assert!(r.agent["reason"].as_str().unwrap().contains("we let it refresh"), "{}", r.line(i));
+    }
+}
+
+#[test]
+fn a_codex_outside_its_refresh_window_changes_nothing() {
+    // Due for the agent (within a day) but two hours from Codex's 5-minute window: Codex
+    // will not refresh, so the agent neither waits nor verifies.
+    let w = World::new();
+    w.mock.set_latency(SLOW);
+    let account = "acct-outside";
+    let c = login(&w, account, 2 * 3600);
+    let home = account_home(&w, "outside", &c);
+    let app = AppServer::start(&w, &home);
+    w.mock.reset_counters();
+    let t = Instant::now();
+    let run = finish(agent_refresh(&w, &home).spawn().unwrap());
+    let took = t.elapsed();
+    drop(app);
+    let r = judge(&w, account, &home, run, Run { code: 0, stdout: String::new(), stderr: String::new() });
+    println!("{} ({took:?})", r.line(0));
+    assert_eq!((r.outcome(), r.requests, r.reused), ("refreshed", 1, 0), "one refresh, no verification: {}", r.line(0));
+    assert!(r.on_disk_live);
+    assert!(!r.agent["reason"].as_str().unwrap().contains("Codex"), "{}", r.line(0));
+    assert!(took < SLOW + Duration::from_millis(1500), "no wait: {took:?}");
+}
+
+#[test]
+fn an_idle_codex_that_does_not_refresh_is_waited_for_then_the_refresh_is_verified() {
+    // An app-server nobody talks to, and an expired token: Codex does not refresh by itself.
+    // The agent waits request_timeout (2 s here) for it, refreshes, and, since that Codex
+    // still runs, verifies the new login with a second refresh.
+    let w = World::new();
+    w.mock.set_latency(SLOW);
+    let account = "acct-idle";
+    let c = login(&w, account, 10 * 86_400);
+    let home = account_home(&w, "idle", &c);
+    let cfg = w.config_me(&home, "request_timeout = \"2s\"");
+    let app = AppServer::start(&w, &home);
+    // Then a new login lands in auth.json whose access token has already expired.
+    let c = login(&w, account, -100);
+    std::fs::write(home.join("auth.json"), auth_json(&c, &recent())).unwrap();
+    w.mock.reset_counters();
+    let t = Instant::now();
+    let run = w.run(&cfg, &["refresh", "--account", "me", "--json"]);
+    let took = t.elapsed();
+    drop(app);
+    let r = judge(&w, account, &home, run, Run { code: 0, stdout: String::new(), stderr: String::new() });
+    println!("{} ({took:?})", r.line(0));
+    assert_eq!((r.outcome(), r.requests, r.reused), ("refreshed", 2, 0), "{}", r.line(0));
+    assert!(r.on_disk_live && !r.revoked);
+    let reason = r.agent["reason"].as_str().unwrap();
+    for part in ["did not refresh within 2.", "verified", "is alive"] {
+        assert!(reason.contains(part), "{part}: {reason}");
+    }
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(8), "waited, bounded: {took:?}");
 }
