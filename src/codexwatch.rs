@@ -372,6 +372,8 @@ pub struct Watch<'a> {
     ctx: Ctx<'a>,
     scanner: Scanner,
     times: Times,
+    /// The credential is (nearly) inside a Codex's refresh window: look for Codex at all.
+    watching: bool,
     /// Every Codex of this home, inside its refresh window for the credential we read, seen
     /// from our decision to the end of our POST: each may have sent the same token.
     racing: Vec<CodexProc>,
@@ -401,8 +403,12 @@ pub fn before_post<'a>(ctx: Ctx<'a>, bytes: &[u8], auth: &AuthFile) -> Before<'a
     let times = Times::of(auth);
     let now = ctx.clock.now();
     let inside = |p: &CodexProc| in_codex_window(times, refresh_margin(p.version), now);
-    let racing: Vec<CodexProc> = scanner.scan().into_iter().filter(inside).collect();
-    let mut watch = Watch { ctx, scanner, times, racing, yielded: None, post_took: Duration::ZERO };
+    // Outside every Codex's window (the usual case: our margin is far wider) no Codex
+    // refreshes before our POST is over, so there is nothing to look for.
+    let watching = in_codex_window(times, CODEX_MARGIN + ctx.request_timeout, now);
+    let racing: Vec<CodexProc> =
+        if watching { scanner.scan().into_iter().filter(inside).collect() } else { Vec::new() };
+    let mut watch = Watch { ctx, scanner, times, watching, racing, yielded: None, post_took: Duration::ZERO };
     if watch.racing.is_empty() {
         return Before::Post(watch);
     }
@@ -483,6 +489,9 @@ impl Watch<'_> {
     /// Run our refresh step `f`, looking for a Codex of this home that starts or runs
     /// meanwhile. A reuse failure while one ran is reported as the collision it is.
     pub fn post<T>(&mut self, f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
+        if !self.watching {
+            return f();
+        }
         let now = self.ctx.clock.now();
         let times = self.times;
         let inside = |p: &CodexProc| in_codex_window(times, refresh_margin(p.version), now);

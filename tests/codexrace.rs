@@ -132,15 +132,23 @@ fn judge(w: &World, account: &str, home: &Path, agent_run: Run, codex: Run) -> R
     }
 }
 
-/// One race: `codex exec` and the agent started together on one expired login.
-fn exec_round(w: &World, i: usize, agent_delay: Duration) -> Round {
+/// One race on one expired login: `codex exec` started `codex_later` after the agent
+/// (negative: that much before it).
+fn exec_round(w: &World, i: usize, codex_later: i64) -> Round {
     let account = format!("acct-race-{i}");
     let c = login(w, &account, -100);
     let home = account_home(w, &format!("race-{i}"), &c);
     w.mock.reset_counters();
-    let codex = codex_exec(w, &home).spawn().unwrap();
-    std::thread::sleep(agent_delay);
-    let agent = agent_refresh(w, &home).spawn().unwrap();
+    let pause = Duration::from_millis(codex_later.unsigned_abs());
+    let (agent, codex) = if codex_later < 0 {
+        let codex = codex_exec(w, &home).spawn().unwrap();
+        std::thread::sleep(pause);
+        (agent_refresh(w, &home).spawn().unwrap(), codex)
+    } else {
+        let agent = agent_refresh(w, &home).spawn().unwrap();
+        std::thread::sleep(pause);
+        (agent, codex_exec(w, &home).spawn().unwrap())
+    };
     let (agent_run, codex_run) = (finish(agent), finish(codex));
     judge(w, &account, &home, agent_run, codex_run)
 }
@@ -163,7 +171,7 @@ fn codex_exec_and_the_agent_refreshing_together_never_spend_one_token_twice() {
     let w = World::new();
     w.mock.set_latency(SLOW);
     let n = rounds();
-    let results: Vec<Round> = (0..n).map(|i| exec_round(&w, i, Duration::ZERO)).collect();
+    let results: Vec<Round> = (0..n).map(|i| exec_round(&w, i, 0)).collect();
     for (i, r) in results.iter().enumerate() {
         println!("{}", r.line(i));
     }
@@ -390,4 +398,63 @@ fn an_idle_codex_that_does_not_refresh_is_waited_for_then_the_refresh_is_verifie
         assert!(reason.contains(part), "{part}: {reason}");
     }
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(8), "waited, bounded: {took:?}");
+}
+
+/// The remaining window: how far apart the two starts must be for a collision. Run with
+/// `cargo test --test codexrace measure -- --ignored --nocapture` (`CODEXRACE_REPS`, default
+/// 3, rounds per offset); prints one row per offset of Codex's start after the agent's.
+#[test]
+#[ignore]
+fn measure_the_remaining_window() {
+    let w = World::new();
+    w.mock.set_latency(SLOW);
+    let reps: usize = std::env::var("CODEXRACE_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    println!(
+        "codex starts after the agent by | rounds | reused | agent fresh/refreshed/failed | reported refreshed for a revoked login"
+    );
+    let mut i = 0;
+    for offset in [-1000, -600, -300, -100, -20, 0, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 600] {
+        let (mut reused, mut lied, mut outcomes) = (0, 0, [0; 3]);
+        for _ in 0..reps {
+            let r = exec_round(&w, i, offset);
+            i += 1;
+            reused += usize::from(r.reused > 0);
+            lied += usize::from(r.outcome() == "refreshed" && r.revoked);
+            match r.outcome() {
+                "fresh" => outcomes[0] += 1,
+                "refreshed" => outcomes[1] += 1,
+                _ => outcomes[2] += 1,
+            }
+        }
+        println!("{offset:>5} ms | {reps} | {reused} | {}/{}/{} | {lied}", outcomes[0], outcomes[1], outcomes[2]);
+        assert_eq!(lied, 0, "never refreshed for a revoked login");
+    }
+}
+
+#[test]
+fn a_token_inside_codexs_margin_but_not_expired_is_left_to_codex_too() {
+    // 0.169/0.171 refresh 5 minutes before expiry, so the race exists there too and the
+    // agent yields; 0.130 refreshes only once expired, so the agent refreshes at once and
+    // Codex, finding the new token, has no reason to.
+    let old_codex = codex_bin().to_string_lossy().contains("codex-0.130.");
+    let w = World::new();
+    w.mock.set_latency(SLOW);
+    let account = "acct-margin";
+    let c = login(&w, account, 120);
+    let home = account_home(&w, "margin", &c);
+    w.mock.reset_counters();
+    let codex = codex_exec(&w, &home).spawn().unwrap();
+    let agent = agent_refresh(&w, &home).spawn().unwrap();
+    let (agent_run, codex_run) = (finish(agent), finish(codex));
+    let r = judge(&w, account, &home, agent_run, codex_run);
+    println!("{}", r.line(0));
+    assert_clean_round(&r, 0);
+    assert_eq!(r.codex.code, 0, "{}\n{}", r.line(0), r.codex.stderr);
+    if old_codex {
+        assert_eq!(r.outcome(), "refreshed", "{}", r.line(0));
+    } else {
+        assert_eq!(r.outcome(), "fresh", "the agent yielded: {}", r.line(0));
+        assert!(r.agent["reason"].as_str().unwrap().contains("we let it refresh"), "{}", r.line(0));
+    }
+    assert_eq!(r.requests, 1, "{}", r.line(0));
 }
