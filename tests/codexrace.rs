@@ -401,19 +401,27 @@ fn an_idle_codex_that_does_not_refresh_is_waited_for_then_the_refresh_is_verifie
 }
 
 /// The remaining window: how far apart the two starts must be for a collision. Run with
-/// `cargo test --test codexrace measure -- --ignored --nocapture` (`CODEXRACE_REPS`, default
-/// 3, rounds per offset); prints one row per offset of Codex's start after the agent's.
+/// `cargo test --test codexrace measure -- --ignored --nocapture`; prints one row per offset
+/// of Codex's start after the agent's. `CODEXRACE_REPS` (default 3) rounds per offset,
+/// `CODEXRACE_OFFSETS` (ms, comma-separated), `CODEXRACE_LATENCY_MS` (default 300).
 #[test]
 #[ignore]
 fn measure_the_remaining_window() {
     let w = World::new();
-    w.mock.set_latency(SLOW);
-    let reps: usize = std::env::var("CODEXRACE_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let latency = env("CODEXRACE_LATENCY_MS").and_then(|v| v.parse().ok()).map_or(SLOW, Duration::from_millis);
+    w.mock.set_latency(latency);
+    let reps: usize = env("CODEXRACE_REPS").and_then(|v| v.parse().ok()).unwrap_or(3);
+    let offsets: Vec<i64> = env("CODEXRACE_OFFSETS").map_or_else(
+        || vec![-1000, -600, -300, -100, -20, 0, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 600],
+        |v| v.split(',').map(|o| o.trim().parse().unwrap()).collect(),
+    );
+    println!("token endpoint latency {latency:?}");
     println!(
         "codex starts after the agent by | rounds | reused | agent fresh/refreshed/failed | reported refreshed for a revoked login"
     );
     let mut i = 0;
-    for offset in [-1000, -600, -300, -100, -20, 0, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 600] {
+    for offset in offsets {
         let (mut reused, mut lied, mut outcomes) = (0, 0, [0; 3]);
         for _ in 0..reps {
             let r = exec_round(&w, i, offset);
