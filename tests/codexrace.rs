@@ -132,22 +132,30 @@ fn judge(w: &World, account: &str, home: &Path, agent_run: Run, codex: Run) -> R
     }
 }
 
-/// One race on one expired login: `codex exec` started `codex_later` after the agent
-/// (negative: that much before it).
-fn exec_round(w: &World, i: usize, codex_later: i64) -> Round {
+/// Which process of a race starts first, and how long before the other.
+#[derive(Clone, Copy)]
+enum Start {
+    CodexFirst(Duration),
+    AgentFirst(Duration),
+}
+
+/// One race on one expired login: `codex exec` and the agent started `start` apart.
+fn exec_round(w: &World, i: usize, start: Start) -> Round {
     let account = format!("acct-race-{i}");
     let c = login(w, &account, -100);
     let home = account_home(w, &format!("race-{i}"), &c);
     w.mock.reset_counters();
-    let pause = Duration::from_millis(codex_later.unsigned_abs());
-    let (agent, codex) = if codex_later < 0 {
-        let codex = codex_exec(w, &home).spawn().unwrap();
-        std::thread::sleep(pause);
-        (agent_refresh(w, &home).spawn().unwrap(), codex)
-    } else {
-        let agent = agent_refresh(w, &home).spawn().unwrap();
-        std::thread::sleep(pause);
-        (agent, codex_exec(w, &home).spawn().unwrap())
+    let (agent, codex) = match start {
+        Start::CodexFirst(pause) => {
+            let codex = codex_exec(w, &home).spawn().unwrap();
+            std::thread::sleep(pause);
+            (agent_refresh(w, &home).spawn().unwrap(), codex)
+        }
+        Start::AgentFirst(pause) => {
+            let agent = agent_refresh(w, &home).spawn().unwrap();
+            std::thread::sleep(pause);
+            (agent, codex_exec(w, &home).spawn().unwrap())
+        }
     };
     let (agent_run, codex_run) = (finish(agent), finish(codex));
     judge(w, &account, &home, agent_run, codex_run)
@@ -156,7 +164,7 @@ fn exec_round(w: &World, i: usize, codex_later: i64) -> Round {
 /// What every round must show once the race is fixed.
 fn assert_clean_round(r: &Round, i: usize) {
     let line = r.line(i);
-    assert_eq!(r.reused, 0, "the single-use rule saw a reuse: {line}");
+    assert_eq!(r.reused, 0, "the single-use rule saw a reuse: {line}\nagent: {}", r.agent_run.stderr);
     assert!(!r.revoked && r.on_disk_live, "the login on disk is alive: {line}");
     assert!(
         r.outcome() != "refreshed" || !r.revoked,
@@ -171,7 +179,7 @@ fn codex_exec_and_the_agent_refreshing_together_never_spend_one_token_twice() {
     let w = World::new();
     w.mock.set_latency(SLOW);
     let n = rounds();
-    let results: Vec<Round> = (0..n).map(|i| exec_round(&w, i, 0)).collect();
+    let results: Vec<Round> = (0..n).map(|i| exec_round(&w, i, Start::CodexFirst(Duration::ZERO))).collect();
     for (i, r) in results.iter().enumerate() {
         println!("{}", r.line(i));
     }
@@ -402,7 +410,8 @@ fn an_idle_codex_that_does_not_refresh_is_waited_for_then_the_refresh_is_verifie
 
 /// The remaining window: how far apart the two starts must be for a collision. Run with
 /// `cargo test --test codexrace measure -- --ignored --nocapture`; prints one row per offset
-/// of Codex's start after the agent's. `CODEXRACE_REPS` (default 3) rounds per offset,
+/// of Codex's start after the agent's (0: the agent first, Codex right after it; negative:
+/// Codex that much earlier). `CODEXRACE_REPS` (default 3) rounds per offset,
 /// `CODEXRACE_OFFSETS` (ms, comma-separated), `CODEXRACE_LATENCY_MS` (default 300).
 #[test]
 #[ignore]
@@ -424,7 +433,8 @@ fn measure_the_remaining_window() {
     for offset in offsets {
         let (mut reused, mut lied, mut outcomes) = (0, 0, [0; 3]);
         for _ in 0..reps {
-            let r = exec_round(&w, i, offset);
+            let pause = Duration::from_millis(offset.unsigned_abs());
+            let r = exec_round(&w, i, if offset < 0 { Start::CodexFirst(pause) } else { Start::AgentFirst(pause) });
             i += 1;
             reused += usize::from(r.reused > 0);
             lied += usize::from(r.outcome() == "refreshed" && r.revoked);
