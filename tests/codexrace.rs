@@ -192,10 +192,11 @@ fn codex_exec_and_the_agent_refreshing_together_never_spend_one_token_twice() {
         assert_eq!(r.outcome(), "fresh", "the agent yielded to Codex and adopted: {}", r.line(i));
         assert_eq!(r.requests, 1, "one refresh, Codex's: {}", r.line(i));
     }
-    assert_no_secrets(
-        &results.iter().flat_map(|r| [("agent stdout", r.agent_run.stdout.as_str())]).collect::<Vec<_>>(),
-        &[],
-    );
+    let out: Vec<(&str, &str)> = results
+        .iter()
+        .flat_map(|r| [("agent stdout", r.agent_run.stdout.as_str()), ("agent stderr", r.agent_run.stderr.as_str())])
+        .collect();
+    assert_no_secrets(&out, &[]);
 }
 
 /// Spawn the agent, and Codex once the agent's POST has reached the token endpoint.
