@@ -12,6 +12,8 @@ pub mod cli;
 pub mod clock;
 /// The real Codex CLI in a throwaway home: offline config, scrubbed env, cleanup.
 pub mod codexrun;
+/// A running Codex of the account: yield to its refresh, verify a refresh that may have raced it.
+pub mod codexwatch;
 /// Config files: fragments → merged with defaults → validated settings.
 pub mod config;
 /// `codex-authctl`: the D-Bus client of the daemon.

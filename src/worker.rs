@@ -7,6 +7,7 @@ use crate::authfile::dir::{DirError, FileRead, Reserved, SafeDir};
 use crate::authfile::{AuthFile, NewTokens, sha256_hex};
 use crate::clock::Clock;
 use crate::codexrun::CodexSetup;
+use crate::codexwatch;
 use crate::config::RefreshMethod;
 use crate::outcome::{AuthBytes, Event, Failure, Outcome, Report};
 use crate::pending::PendingCredential;
@@ -109,12 +110,14 @@ pub fn cycle_lock_wait(refresh_limit: Duration, preflight_timeout: Duration) -> 
 }
 
 /// The longest one cycle may take before its parent kills it: the wait for another
-/// cycle, Codex's two locks before the POST (checked) and again at the commit, the
-/// refresh step, and some slack.
+/// cycle; a yield to a running Codex (up to the request timeout); a spend — Codex's two
+/// locks before the POST (checked) and again at the commit, and the refresh step; when
+/// a Codex raced it, the wait for that Codex (up to the request timeout) and a verifying
+/// second spend; and some slack.
 pub fn cycle_deadline(method: RefreshMethod, request_timeout: Duration, preflight_timeout: Duration) -> Duration {
     let refresh = refresh_limit(method, request_timeout);
-    let codex_locks = CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT;
-    cycle_lock_wait(refresh, preflight_timeout) + codex_locks * 2 + refresh + Duration::from_secs(10)
+    let spend = (CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT) * 2 + refresh;
+    cycle_lock_wait(refresh, preflight_timeout) + request_timeout * 2 + spend * 2 + Duration::from_secs(10)
 }
 
 impl Job {
@@ -422,20 +425,57 @@ impl Cycle<'_> {
                 "the last refresh of this auth.json failed permanently, so its refresh token is not sent again; log in again (codex login --device-auth), or --force to try anyway",
             ));
         }
-        let room = match self.prepare_commit(&snap) {
+        let ctx = codexwatch::Ctx {
+            account: self.account(),
+            codex_home: &self.job.codex_home,
+            home: self.home,
+            request_timeout: self.job.request_timeout,
+            clock: self.clock,
+        };
+        // A running Codex about to refresh this credential itself goes first.
+        let mut watch = match codexwatch::before_post(ctx, &snap.bytes, &snap.auth) {
+            codexwatch::Before::Done(r) => return r,
+            codexwatch::Before::Post(w) => w,
+        };
+        let room = match self.ready_to_spend(&snap) {
             Ok(Prepared::Room(r)) => r,
             Ok(Prepared::Changed(on_disk)) => {
                 return self.kept_theirs(on_disk, "while we waited for Codex's lock, before any token request");
             }
             Err(f) => return unsent(f),
         };
-        if let Err(f) = self.sup.may_spend(snap.bytes.len() as u64) {
-            return unsent(f);
+        let tokens = match watch.post(|| self.refresh_tokens(&snap)) {
+            Ok(t) => t,
+            Err(f) => return unsent(f),
+        };
+        let report = self.save(snap, &tokens, reason.clone(), room);
+        // The verification's second refresh takes the same checks and commit as the first.
+        let second_room = std::cell::RefCell::new(None);
+        watch.verify(
+            report,
+            |bytes, auth| {
+                let snap = Snapshot { bytes: bytes.to_vec(), auth: auth.clone() };
+                match self.ready_to_spend(&snap)? {
+                    Prepared::Room(r) => *second_room.borrow_mut() = Some(r),
+                    Prepared::Changed(_) => return Err(Failure::transient("auth.json changed before the check")),
+                }
+                self.refresh_tokens(&snap)
+            },
+            |bytes, auth, tokens| match second_room.borrow_mut().take() {
+                Some(room) => self.save(Snapshot { bytes, auth }, tokens, reason, room),
+                None => self.failed(Failure::transient("no room reserved for the verified credential")),
+            },
+        )
+    }
+
+    /// Every check before a token is spent: the commit's own ([`Self::prepare_commit`]),
+    /// then the caller's (`Supervisor::may_spend`: room for the pending copy, fleet).
+    fn ready_to_spend(&self, snap: &Snapshot) -> Result<Prepared, Failure> {
+        let prepared = self.prepare_commit(snap)?;
+        if matches!(prepared, Prepared::Room(_)) {
+            self.sup.may_spend(snap.bytes.len() as u64)?;
         }
-        match self.refresh_tokens(&snap) {
-            Ok(tokens) => self.save(snap, &tokens, reason, room),
-            Err(f) => unsent(f),
-        }
+        Ok(prepared)
     }
 
     /// Everything the commit will need, checked before the token is spent: both of

@@ -938,10 +938,11 @@ fn a_lease_ttl_shorter_than_one_refresher_cycle_is_a_config_error() {
     let r = check();
     assert_eq!(r.code, 78, "{}\n{}", r.stdout, r.stderr);
     // Vault request_timeout 1s and request_timeout 20s (Host::with), preflight_timeout 120s:
-    // the worker's deadline 350s (lock wait 190s, refresh 20s, Codex's locks 2 × 65s, 10s) + 4 × 1s.
+    // the worker's deadline 540s (lock wait 190s, yield 20s, 2 × (Codex's locks 2 × 65s + refresh 20s),
+    // settle 20s, 10s) + 4 × 1s.
     let head = format!("config error in {} at key `agent.lease_ttl`: ", h.config.display());
     assert!(r.stderr.starts_with(&head), "{}", r.stderr);
-    for want in ["1s is shorter than", "account team", "5m 54s", "refresh_token_reused", "at least 5m 54s"] {
+    for want in ["1s is shorter than", "account team", "9m 4s", "refresh_token_reused", "at least 9m 4s"] {
         assert!(r.stderr.contains(want), "{want:?} missing in: {}", r.stderr);
     }
     // A refresh with that config is refused the same way, before anything is spent.
@@ -949,7 +950,7 @@ fn a_lease_ttl_shorter_than_one_refresher_cycle_is_a_config_error() {
     assert_eq!(r.code, 78, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(mock.token_requests(), 0);
     // The minimum itself is accepted.
-    set_ttl("5m 54s");
+    set_ttl("9m 4s");
     let r = check();
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 }

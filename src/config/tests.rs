@@ -307,12 +307,12 @@ fn a_lease_ttl_shorter_than_a_refresher_cycle_names_the_file_the_key_and_the_min
     let e = load(&main, &Env::default()).unwrap_err();
     assert_eq!((e.file.as_deref(), e.key.as_deref()), (Some(drop_in.as_path()), Some("agent.lease_ttl")), "{e}");
     // Defaults: request_timeout 30s, preflight_timeout 120s, vault.request_timeout 10s →
-    // the worker's deadline 6m (190s lock wait + 30s + 2 × 65s Codex's locks, before the POST and
-    // at the commit, + 10s) + 4 × 10s.
+    // the worker's deadline 9m 40s (190s lock wait + 30s yield + 2 × (2 × 65s Codex's locks + 30s)
+    // + 30s settle + 10s) + 4 × 10s.
     let text = e.to_string();
     assert!(
         text.starts_with(&format!(
-            "config error in {} at key `agent.lease_ttl`: 1m is shorter than one refresher cycle of account team can take (6m 40s: the worker's deadline of 6m",
+            "config error in {} at key `agent.lease_ttl`: 1m is shorter than one refresher cycle of account team can take (10m 20s: the worker's deadline of 9m 40s",
             drop_in.display()
         )),
         "{text}"
@@ -322,13 +322,13 @@ fn a_lease_ttl_shorter_than_a_refresher_cycle_names_the_file_the_key_and_the_min
         "oauth, request_timeout 30s",
         "plus 4 Vault requests of up to 10s each",
         "lets another refresher take it and spend the same refresh token (refresh_token_reused)",
-        "set agent.lease_ttl to at least 6m 40s",
+        "set agent.lease_ttl to at least 10m 20s",
     ] {
         assert!(text.contains(want), "{want:?} missing in: {text}");
     }
     // Exactly the minimum is enough.
-    write(t.path(), "config.d/50-lease.toml", "[agent]\nlease_ttl = \"6m 40s\"\n");
-    assert_eq!(load(&main, &Env::default()).unwrap().agent.lease_ttl, Duration::from_secs(400));
+    write(t.path(), "config.d/50-lease.toml", "[agent]\nlease_ttl = \"10m 20s\"\n");
+    assert_eq!(load(&main, &Env::default()).unwrap().agent.lease_ttl, Duration::from_secs(620));
     // The default (15m) is checked too, and the slowest refresher is the one named.
     std::fs::remove_file(&drop_in).unwrap();
     write(
@@ -342,7 +342,7 @@ fn a_lease_ttl_shorter_than_a_refresher_cycle_names_the_file_the_key_and_the_min
     assert_eq!((e.file.as_deref(), e.key.as_deref()), (Some(main.as_path()), Some("agent.lease_ttl")), "{e}");
     let text = e.to_string();
     assert!(
-        text.contains("the default 15m is shorter than one refresher cycle of account slow can take (24m 10s"),
+        text.contains("the default 15m is shorter than one refresher cycle of account slow can take (56m 20s"),
         "{text}"
     );
     // Followers never hold the lease: their lease_ttl is not checked.

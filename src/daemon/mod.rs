@@ -14,7 +14,7 @@ pub mod notify;
 /// The Account object's properties as a pure projection.
 pub mod view;
 
-use crate::clock::{SystemClock, WallAlarm, Woke};
+use crate::clock::SystemClock;
 use crate::config::{self, Env};
 use crate::names::BusChoice;
 use crate::outcome::exit;
@@ -89,13 +89,6 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
     if clock.is_some() {
         notify::watchdog();
     }
-    let alarm = WallAlarm::new()
-        .inspect_err(|e| {
-            tracing::warn!(
-                "no wall-clock alarm ({e}): after a clock step or a suspend, runs may start up to an hour late"
-            )
-        })
-        .ok();
     loop {
         let now = core.now();
         let wake = core.next_wakeup().unwrap_or(DateTime::<Utc>::MAX_UTC).min(now + MAX_SLEEP);
@@ -110,10 +103,7 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
                     notify::status(publisher.summary());
                 }
             }
-            woke = wait_until(alarm.as_ref(), wake, now) => {
-                if woke == Woke::ClockSet {
-                    tracing::info!("the wall clock was set: looking at the schedule again");
-                }
+            _ = tokio::time::sleep((wake - now).to_std().unwrap_or(Duration::ZERO)) => {
                 core.kick(core.due(core.now(), false));
             }
             _ = next_ping(clock.as_ref()) => notify::watchdog(),
@@ -126,23 +116,6 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     exit::OK
-}
-
-/// Until the wall clock reads `wake` (worked out at `now`) or is set. The next look is a
-/// wall-clock time, but tokio's sleep counts monotonic time: after a step forward or a
-/// resume from suspend it would oversleep by up to MAX_SLEEP, and a step back would be seen
-/// only when it ends. The alarm answers both at once (see `WallAlarm`); the monotonic
-/// sleep is left for when there is no alarm, and a failing alarm falls back to it (no
-/// spinning on the error).
-async fn wait_until(alarm: Option<&WallAlarm>, wake: DateTime<Utc>, now: DateTime<Utc>) -> Woke {
-    if let Some(alarm) = alarm {
-        match alarm.until(wake, now).await {
-            Ok(woke) => return woke,
-            Err(e) => tracing::warn!("the wall-clock alarm failed: {e}"),
-        }
-    }
-    tokio::time::sleep((wake - now).to_std().unwrap_or(Duration::ZERO)).await;
-    Woke::Reached
 }
 
 /// When the watchdog wants its next ping; never without a watchdog. A failing clock
