@@ -9,7 +9,7 @@ use mock_openai::{MockConfig, MockServer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -202,15 +202,6 @@ fn a_thousand_crashed_cycles_leave_a_parseable_private_file_with_a_known_token()
     }
     assert_eq!(m.reuse_detections(), 0, "a spent token was sent again");
     assert!(all.keys().any(|(k, _)| k == "sigkill"));
-}
-
-/// A tmpfs mounted for the test, unmounted on drop.
-struct TinyFs(PathBuf);
-
-impl Drop for TinyFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

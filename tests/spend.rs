@@ -86,15 +86,6 @@ fn a_held_auth_lock_means_no_post_and_the_token_stays_live() {
     assert_eq!(m.reuse_detections(), 0);
 }
 
-/// A tmpfs mounted for the test, unmounted on drop.
-struct TinyFs(PathBuf);
-
-impl Drop for TinyFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_is_found_before_the_post_and_the_login_survives_it() {
     if !require_root("a_full_disk_is_found_before_the_post_and_the_login_survives_it") {

@@ -251,3 +251,12 @@ pub fn chown_r(p: &Path, uid: u32, gid: u32) {
         }
     }
 }
+
+/// A tmpfs mounted for the test, unmounted on drop.
+pub struct TinyFs(pub PathBuf);
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
