@@ -25,6 +25,8 @@ use codex_auth_agent::core::schedule;
 use codex_auth_agent::runner::account::Runtime;
 use codex_auth_agent::runner::privsep::Workers;
 use codex_auth_agent::runner::run::{self, RefreshOptions};
+use codex_auth_agent::runner::vault::Clients;
+use codex_auth_agent::store::Memory;
 use codex_auth_agent::worker::Local;
 use mock_openai::{MockConfig, MockServer};
 use std::cmp::Reverse;
@@ -202,6 +204,8 @@ struct Agent {
     settings: Settings,
     proxy: CountingProxy,
     hosts_refresher: bool,
+    /// The agent's Vault client, kept across its runs like a daemon's.
+    vault: Clients,
 }
 
 /// A scratch area on tmpfs when there is one: 20 simulated VMs would otherwise queue their
@@ -254,13 +258,18 @@ impl Agent {
         }
         let path = scratch.config(&body);
         let settings = config::load(&path, &Env { token_url_override: Some(mock.token_url()) }).unwrap();
-        Agent { scratch, settings, proxy, hosts_refresher }
+        Agent { scratch, settings, proxy, hosts_refresher, vault: Clients::default() }
     }
 
     fn run(&self, a: usize, clock: &SimClock) -> Report {
         let acct = &self.settings.accounts[&account_name(a)];
         let exec = Workers { local: Local, always: false };
-        run::refresh(&self.settings, acct, RefreshOptions::default(), &Runtime { clock, exec: &exec })
+        run::refresh(
+            &self.settings,
+            acct,
+            RefreshOptions::default(),
+            &Runtime { clock, exec: &exec, mem: &Memory::default(), vault: &self.vault },
+        )
     }
 
     fn auth(&self, a: usize) -> Vec<u8> {

@@ -47,7 +47,8 @@ export CODEX_AUTH_AGENT_TEST_CODEX="$codex_dir/$codex_native"
 # Tests that cannot run here (not root, no tmpfs) list themselves in this file.
 skipped_list=target/tmp/skipped-tests.txt
 rm -f "$skipped_list"
-cargo test --locked --workspace --no-fail-fast
+# The fault hook of the crash suite exists only in this test build (src/sys/fault.rs).
+cargo test --locked --workspace --features codex-auth-agent/fault-injection --no-fail-fast
 if [ -s "$skipped_list" ]; then
   echo "== $(wc -l < "$skipped_list") test(s) SKIPPED:"
   sed 's/^/   /' "$skipped_list"

@@ -297,11 +297,6 @@ impl Schedule {
         }
         Ok(())
     }
-
-    /// A run that was not started after all (quarantine or backoff answered it).
-    pub fn cancel(&mut self, back_to: State) {
-        self.state = back_to;
-    }
 }
 
 /// When the credential described by `report` becomes due by the refresh policy (`now` when

@@ -5,7 +5,7 @@
 //! Vault I/O happens here, in the caller (root); every file in a CODEX_HOME is still
 //! written by the worker as the account's user (`Job::store` with `materialize`).
 
-use crate::config::{AccountSettings, AgentSettings, FleetRole, FleetSettings, HostIdSource, Settings, VaultSettings};
+use crate::config::{AccountSettings, AgentSettings, FleetRole, FleetSettings, HostIdSource, Settings};
 use crate::core::authfile::sha256_hex;
 use crate::core::lease::{self, Collision, LeaseDecision, LeaseRecord, Me};
 use crate::core::outcome::{Event, Failure, Outcome, Report};
@@ -19,7 +19,7 @@ use crate::sys::safedir::SafeDir;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const FLEET_FILE: &str = "fleet.json";
@@ -133,20 +133,6 @@ fn collision_fix(agent: &AgentSettings) -> String {
     }
 }
 
-/// One client per process and Vault config, so the daemon keeps its AppRole login.
-fn client(settings: &VaultSettings) -> Result<Arc<Vault>, VaultError> {
-    static CLIENT: Mutex<Option<(VaultSettings, Arc<Vault>)>> = Mutex::new(None);
-    let mut c = CLIENT.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((s, v)) = c.as_ref() {
-        if s == settings {
-            return Ok(v.clone());
-        }
-    }
-    let v = Arc::new(Vault::new(settings)?);
-    *c = Some((settings.clone(), v.clone()));
-    Ok(v)
-}
-
 /// The auth.json a `return_auth` worker handed back (empty if none).
 fn returned_auth(r: &Report) -> Vec<u8> {
     r.auth_b64.as_ref().and_then(|b| base64::engine::general_purpose::STANDARD.decode(&b.0).ok()).unwrap_or_default()
@@ -176,7 +162,7 @@ pub fn new_login_in_vault(
     failed_sha256: Option<&str>,
     rt: &Runtime<'_>,
 ) -> bool {
-    let Some(v) = settings.vault.as_ref().and_then(|vs| client(vs).ok()) else { return false };
+    let Some(v) = settings.vault.as_ref().and_then(|vs| rt.vault.get(vs).ok()) else { return false };
     let read = |key: &str| v.read(key, rt.clock.now());
     let (Ok(rotating), Ok(seed)) = (read(&fleet.vault_rotating_key), read(&fleet.vault_seed_key)) else {
         return false;
@@ -247,7 +233,7 @@ fn with_run(
     };
     let run = Run { settings, acct, fleet, opts, rt, id };
     let mut st = load_state(settings, &acct.name);
-    let mut report = f(&run, client(vs), &mut st);
+    let mut report = f(&run, rt.vault.get(vs), &mut st);
     save_state(settings, &acct.name, &st);
     report.auth_b64 = None;
     report.store_version = st.version;
@@ -287,7 +273,7 @@ impl Run<'_> {
     /// Like [`Run::work`], with `before_post` asked right before the token is spent (the
     /// worker's pre-spend gate, answered here in the root parent).
     fn work_gated(&self, f: impl FnOnce(&mut Job), before_post: &dyn Fn() -> Result<(), Failure>) -> Report {
-        let mut job = account::job_for(self.settings, self.acct, &self.id, self.opts);
+        let mut job = account::job_for(self.settings, self.acct, &self.id, self.opts, self.rt);
         f(&mut job);
         account::run_job_checked(self.settings, &self.id, &job, self.rt, before_post)
     }
@@ -828,7 +814,9 @@ mod tests {
             std::fs::write(&cfg, text).unwrap();
             let s = crate::config::load(&cfg, &crate::config::Env::default()).unwrap();
             let a = &s.accounts["a"];
-            let job = account::job_for(&s, a, &id, RefreshOptions::default());
+            let (exec, mem, vault) = (crate::worker::Local, crate::store::Memory::default(), Default::default());
+            let rt = Runtime { clock: &crate::core::clock::SystemClock, exec: &exec, mem: &mem, vault: &vault };
+            let job = account::job_for(&s, a, &id, RefreshOptions::default(), &rt);
             assert_eq!(crate::config::worker_deadline(&a.refresh), job.deadline(), "{method} {timeout}");
         }
     }

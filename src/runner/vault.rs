@@ -62,16 +62,22 @@ pub enum VaultError {
     Invalid { key: String, why: String },
 }
 
-impl VaultError {
-    /// Retrying later can help (Vault down, overloaded, or answering oddly).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            VaultError::Unreachable { .. }
-                | VaultError::Untrusted { .. }
-                | VaultError::Invalid { .. }
-                | VaultError::CasMismatch { .. }
-        )
+/// One client per Vault config for the life of the process, so the daemon keeps its
+/// AppRole login across runs instead of logging in for each.
+#[derive(Default)]
+pub struct Clients(Mutex<Option<(VaultSettings, Arc<Vault>)>>);
+
+impl Clients {
+    pub fn get(&self, settings: &VaultSettings) -> Result<Arc<Vault>, VaultError> {
+        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((s, v)) = c.as_ref() {
+            if s == settings {
+                return Ok(v.clone());
+            }
+        }
+        let v = Arc::new(Vault::new(settings)?);
+        *c = Some((settings.clone(), v.clone()));
+        Ok(v)
     }
 }
 
@@ -115,40 +121,11 @@ impl fmt::Debug for Vault {
     }
 }
 
-/// TLS roots: the system's, plus `ca_file` when set.
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().unwrap_or_default() {
-        let _ = roots.add(cert);
-    }
-    if let Some(ca) = ca_file {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("ca_file {} is not PEM: {e}", ca.display()))?;
-        if certs.is_empty() {
-            return Err(format!("ca_file {} holds no certificate", ca.display()));
-        }
-        for c in certs {
-            roots.add(c).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
-}
-
 impl Vault {
     pub fn new(settings: &VaultSettings) -> Result<Vault, VaultError> {
         let mut b = ureq::AgentBuilder::new().timeout(settings.request_timeout).redirects(0);
         if settings.address.starts_with("https://") {
-            b = b.tls_config(tls_config(settings.ca_file.as_deref()).map_err(VaultError::Login)?);
+            b = b.tls_config(crate::sys::tls::client_config(settings.ca_file.as_deref()).map_err(VaultError::Login)?);
         }
         Ok(Vault { agent: b.build(), settings: settings.clone(), token: Mutex::new(None) })
     }

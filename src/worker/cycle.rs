@@ -46,7 +46,7 @@ pub fn run(job: &Job, clock: &dyn Clock, sup: &dyn Supervisor) -> Report {
     let mut report = cycle.run();
     report.pending_left = Some(cycle.pending_open.get());
     if !job.dry_run && report.class() != Some(crate::core::outcome::FailureClass::Unsafe) {
-        if let Err(e) = home.write_atomic(SIDECAR_FILE, &sidecar_bytes(&report, clock.now())) {
+        if let Err(e) = home.replace_quietly(SIDECAR_FILE, &sidecar_bytes(&report, clock.now())) {
             tracing::warn!(account = %job.account, "could not write the status sidecar: {e}");
         }
     }
