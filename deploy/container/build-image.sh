@@ -46,12 +46,14 @@ command -v buildah >/dev/null || { echo "$0: buildah is missing: apt-get install
 # The agent's shared libraries, as the dynamic loader resolves them here.
 mapfile -t libs < <(ldd "$agent" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u)
 inputs=$( (sha256sum "$agent" "$codex" "$cacerts" "${libs[@]}" "$0" | awk '{print $1}') | sha256sum | cut -c1-32)
-if [ "$(buildah inspect --type image --format '{{index .OCIv1.Config.Labels "codex-auth-agent.inputs"}}' "$tag" 2>/dev/null)" = "$inputs" ]; then
+label='{{index .OCIv1.Config.Labels "codex-auth-agent.inputs"}}'
+if [ "$(buildah inspect --type image --format "$label" "$tag" 2>/dev/null)" = "$inputs" ]; then
   echo "$tag is up to date (inputs $inputs)"
 else
   root=$(mktemp -d)
   trap 'rm -rf "$root"' EXIT
-  install -d -m 0755 "$root"/{usr/local/bin,etc/ssl/certs,etc/codex-auth-agent,work,tmp,var/run/secrets/kubernetes.io/serviceaccount}
+  install -d -m 0755 "$root"/{usr/local/bin,etc/ssl/certs,etc/codex-auth-agent,work,tmp} \
+    "$root/var/run/secrets/kubernetes.io/serviceaccount"
   chmod 1777 "$root/tmp"
   install -m 0755 "$agent" "$root/usr/local/bin/codex-auth-agent"
   install -m 0755 "$codex" "$root/usr/local/bin/codex"
@@ -59,8 +61,10 @@ else
     install -D -m 0755 "$(readlink -f "$l")" "$root$l"
   done
   install -m 0644 "$cacerts" "$root/etc/ssl/certs/ca-certificates.crt"
-  printf 'root:x:0:0:root:/nonexistent:/usr/sbin/nologin\ncodex:x:10001:10001:codex-auth-agent:/work:/usr/sbin/nologin\n' \
-    > "$root/etc/passwd"
+  {
+    echo 'root:x:0:0:root:/nonexistent:/usr/sbin/nologin'
+    echo 'codex:x:10001:10001:codex-auth-agent:/work:/usr/sbin/nologin'
+  } > "$root/etc/passwd"
   printf 'root:x:0:\ncodex:x:10001:\n' > "$root/etc/group"
   printf 'passwd: files\ngroup: files\nhosts: files dns\n' > "$root/etc/nsswitch.conf"
   chmod 0644 "$root"/etc/{passwd,group,nsswitch.conf}

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::fmt;
 use std::io::Read;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Largest Vault answer we read (auth.json is far below this).
@@ -189,6 +190,9 @@ impl Vault {
             VaultAuth::AppRole { approle_role_id_file, approle_secret_id_file } => {
                 self.approle_login(&read_secret(approle_role_id_file)?, &read_secret(approle_secret_id_file)?, now)?
             }
+            VaultAuth::Kubernetes { kubernetes_role, kubernetes_mount, kubernetes_token_file } => {
+                self.kubernetes_login(kubernetes_role, kubernetes_mount, kubernetes_token_file, now)?
+            }
         };
         *cached = Some(t.clone());
         Ok(t.value)
@@ -200,21 +204,43 @@ impl Vault {
     }
 
     fn approle_login(&self, role_id: &str, secret_id: &str, now: DateTime<Utc>) -> Result<Token, VaultError> {
-        let url = format!("{}/v1/auth/approle/login", self.settings.address);
         let body = json!({"role_id": role_id, "secret_id": secret_id});
+        let fix = "check approle_role_id_file and approle_secret_id_file and that the approle auth method is enabled";
+        self.login("approle", "AppRole", body, fix, now)
+    }
+
+    /// `POST /v1/auth/<mount>/login {role, jwt}`: Vault's `kubernetes` and `jwt` methods
+    /// take the same request. The token file is read at every login: the kubelet rotates it.
+    fn kubernetes_login(
+        &self,
+        role: &str,
+        mount: &str,
+        token_file: &Path,
+        now: DateTime<Utc>,
+    ) -> Result<Token, VaultError> {
+        let jwt = read_secret(token_file)?;
+        let body = json!({"role": role, "jwt": jwt});
+        let fix = format!(
+            "check that auth/{mount} is a kubernetes (or jwt) auth method whose role {role} is bound to this pod's service account and namespace (kubernetes_token_file {})",
+            token_file.display()
+        );
+        self.login(mount, "Kubernetes", body, &fix, now)
+    }
+
+    /// One login request; the answer's client token and when it stops working.
+    fn login(&self, mount: &str, what: &str, body: Value, fix: &str, now: DateTime<Utc>) -> Result<Token, VaultError> {
+        let url = format!("{}/v1/auth/{mount}/login", self.settings.address);
         let v = match self.agent.post(&url).send_json(body) {
             Ok(resp) => read_json(resp).map_err(|why| VaultError::Login(format!("unreadable answer: {why}")))?,
             Err(ureq::Error::Status(code, _)) if code < 500 && code != 429 => {
-                return Err(VaultError::Login(format!(
-                    "AppRole login refused (HTTP {code}); check approle_role_id_file and approle_secret_id_file and that the approle auth method is enabled"
-                )));
+                return Err(VaultError::Login(format!("{what} login refused (HTTP {code}); {fix}")));
             }
-            Err(ureq::Error::Status(code, _)) => return Err(self.unreachable(format!("HTTP {code} on AppRole login"))),
+            Err(ureq::Error::Status(code, _)) => return Err(self.unreachable(format!("HTTP {code} on {what} login"))),
             Err(ureq::Error::Transport(t)) => return Err(self.transport(&t)),
         };
         let auth = &v["auth"];
         let Some(token) = auth["client_token"].as_str().filter(|t| !t.is_empty()) else {
-            return Err(VaultError::Login("the AppRole login answer holds no client_token".into()));
+            return Err(VaultError::Login(format!("the {what} login answer holds no client_token")));
         };
         let expires_at = lease_expiry(now, auth["lease_duration"].as_i64());
         Ok(Token { value: token.to_string(), obtained: now, expires_at })
@@ -244,7 +270,7 @@ impl Vault {
             return match result {
                 Ok(resp) => read_json(resp).map_err(|why| VaultError::Invalid { key: key.to_string(), why }),
                 Err(ureq::Error::Status(403, _))
-                    if !relogged && matches!(self.settings.auth, VaultAuth::AppRole { .. }) =>
+                    if !relogged && !matches!(self.settings.auth, VaultAuth::Token { .. }) =>
                 {
                     self.forget_token();
                     relogged = true;
@@ -330,8 +356,8 @@ fn read_json(resp: ureq::Response) -> Result<Value, String> {
     serde_json::from_slice(&buf).map_err(|_| "not JSON".to_string())
 }
 
-/// A one-line secret from a root-only file (checked by the config too), trimmed.
-fn read_secret(path: &std::path::Path) -> Result<String, VaultError> {
+/// A one-line secret from a file (root-only ones are checked by the config too), trimmed.
+fn read_secret(path: &Path) -> Result<String, VaultError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| VaultError::Login(format!("cannot read {}: {e}", path.display())))?;
     let t = text.trim();
