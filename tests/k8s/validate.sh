@@ -27,6 +27,12 @@ rm -rf "$out" && mkdir -p "$out"
 echo "== deploy/kubernetes as shipped (account default)"
 "$tools/bin/kubectl" kustomize deploy/kubernetes > "$out/shipped.yaml"
 "$tools/bin/python" tests/k8s/check_manifests.py "$out/shipped.yaml" default
+# The shipped tag is the one build-image.sh gives the image of this version.
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+if ! grep -q "image: localhost/codex-auth-refresher:$version\$" "$out/shipped.yaml"; then
+  echo "deploy/kubernetes/kustomization.yaml: images.newTag must be $version (Cargo.toml), as build-image.sh tags it" >&2
+  exit 1
+fi
 
 # A second account made the way README "Kubernetes" says: copy accounts/default and
 # replace the name. Both must render side by side with their own names and keys.
@@ -34,6 +40,6 @@ echo "== deploy/kubernetes with a second account (team), made as the README says
 cp -r deploy/kubernetes "$out/tree"
 cp -r "$out/tree/accounts/default" "$out/tree/accounts/team"
 sed -i 's/default/team/g' "$out/tree/accounts/team/account.toml" "$out/tree/accounts/team/kustomization.yaml"
-printf '  - accounts/team\n' >> "$out/tree/kustomization.yaml"
+sed -i '/^  - accounts\/default$/a\  - accounts/team' "$out/tree/kustomization.yaml"
 "$tools/bin/kubectl" kustomize "$out/tree" > "$out/two.yaml"
 "$tools/bin/python" tests/k8s/check_manifests.py "$out/two.yaml" default team
