@@ -402,6 +402,79 @@ mod tests {
         assert_eq!(lease_expiry(now, None), None);
     }
 
+    /// A Vault that answers `n` logins with a 1 s token and tells what each one sent.
+    fn fake_login_server(n: usize) -> (String, std::thread::JoinHandle<Vec<Value>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..n {
+                let (stream, _) = listener.accept().unwrap();
+                let mut r = BufReader::new(stream.try_clone().unwrap());
+                let (mut line, mut len, mut path) = (String::new(), 0usize, String::new());
+                r.read_line(&mut path).unwrap();
+                while r.read_line(&mut line).unwrap() > 2 {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; len];
+                std::io::Read::read_exact(&mut r, &mut body).unwrap();
+                let mut v: Value = serde_json::from_slice(&body).unwrap();
+                v["path"] = json!(path.split_whitespace().nth(1));
+                seen.push(v);
+                let answer = r#"{"auth":{"client_token":"s.fake","lease_duration":1}}"#;
+                let mut s = stream;
+                write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                    answer.len()
+                )
+                .unwrap();
+            }
+            seen
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn kubernetes_login_reads_the_token_file_again_at_each_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "jwt-one\n").unwrap();
+        let (address, server) = fake_login_server(2);
+        let v = Vault::new(&VaultSettings {
+            address,
+            mount: "secret".into(),
+            auth: VaultAuth::Kubernetes {
+                kubernetes_role: "codex-auth-refresher-team".into(),
+                kubernetes_mount: "k8s/prod".into(),
+                kubernetes_token_file: file.clone(),
+            },
+            ca_file: None,
+            request_timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        assert_eq!(v.token(t(0)).unwrap(), "s.fake");
+        // The kubelet rotated the projected token; the 1 s Vault token has run out.
+        std::fs::write(&file, "jwt-two").unwrap();
+        assert_eq!(v.token(t(10)).unwrap(), "s.fake");
+        let seen = server.join().unwrap();
+        let sent: Vec<(&str, &str, &str)> = seen
+            .iter()
+            .map(|b| (b["path"].as_str().unwrap(), b["role"].as_str().unwrap(), b["jwt"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("/v1/auth/k8s/prod/login", "codex-auth-refresher-team", "jwt-one"),
+                ("/v1/auth/k8s/prod/login", "codex-auth-refresher-team", "jwt-two")
+            ]
+        );
+    }
+
     #[test]
     fn secrets_and_clients_do_not_print_their_content() {
         let s = Secret(b"hvs.very-secret".to_vec());
