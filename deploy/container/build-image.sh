@@ -84,7 +84,10 @@ else
     --label "org.opencontainers.image.description=codex-auth-agent with Codex CLI $CODEX_VERSION" \
     --label "codex-auth-agent.inputs=$inputs" \
     "$ctr"
+  old=$(buildah inspect --type image --format '{{.FromImageID}}' "$tag" 2>/dev/null || true)
   buildah commit --quiet --rm "$ctr" "$tag" >/dev/null
+  # The image this tag named before, now untagged: rebuilt images would pile up otherwise.
+  [ -z "$old" ] || buildah rmi "$old" >/dev/null 2>&1 || true
   echo "built $tag (agent $version, Codex $CODEX_VERSION, inputs $inputs)"
 fi
 if [ -n "$archive" ]; then
