@@ -374,7 +374,8 @@ impl Pod {
         std::fs::write(
             etc.join("config.d/90-test.toml"),
             format!(
-                "[vault]\naddress = \"{}\"\nrequest_timeout = \"5s\"\n\n[defaults]\ncodex_base_url = \"{}\"\nrequest_timeout = \"10s\"\n",
+                "[vault]\naddress = \"{}\"\nrequest_timeout = \"5s\"\n\n\
+                 [defaults]\ncodex_base_url = \"{}\"\nrequest_timeout = \"10s\"\n",
                 bao.addr,
                 mock.url()
             ),

@@ -258,7 +258,8 @@ fn kubernetes_auth_defaults_and_errors_name_the_key() {
     let out = s.render();
     assert!(out.contains("kubernetes_role = \"codex-auth-refresher-team\""), "{out}");
     let s = load_text(&vault(
-        "auth = \"kubernetes\"\nkubernetes_role = \"r\"\nkubernetes_mount = \"k8s/prod\"\nkubernetes_token_file = \"/t\"",
+        "auth = \"kubernetes\"\nkubernetes_role = \"r\"\nkubernetes_mount = \"k8s/prod\"\n\
+         kubernetes_token_file = \"/t\"",
     ))
     .unwrap();
     let VaultAuth::Kubernetes { kubernetes_mount, kubernetes_token_file, .. } = s.vault.unwrap().auth else {

@@ -114,7 +114,8 @@ def check_account(docs, account):
         fail(f"{name}: the account must be a fleet refresher")
     if config["vault"].get("auth") != "kubernetes" or config["vault"].get("kubernetes_role") != name:
         fail(f"{name}: [vault] must log in with auth = kubernetes and role {name}")
-    for key, what in [(acct["codex_home"], "codex_home"), (config["agent"]["state_dir"], "state_dir"), ("/tmp", "TMPDIR")]:
+    places = [(acct["codex_home"], "codex_home"), (config["agent"]["state_dir"], "state_dir"), ("/tmp", "TMPDIR")]
+    for key, what in places:
         mount = max((m for m in mounts if key == m or key.startswith(m + "/")), key=len, default=None)
         if mount is None or "emptyDir" not in vols[mounts[mount]]:
             fail(f"{name}: {what} {key} is not in an emptyDir")
