@@ -86,8 +86,9 @@ def check_account(docs, account):
     if name not in by_kind(docs, "ServiceAccount"):
         fail(f"{name}: no ServiceAccount {name}")
     psc = pod.get("securityContext", {})
-    if psc.get("runAsNonRoot") is not True or not psc.get("runAsUser"):
-        fail(f"{name}: the pod must run as a non-root uid")
+    # 10001 is the image's user codex (deploy/container/build-image.sh), named by account.toml.
+    if psc.get("runAsNonRoot") is not True or psc.get("runAsUser") != 10001:
+        fail(f"{name}: the pod must run as the image's non-root uid 10001")
     (c,) = pod["containers"]
     sc = c.get("securityContext", {})
     if sc.get("readOnlyRootFilesystem") is not True or sc.get("allowPrivilegeEscalation") is not False:
