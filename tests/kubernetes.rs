@@ -503,9 +503,10 @@ fn cronjob_image_refreshes_through_codex_app_server_as_its_own_user_with_the_jwt
 }
 
 /// Three rounds of two pods (as if concurrencyPolicy had failed) and a VM agent refresher
-/// of the same account, all forced, the VM started `vm_delay` after the pods. Returns the
+/// of the same account, all forced: the VM started with the pods, or (`vm_last`) in round 0
+/// only once both pods ended, so that they race each other for the lease. Returns the
 /// outcome lines and how many runs refreshed.
-fn race(test: &str, vm_delay: std::time::Duration) -> Option<(Vec<String>, u64)> {
+fn race(test: &str, vm_last: bool) -> Option<(Vec<String>, u64)> {
     let (bao, mock, c, signer) = cluster(test)?;
     let mut canaries = support::canary::Canaries::new();
     canaries.add_creds(&c);
@@ -539,12 +540,15 @@ fn race(test: &str, vm_delay: std::time::Duration) -> Option<(Vec<String>, u64)>
             .iter()
             .map(|p| piped(p.command(&mock, &["refresh", "--account", "team", "--json", "--force"])))
             .collect();
-        std::thread::sleep(vm_delay);
+        let mut outputs = Vec::new();
+        if vm_last && round == 0 {
+            outputs.extend(children.drain(..).map(|c| c.wait_with_output().unwrap()));
+        }
         let mut vm_cmd = support::agent(&vm, &mock);
         vm_cmd.arg("--config").arg(&vm_config).args(["refresh", "--account", "team", "--json", "--force"]);
         children.push(piped(vm_cmd));
-        for child in children {
-            let out = child.wait_with_output().unwrap();
+        outputs.extend(children.into_iter().map(|c| c.wait_with_output().unwrap()));
+        for out in outputs {
             let r = support::Run {
                 code: out.status.code().unwrap_or(-1),
                 stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -578,14 +582,15 @@ fn race(test: &str, vm_delay: std::time::Duration) -> Option<(Vec<String>, u64)>
 #[test]
 fn cronjob_pods_and_a_vm_agent_sharing_one_vault_never_spend_the_same_token() {
     let test = "cronjob_pods_and_a_vm_agent_sharing_one_vault_never_spend_the_same_token";
-    // The VM's agent starts in milliseconds, a pod in about a second: at once, the VM wins
-    // the lease; 3 s later, the two pods have raced each other for it and the VM follows.
-    for (delay, winner) in [(0, "vm-1"), (3000, "codex-auth-refresher-team-0-")] {
-        let Some((outcomes, refreshed)) = race(test, std::time::Duration::from_millis(delay)) else { return };
-        println!("VM {delay} ms after the pods: {refreshed} refreshes in 3 rounds of 3 runs:\n{}", outcomes.join("\n"));
-        assert!(
-            outcomes.iter().any(|o| o.contains(&format!("lease held by {winner}"))),
-            "the lease went to {winner}: {outcomes:#?}"
-        );
+    // All at once (the VM's agent starts in milliseconds, a pod in about a second, so the
+    // VM usually wins); then the two pods alone first, racing each other, the VM following.
+    for vm_last in [false, true] {
+        let Some((outcomes, refreshed)) = race(test, vm_last) else { return };
+        println!("VM last: {vm_last}: {refreshed} refreshes in 3 rounds of 3 runs:\n{}", outcomes.join("\n"));
+        if vm_last {
+            let pod_lease = "lease held by codex-auth-refresher-team-0-";
+            assert!(outcomes.iter().any(|o| o.contains(pod_lease)), "a pod took the lease: {outcomes:#?}");
+            assert!(!outcomes.iter().any(|o| o.contains("lease held by vm-1")), "{outcomes:#?}");
+        }
     }
 }
