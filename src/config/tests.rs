@@ -246,6 +246,67 @@ fn approle_needs_both_files() {
 }
 
 #[test]
+fn kubernetes_auth_defaults_and_errors_name_the_key() {
+    let vault = |extra: &str| format!("[vault]\naddress = \"http://127.0.0.1:8200\"\n{extra}\n");
+    let s = load_text(&vault("auth = \"kubernetes\"\nkubernetes_role = \"codex-auth-refresher-team\"")).unwrap();
+    let want = VaultAuth::Kubernetes {
+        kubernetes_role: "codex-auth-refresher-team".into(),
+        kubernetes_mount: "kubernetes".into(),
+        kubernetes_token_file: DEFAULT_SA_TOKEN_FILE.into(),
+    };
+    assert_eq!(s.vault.as_ref().unwrap().auth, want);
+    let out = s.render();
+    assert!(out.contains("kubernetes_role = \"codex-auth-refresher-team\""), "{out}");
+    let s = load_text(&vault(
+        "auth = \"kubernetes\"\nkubernetes_role = \"r\"\nkubernetes_mount = \"k8s/prod\"\n\
+         kubernetes_token_file = \"/t\"",
+    ))
+    .unwrap();
+    let VaultAuth::Kubernetes { kubernetes_mount, kubernetes_token_file, .. } = s.vault.unwrap().auth else {
+        panic!("not kubernetes")
+    };
+    assert_eq!((kubernetes_mount.as_str(), kubernetes_token_file), ("k8s/prod", PathBuf::from("/t")));
+    let cases = [
+        (vault("auth = \"kubernetes\""), "vault.auth", "kubernetes_role"),
+        (vault("auth = \"k8s\""), "vault.auth", "\"kubernetes\""),
+        (
+            vault("auth = \"kubernetes\"\nkubernetes_role = \"r\"\ntoken_file = \"/t\""),
+            "vault.token_file",
+            "does not apply",
+        ),
+        (vault("kubernetes_role = \"r\"\ntoken_file = \"/t\""), "vault.kubernetes_role", "auth = \"kubernetes\""),
+        (vault("auth = \"kubernetes\"\nkubernetes_role = \"a/b\""), "vault.kubernetes_role", "role name"),
+        (
+            vault("auth = \"kubernetes\"\nkubernetes_role = \"r\"\nkubernetes_mount = \"/x\""),
+            "vault.kubernetes_mount",
+            "mount",
+        ),
+        (
+            vault("auth = \"kubernetes\"\nkubernetes_role = \"r\"\nkubernetes_token_file = \"token\""),
+            "vault.kubernetes_token_file",
+            "absolute",
+        ),
+    ];
+    for (text, key, words) in cases {
+        let e = load_text(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{text} → {e}");
+        assert!(e.file.is_some() && e.to_string().contains(words), "{text} → {e}");
+    }
+}
+
+#[test]
+fn auth_names_the_method_the_keys_give() {
+    let t = tempfile::tempdir().unwrap();
+    let tok = secret(t.path(), "vault-token", 0o600);
+    let text = |auth: &str| {
+        format!("[vault]\naddress = \"http://127.0.0.1:8200\"\nauth = \"{auth}\"\ntoken_file = \"{}\"\n", tok.display())
+    };
+    assert!(matches!(load_text(&text("token")).unwrap().vault.unwrap().auth, VaultAuth::Token { .. }));
+    let e = load_text(&text("approle")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("vault.auth"), "{e}");
+}
+
+#[test]
 fn hooks_are_split_without_a_shell_and_metrics_are_optional() {
     let s = load_text(
         r#"

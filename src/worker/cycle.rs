@@ -40,6 +40,19 @@ pub(crate) fn dir_failure(e: DirError) -> Failure {
 pub fn run(job: &Job, clock: &dyn Clock, sup: &dyn Supervisor) -> Report {
     let home = match SafeDir::open(&job.codex_home, job.owner_uid) {
         Ok(h) => h,
+        // Fleet mode brings the credential from Vault, so a fresh machine or a pod's
+        // emptyDir may lack CODEX_HOME: make it (0700, as the user; its parent must exist).
+        Err(DirError::Missing { .. }) if job.materialize && !job.dry_run => {
+            use std::os::unix::fs::DirBuilderExt;
+            // A failure shows in the open below (parent missing, raced, not ours).
+            if std::fs::DirBuilder::new().mode(0o700).create(&job.codex_home).is_ok() {
+                tracing::info!(account = %job.account, "created codex_home {}", job.codex_home.display());
+            }
+            match SafeDir::open(&job.codex_home, job.owner_uid) {
+                Ok(h) => h,
+                Err(e) => return Report::failed(&job.account, dir_failure(e)),
+            }
+        }
         Err(e) => return Report::failed(&job.account, dir_failure(e)),
     };
     let cycle = Cycle { job, home: &home, clock, sup, pending_open: Cell::new(job.pending.is_some()) };
