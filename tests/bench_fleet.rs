@@ -349,7 +349,8 @@ impl Figures {
             self.wall.as_secs_f64() * 1000.0 / self.runs as f64
         );
         println!(
-            "BENCH   runs {} (failed {}), token calls {}, rotations {} (on-time ideal {}), refresh_token_reused {}, min spacing between rotations {:.1} h",
+            "BENCH   runs {} (failed {}), token calls {}, rotations {} (on-time ideal {}), refresh_token_reused \
+                {}, min spacing between rotations {:.1} h",
             self.runs,
             self.failures,
             self.token_calls,
@@ -360,11 +361,13 @@ impl Figures {
         );
         println!("BENCH   runs by result: {:?}", self.what_happened);
         println!(
-            "BENCH   Vault requests {total}: {:?}; per agent-hour {:.2} (agents hosting a refresher {:.2}, followers only {:.2})",
+            "BENCH   Vault requests {total}: {:?}; per agent-hour {:.2} (agents hosting a refresher {:.2}, \
+                followers only {:.2})",
             self.requests, self.per_agent_hour, self.per_agent_hour_refresher_hosts, self.per_agent_hour_followers_only
         );
         println!(
-            "BENCH   convergence (rotation → every agent has it, simulated minutes): p50 {:.1}, p95 {:.1}, max {:.1} over {} rotations; {} not yet everywhere at the end",
+            "BENCH   convergence (rotation → every agent has it, simulated minutes): p50 {:.1}, p95 {:.1}, max \
+                {:.1} over {} rotations; {} not yet everywhere at the end",
             percentile(&c, 0.5),
             percentile(&c, 0.95),
             c.last().copied().unwrap_or(f64::NAN),

@@ -376,7 +376,10 @@ impl Validator<'_> {
                 None => Err(self.err(&k, "must not be empty; remove the key to run no hook")),
                 Some(prog) if !Path::new(prog).is_absolute() => Err(self.err(
                     &k,
-                    format!("{prog:?} must be an absolute path (hooks run without a shell), e.g. \"/usr/local/bin/page-oncall --account\""),
+                    format!(
+                        "{prog:?} must be an absolute path (hooks run without a shell), e.g. \
+                        \"/usr/local/bin/page-oncall --account\""
+                    ),
                 )),
                 Some(_) => Ok(Some(words)),
             }
@@ -543,7 +546,8 @@ impl Validator<'_> {
             (None, None, None) => {
                 return Err(self.err(
                     "vault.address",
-                    "[vault] needs token_file, or approle_role_id_file and approle_secret_id_file, or auth = \"kubernetes\" with kubernetes_role",
+                    "[vault] needs token_file, or approle_role_id_file and approle_secret_id_file, or auth = \
+                        \"kubernetes\" with kubernetes_role",
                 ));
             }
         })
@@ -599,7 +603,8 @@ impl Validator<'_> {
             return Err(self.err(
                 key,
                 format!(
-                    "{} must be a regular file owned by uid {me} with mode 0600 or 0400 (it holds a Vault secret); fix: chown {me} {0} && chmod 600 {0}",
+                    "{} must be a regular file owned by uid {me} with mode 0600 or 0400 (it holds a Vault \
+                        secret); fix: chown {me} {0} && chmod 600 {0}",
                     p.display()
                 ),
             ));
@@ -771,7 +776,8 @@ fn check_lease_ttl(
         file,
         key: Some("agent.lease_ttl".into()),
         message: format!(
-            "{given} is shorter than one refresher cycle of account {} can take ({}: the worker's deadline of {} — waiting for another cycle or a preflight (preflight_timeout {}), the refresh ({}, request_timeout {}), Codex's locks before the POST and at the commit, a yield to a running Codex and a verifying second refresh — plus {} Vault requests of up to {} each (vault.request_timeout)); a lease that runs out mid-cycle lets another refresher take it and spend the same refresh token (refresh_token_reused); set agent.lease_ttl to at least {}",
+            "{given} is shorter than one refresher cycle of account {} can take ({}: the worker's deadline of \
+                {} — waiting for another cycle or a preflight (preflight_timeout {}), the refresh ({}, request_timeout {}), Codex's locks before the POST and at the commit, a yield to a running Codex and a verifying second refresh — plus {} Vault requests of up to {} each (vault.request_timeout)); a lease that runs out mid-cycle lets another refresher take it and spend the same refresh token (refresh_token_reused); set agent.lease_ttl to at least {}",
             acct.name,
             fmt(minimum),
             fmt(deadline),
@@ -813,7 +819,8 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
     for a in accounts.values() {
         if a.refresh.refresh_before_expiry < 2 * REFRESH_TIMER_PERIOD {
             warnings.push(format!(
-                "account {}: refresh_before_expiry ({}) is shorter than two refresh-timer periods ({}); the token could lapse between checks",
+                "account {}: refresh_before_expiry ({}) is shorter than two refresh-timer periods ({}); the \
+                    token could lapse between checks",
                 a.name,
                 humantime::format_duration(a.refresh.refresh_before_expiry),
                 humantime::format_duration(2 * REFRESH_TIMER_PERIOD)

@@ -237,7 +237,8 @@ fn approle_needs_both_files() {
     let r = secret(t.path(), "role", 0o600);
     let s = secret(t.path(), "sec", 0o600);
     let text = format!(
-        "[vault]\naddress = \"https://vault.example:8200\"\napprole_role_id_file = \"{}\"\napprole_secret_id_file = \"{}\"\n",
+        "[vault]\naddress = \"https://vault.example:8200\"\napprole_role_id_file = \
+            \"{}\"\napprole_secret_id_file = \"{}\"\n",
         r.display(),
         s.display()
     );
@@ -360,7 +361,8 @@ fn a_lease_ttl_shorter_than_a_refresher_cycle_names_the_file_the_key_and_the_min
     let t = tempfile::tempdir().unwrap();
     let tok = secret(t.path(), "vault-token", 0o600);
     let base = format!(
-        "[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"{}\"\n[accounts.team]\nuser = \"root\"\nfleet_role = \"refresher\"\n",
+        "[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"{}\"\n[accounts.team]\nuser = \
+            \"root\"\nfleet_role = \"refresher\"\n",
         tok.display()
     );
     let main = write(t.path(), "config.toml", &base);
@@ -373,7 +375,8 @@ fn a_lease_ttl_shorter_than_a_refresher_cycle_names_the_file_the_key_and_the_min
     let text = e.to_string();
     assert!(
         text.starts_with(&format!(
-            "config error in {} at key `agent.lease_ttl`: 1m is shorter than one refresher cycle of account team can take (10m 20s: the worker's deadline of 9m 40s",
+            "config error in {} at key `agent.lease_ttl`: 1m is shorter than one refresher cycle of account \
+                team can take (10m 20s: the worker's deadline of 9m 40s",
             drop_in.display()
         )),
         "{text}"
@@ -396,7 +399,8 @@ fn a_lease_ttl_shorter_than_a_refresher_cycle_names_the_file_the_key_and_the_min
         t.path(),
         "config.toml",
         &format!(
-            "{base}[accounts.slow]\nuser = \"root\"\nfleet_role = \"refresher\"\nrequest_timeout = \"10m\"\n[accounts.fast]\nuser = \"root\"\nfleet_role = \"refresher\"\nrequest_timeout = \"5s\"\n"
+            "{base}[accounts.slow]\nuser = \"root\"\nfleet_role = \"refresher\"\nrequest_timeout = \
+                \"10m\"\n[accounts.fast]\nuser = \"root\"\nfleet_role = \"refresher\"\nrequest_timeout = \"5s\"\n"
         ),
     );
     let e = load(&main, &Env::default()).unwrap_err();

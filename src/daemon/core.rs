@@ -388,11 +388,13 @@ impl Core {
                         return Report::failed(
                             name,
                             Failure::permanent(format!(
-                                "quarantined, no token request until auth.json or the seed changes ({last}); log in again: codex login --device-auth, then codex-authctl store {name}"
+                                "quarantined, no token request until auth.json or the seed changes ({last}); \
+                                    log in again: codex login --device-auth, then codex-authctl store {name}"
                             )),
                         );
                     }
-                    tracing::info!(account = %name, "auth.json, the seed or (fleet) Vault's login changed: lifting the quarantine");
+                    tracing::info!(account = %name, "auth.json, the seed or (fleet) Vault's login changed: \
+                        lifting the quarantine");
                 }
             }
         }

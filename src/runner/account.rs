@@ -101,7 +101,8 @@ impl Supervisor for CallerSupervisor<'_> {
         (self.before_post)()?;
         self.keeper.reserve(auth_len).map_err(|e| {
             Failure::transient(format!(
-                "cannot make room to keep the new credential in the agent's state ({e}); no token request was sent (the refresh token is unspent); will retry"
+                "cannot make room to keep the new credential in the agent's state ({e}); no token request was \
+                    sent (the refresh token is unspent); will retry"
             ))
         })
     }

@@ -126,7 +126,9 @@ fn collision_fix(agent: &AgentSettings) -> String {
             agent.host_id,
             file.display()
         ),
-        HostIdSource::MachineId => "set agent.host_id to a name of its own on one of them, or give the clone a machine id of its own (rm /etc/machine-id && systemd-machine-id-setup, then restart the agent)".into(),
+        HostIdSource::MachineId => "set agent.host_id to a name of its own on one of them, or give the clone a \
+            machine id of its own (rm /etc/machine-id && systemd-machine-id-setup, then restart the agent)"
+            .into(),
         HostIdSource::Hostname => {
             "set agent.host_id to a name of its own on one of them (it defaults to the hostname here)".into()
         }
@@ -301,7 +303,8 @@ impl Run<'_> {
         // every later write can be a CAS on the rotating key's version.
         match v.write(&self.fleet.vault_rotating_key, &seed.value.0, 0, now) {
             Ok(version) => {
-                tracing::info!(account = %self.name(), "fleet: mirrored the seed key into the rotating key (version {version})");
+                tracing::info!(account = %self.name(), "fleet: mirrored the seed key into the rotating key \
+                    (version {version})");
                 let key = self.fleet.vault_rotating_key.clone();
                 Ok(Some(Entry { key, value: seed.value, version, created: None }))
             }
@@ -474,7 +477,8 @@ impl Run<'_> {
         match v.write(key, &seed.value.0, rotating.version, self.rt.clock.now()) {
             Ok(version) => {
                 let note = format!(
-                    "{} version {} is newer than {key} version {}: published it as a new login ({key} version {version})",
+                    "{} version {} is newer than {key} version {}: published it as a new login ({key} version \
+                        {version})",
                     seed.key, seed.version, rotating.version
                 );
                 tracing::info!(account = %self.name(), "fleet: {note}");
@@ -573,7 +577,8 @@ impl Run<'_> {
                 r.events.push(Event::Adopted);
                 if r.failure.is_none() {
                     r.reason = format!(
-                        "{key} was rotated by another host while we refreshed (check-and-set conflict): adopted its version {}",
+                        "{key} was rotated by another host while we refreshed (check-and-set conflict): adopted \
+                            its version {}",
                         st.version.unwrap_or_default()
                     );
                 }
@@ -586,7 +591,8 @@ impl Run<'_> {
                 pending_failure(
                     report,
                     format!(
-                        "fleet: refreshed locally but could not write {key} ({e}); the local auth.json is current and is uploaded on the next run"
+                        "fleet: refreshed locally but could not write {key} ({e}); the local auth.json is \
+                            current and is uploaded on the next run"
                     ),
                 )
             }
@@ -606,7 +612,8 @@ impl Run<'_> {
     ) -> Result<(Entry, Option<String>), Box<Report>> {
         let Some(p) = st.pending.clone() else { return Ok((entry, None)) };
         if !p.stored && entry.version != p.base_version {
-            tracing::warn!(account = %self.name(), "fleet: the rotating key moved on while our refresh was pending; Vault wins");
+            tracing::warn!(account = %self.name(), "fleet: the rotating key moved on while our refresh was \
+                pending; Vault wins");
             st.pending = None;
             return Ok((entry, None));
         }
@@ -697,7 +704,8 @@ impl Run<'_> {
         }
         if !refresher {
             report.reason = format!(
-                "stored locally only: this host follows the fleet, so it is not written to Vault (run `codex-authctl store {}` on the refresher to share it); {}",
+                "stored locally only: this host follows the fleet, so it is not written to Vault (run \
+                    `codex-authctl store {}` on the refresher to share it); {}",
                 self.name(),
                 report.reason
             );
@@ -754,7 +762,8 @@ impl Run<'_> {
             let mut r = self.work(|j| j.follow = true);
             if r.failure.is_none() && r.auth_sha256.is_some() && r.auth_sha256 != st.sha256 {
                 r.reason = format!(
-                    "auth.json differs from Vault version {} (changed locally, e.g. a human stored one); not written back to Vault; {}",
+                    "auth.json differs from Vault version {} (changed locally, e.g. a human stored one); not \
+                        written back to Vault; {}",
                     entry.version, r.reason
                 );
             }
@@ -773,6 +782,21 @@ impl Run<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Building a job runs nothing.
+    struct NoExec;
+
+    impl crate::core::task::Executor for NoExec {
+        fn run(
+            &self,
+            _: &Identity,
+            _: crate::core::task::Task,
+            _: &dyn crate::core::clock::Clock,
+            _: &dyn crate::core::task::Supervisor,
+        ) -> crate::core::task::TaskReport {
+            unreachable!("job_for starts no task")
+        }
+    }
 
     #[test]
     fn the_instance_id_is_made_once_private_and_kept() {
@@ -806,7 +830,8 @@ mod tests {
         let id = Identity::current().unwrap();
         for (method, timeout) in [("oauth", "30s"), ("app-server", "45s"), ("oauth", "10m")] {
             let text = format!(
-                "[agent]\nstate_dir = \"{}\"\n[accounts.a]\nuser = \"{}\"\nrefresh_method = \"{method}\"\nrequest_timeout = \"{timeout}\"\n",
+                "[agent]\nstate_dir = \"{}\"\n[accounts.a]\nuser = \"{}\"\nrefresh_method = \
+                    \"{method}\"\nrequest_timeout = \"{timeout}\"\n",
                 t.path().join("state").display(),
                 id.user
             );
@@ -814,7 +839,7 @@ mod tests {
             std::fs::write(&cfg, text).unwrap();
             let s = crate::config::load(&cfg, &crate::config::Env::default()).unwrap();
             let a = &s.accounts["a"];
-            let (exec, mem, vault) = (crate::worker::Local, crate::store::Memory::default(), Default::default());
+            let (exec, mem, vault) = (NoExec, crate::store::Memory::default(), Default::default());
             let rt = Runtime { clock: &crate::core::clock::SystemClock, exec: &exec, mem: &mem, vault: &vault };
             let job = account::job_for(&s, a, &id, RefreshOptions::default(), &rt);
             assert_eq!(crate::config::worker_deadline(&a.refresh), job.deadline(), "{method} {timeout}");
@@ -840,7 +865,8 @@ mod tests {
         agent.host_id_source = HostIdSource::Config("/etc/codex-auth-agent/config.d/10-host.toml".into());
         assert_eq!(
             collision_fix(&agent),
-            "set agent.host_id (now vm-7 in /etc/codex-auth-agent/config.d/10-host.toml) to a name of its own on one of them"
+            "set agent.host_id (now vm-7 in /etc/codex-auth-agent/config.d/10-host.toml) to a name of its own \
+                on one of them"
         );
         agent.host_id_source = HostIdSource::MachineId;
         assert!(collision_fix(&agent).contains("rm /etc/machine-id && systemd-machine-id-setup"));

@@ -48,13 +48,15 @@ pub enum VaultError {
     #[error("check-and-set conflict on {key}: someone else wrote it since we read it")]
     CasMismatch { key: String },
     #[error(
-        "Vault denied access to {path} (HTTP 403): the token lacks the \"{capability}\" capability on it (or is invalid or expired); grant it in the policy (see docs/fleet-policies/)"
+        "Vault denied access to {path} (HTTP 403): the token lacks the \"{capability}\" capability on it (or is \
+            invalid or expired); grant it in the policy (see docs/fleet-policies/)"
     )]
     Denied { key: String, path: String, capability: &'static str },
     #[error("Vault at {address} is unreachable ({why}); local files keep working; will retry")]
     Unreachable { address: String, why: String },
     #[error(
-        "the TLS certificate of Vault at {address} is not trusted ({why}): {trusted}; set ca_file in [vault] to the PEM file of the CA that signed it; local files keep working; will retry"
+        "the TLS certificate of Vault at {address} is not trusted ({why}): {trusted}; set ca_file in [vault] to \
+            the PEM file of the CA that signed it; local files keep working; will retry"
     )]
     Untrusted { address: String, trusted: String, why: String },
     #[error("Vault login failed: {0}")]
@@ -198,7 +200,8 @@ impl Vault {
         let jwt = read_secret(token_file)?;
         let body = json!({"role": role, "jwt": jwt});
         let fix = format!(
-            "check that auth/{mount} is a kubernetes (or jwt) auth method whose role {role} is bound to this pod's service account and namespace (kubernetes_token_file {})",
+            "check that auth/{mount} is a kubernetes (or jwt) auth method whose role {role} is bound to this \
+                pod's service account and namespace (kubernetes_token_file {})",
             token_file.display()
         );
         self.login(mount, "Kubernetes", body, &fix, now)

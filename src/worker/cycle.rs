@@ -111,7 +111,8 @@ impl Cycle<'_> {
                 self.account(),
                 Outcome::Inert,
                 format!(
-                    "Codex keeps this login in the {store} store (cli_auth_credentials_store), not in auth.json; set it to \"file\" to have it refreshed"
+                    "Codex keeps this login in the {store} store (cli_auth_credentials_store), not in \
+                        auth.json; set it to \"file\" to have it refreshed"
                 ),
             );
         }
@@ -181,7 +182,8 @@ impl Cycle<'_> {
         let still_pending = |f: Failure| {
             let mut f = f;
             f.reason = format!(
-                "a new credential received at {since} is not yet written to {}: {}; it is kept in the agent's state and will be written by the next run (the old refresh token is not sent again)",
+                "a new credential received at {since} is not yet written to {}: {}; it is kept in the agent's \
+                    state and will be written by the next run (the old refresh token is not sent again)",
                 self.auth_path().display(),
                 f.reason
             );
@@ -199,7 +201,8 @@ impl Cycle<'_> {
             (None, None) => true,
         };
         if !replaces {
-            tracing::warn!(account = %self.account(), "a new login replaced the credential kept since {since} (never written); dropped it");
+            tracing::warn!(account = %self.account(), "a new login replaced the credential kept since {since} \
+                (never written); dropped it");
             self.pending_open.set(false);
             return None;
         }
@@ -258,7 +261,8 @@ impl Cycle<'_> {
             seed::Plan::NoCredential => Err(match parsed {
                 Some(Err(invalid)) => Failure::permanent(format!("invalid auth.json: {invalid}")),
                 _ if self.job.seed.is_some() => Failure::permanent(format!(
-                    "{} is missing and the seed was already applied (its refresh token is spent); log in again (codex login --device-auth) or install a new seed",
+                    "{} is missing and the seed was already applied (its refresh token is spent); log in again \
+                        (codex login --device-auth) or install a new seed",
                     self.auth_path().display()
                 )),
                 _ => Failure::permanent(format!(
@@ -317,7 +321,8 @@ impl Cycle<'_> {
         let unsent = |f: Failure| self.describe(self.failed(f), &snap.bytes, &snap.auth);
         if !self.job.force && self.job.quarantined.as_deref() == Some(sha256_hex(&snap.bytes).as_str()) {
             return unsent(Failure::permanent(
-                "the last refresh of this auth.json failed permanently, so its refresh token is not sent again; log in again (codex login --device-auth), or --force to try anyway",
+                "the last refresh of this auth.json failed permanently, so its refresh token is not sent again; \
+                    log in again (codex login --device-auth), or --force to try anyway",
             ));
         }
         let ctx = codexwatch::Ctx {
@@ -456,15 +461,18 @@ impl Cycle<'_> {
                 self.pending_open.set(true);
                 let kept = match kept {
                     Ok(path) => format!(
-                        "it is kept in {} and the next run writes it once that is fixed; the old refresh token is not sent again, so do not log in again",
+                        "it is kept in {} and the next run writes it once that is fixed; the old refresh token \
+                            is not sent again, so do not log in again",
                         path.display()
                     ),
                     Err(e) => format!(
-                        "keeping a copy in the agent's state failed too ({e}), so only this process holds it; if it ends before the fix, log in again (codex login --device-auth)"
+                        "keeping a copy in the agent's state failed too ({e}), so only this process holds it; \
+                            if it ends before the fix, log in again (codex login --device-auth)"
                     ),
                 };
                 f.reason = format!(
-                    "the refresh succeeded (the refresh token read from auth.json is now spent) but the new credential could not be written to {}: {}; {kept}",
+                    "the refresh succeeded (the refresh token read from auth.json is now spent) but the new \
+                        credential could not be written to {}: {}; {kept}",
                     self.auth_path().display(),
                     f.reason
                 );
