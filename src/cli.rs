@@ -1,6 +1,6 @@
-//! The `codex-auth-agent` command line: argument parsing, the one-shot commands, and
-//! the mapping of results to the contract's exit codes. The daemon arrives in a later
-//! issue and plugs in here as one more subcommand.
+//! The `codex-auth-agent` command line: argument parsing, the one-shot commands (each with
+//! the executor and process memory it injects into the runner), the daemon and the internal
+//! worker as subcommands, and the mapping of results to the contract's exit codes.
 
 use crate::runner::account::Runtime;
 use crate::runner::privsep::Workers;
