@@ -22,6 +22,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/codex-auth-agent";
 /// How long a refresher's fleet lease lasts unless renewed.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `vault.publish_retry` when unset.
+pub const DEFAULT_PUBLISH_RETRY: Duration = Duration::from_secs(30);
 /// Seed document 002 key names: seed `codex-auth-json-b64[-<account>]`, rotating
 /// `codex-auth-json-b64-rotating-<account>`.
 pub const SEED_KEY_PREFIX: &str = "codex-auth-json-b64";
@@ -174,6 +176,11 @@ pub struct VaultSettings {
     pub ca_file: Option<PathBuf>,
     #[serde(with = "humantime_serde_compat")]
     pub request_timeout: Duration,
+    /// A refresher whose write of a just-received credential finds Vault unreachable keeps
+    /// trying this long (never past its lease) before it leaves the upload to its next run:
+    /// a pod's next run has no local copy to upload.
+    #[serde(with = "humantime_serde_compat")]
+    pub publish_retry: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -501,12 +508,17 @@ impl Validator<'_> {
             Some(_) => self.duration(None, "__vault.request_timeout", "")?,
             None => DEFAULT_VAULT_TIMEOUT,
         };
+        let publish_retry = match self.merged.get("vault.publish_retry") {
+            Some(_) => self.duration(None, "__vault.publish_retry", "")?,
+            None => DEFAULT_PUBLISH_RETRY,
+        };
         Ok(Some(VaultSettings {
             address: address.trim_end_matches('/').to_string(),
             mount,
             auth,
             ca_file,
             request_timeout,
+            publish_retry,
         }))
     }
 
