@@ -48,6 +48,9 @@ pub enum Command {
     /// Internal: one account's job as its user (job on stdin, report on stdout)
     #[command(hide = true)]
     Worker,
+    /// Internal: the systemd generator (opens the configured Codex homes in the sandbox)
+    #[command(hide = true)]
+    SystemdGenerator { dirs: Vec<PathBuf> },
 }
 
 /// Which accounts a one-shot command works on.
@@ -100,6 +103,26 @@ pub fn parse_args<T: Parser>() -> Result<T, i32> {
     })
 }
 
+/// Set once stdout's reader went away; later output is dropped.
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Write `text` to stdout. A reader that closed the pipe (`codex-authctl status | head -1`)
+/// is not an error: the rest is dropped and the command still ends with its own exit code
+/// (`println!` panics there, because Rust ignores SIGPIPE).
+pub fn say(text: &str) {
+    use std::io::Write;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("cannot write to stdout: {e}");
+        }
+    }
+}
+
 pub fn main() -> i32 {
     let cli: Cli = match parse_args() {
         Ok(c) => c,
@@ -110,6 +133,7 @@ pub fn main() -> i32 {
     let clock = SystemClock;
     match cli.command {
         Command::Worker => privsep::worker_main(&clock),
+        Command::SystemdGenerator { dirs } => crate::sandbox::generator_main(&dirs),
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Daemon { bus } => crate::daemon::main(cli.config.as_deref(), bus),
         Command::Refresh(args) => refresh(cli.config.as_deref(), &args, &clock),
@@ -124,7 +148,7 @@ fn check_config(flag: Option<&Path>) -> i32 {
             for w in &s.warnings {
                 eprintln!("warning: {w}");
             }
-            print!("{}", s.render());
+            say(&s.render());
             exit::OK
         }
         Err(e) => {
@@ -202,7 +226,7 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
     });
     let mut code = exit::OK;
     for r in &reports {
-        println!("{}", if args.json { r.json_line() } else { r.human_line() });
+        say(&format!("{}\n", if args.json { r.json_line() } else { r.human_line() }));
         code = exit::worst(code, r.exit_code());
     }
     code
@@ -230,7 +254,7 @@ fn preflight(flag: Option<&Path>, args: &PreflightArgs, clock: &dyn Clock) -> i3
         run_parallel(&settings, &names, settings.agent.max_parallel, |a| account::preflight(&settings, a, clock));
     let mut code = exit::OK;
     for r in &reports {
-        println!("{}", if args.json { r.json_line() } else { r.human_line() });
+        say(&format!("{}\n", if args.json { r.json_line() } else { r.human_line() }));
         code = exit::worst(code, r.exit_code());
     }
     code

@@ -48,6 +48,8 @@ pub mod preflight;
 pub mod privsep;
 /// Token refresh over OAuth and Codex's error classification.
 pub mod refresh;
+/// The service sandbox and the Codex homes: the systemd generator's drop-in.
+pub mod sandbox;
 /// Local seeds: which seed to install and when.
 pub mod seed;
 /// status.json in state_dir and the seed-compatible sidecar in CODEX_HOME.

@@ -319,6 +319,29 @@ async fn ctl_status_table_and_json_agree_with_the_bus() {
     assert_eq!(r.code, 3, "permanent failure exits 3: {}", r.stdout);
 }
 
+/// `codex-authctl status | head -1`: a reader that closes the pipe early is not an error.
+#[tokio::test]
+async fn ctl_status_into_a_closed_pipe_exits_cleanly() {
+    let w = world();
+    let c = w.m.issue_family("acct");
+    let home = w.s.codex_home("a", Some(&auth_json(&c, OLD)));
+    let cfg = w.config(&account_cfg(&home, "alice"));
+    let _d = w.daemon(&cfg);
+    let conn = w.conn().await;
+    wait_state(&conn, "alice", "ok").await;
+    for args in [&["status"][..], &["status", "--json"], &["refresh", "alice"]] {
+        // The read end is closed before the child writes: its first write gets EPIPE.
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        drop(reader);
+        let mut cmd = ctl(&w.bus);
+        cmd.args(args).stdout(std::process::Stdio::from(writer)).stderr(std::process::Stdio::piped());
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {:?} {stderr}", out.status);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
+
 /// Run codex-authctl as `user` (its binary copied where that user can execute it).
 fn ctl_as(w: &World, user: &nix::unistd::User, args: &[&str]) -> Run {
     let bin = w.s.path().join("codex-authctl");
