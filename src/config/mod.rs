@@ -2,6 +2,7 @@
 //! map where later files win per key → validated [`Settings`] with typed fields. Invalid
 //! values are fatal with a message naming the file and the key; nothing falls back.
 
+pub mod host;
 pub mod inputs;
 
 use crate::policy::Thresholds;
@@ -221,16 +222,21 @@ impl Env {
 }
 
 /// The main config path: `--config`, else `$CODEX_AUTH_AGENT_CONFIG`, else the default.
+/// A relative path is taken against the current directory here, once, so that nothing
+/// derived from it (config.d/, the default seeds/) depends on a later working directory.
 pub fn config_path(flag: Option<&Path>) -> PathBuf {
-    flag.map(Path::to_path_buf)
+    let p = flag
+        .map(Path::to_path_buf)
         .or_else(|| std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    std::path::absolute(&p).unwrap_or(p)
 }
 
 /// Load, merge and validate `main` and its drop-ins.
 pub fn load(main: &Path, env: &Env) -> Result<Settings, ConfigError> {
-    let merged = inputs::load_merged(main)?;
-    validate(&merged, main, env)
+    let main = std::path::absolute(main).unwrap_or_else(|_| main.to_path_buf());
+    let merged = inputs::load_merged(&main)?;
+    validate(&merged, &main, env)
 }
 
 /// Settings for single-user mode: built-in defaults, one account "default".
@@ -368,7 +374,10 @@ impl Validator<'_> {
                     &k,
                     format!("{prog:?} must be an absolute path (hooks run without a shell), e.g. \"/usr/local/bin/page-oncall --account\""),
                 )),
-                Some(_) => Ok(Some(words)),
+                Some(prog) => match host::hook_problem(Path::new(prog), nix::unistd::geteuid().as_raw()) {
+                    Some(problem) => Err(self.err(&k, problem)),
+                    None => Ok(Some(words)),
+                },
             }
         };
         Ok(HookSettings {
@@ -716,6 +725,58 @@ fn check_lease_ttl(
     })
 }
 
+/// Each codex_home belongs to its account's user, lies outside system and agent
+/// directories, and has one account; each Vault rotating key has one account too (two
+/// writers of one auth.json or one rotating key spend each other's refresh tokens).
+fn check_homes(
+    merged: &Merged,
+    agent: &AgentSettings,
+    config_dir: &Path,
+    accounts: &BTreeMap<String, AccountSettings>,
+) -> Result<(), ConfigError> {
+    let err = |name: &str, k: &str, message: String| {
+        let key = format!("accounts.{name}.{k}");
+        let file = merged.get(&key).map(|(_, f)| f.to_path_buf()).or_else(|| merged.accounts.get(name).cloned());
+        ConfigError { file, key: Some(key), message }
+    };
+    let agent_dirs = [agent.state_dir.clone(), config_dir.to_path_buf()];
+    let service = agent.state_dir == Path::new(DEFAULT_STATE_DIR);
+    let mut homes: BTreeMap<PathBuf, &str> = BTreeMap::new();
+    let mut rotating: BTreeMap<&str, &str> = BTreeMap::new();
+    for a in accounts.values() {
+        let uid = nix::unistd::User::from_name(&a.user).ok().flatten().map(|u| u.uid.as_raw()).unwrap_or(u32::MAX);
+        if let Some(problem) = host::home_problem(&a.codex_home, &a.user, uid, &agent_dirs, service) {
+            return Err(err(&a.name, "codex_home", problem));
+        }
+        let real = std::fs::canonicalize(&a.codex_home).unwrap_or_else(|_| a.codex_home.clone());
+        if let Some(other) = homes.insert(real.clone(), &a.name) {
+            return Err(err(
+                &a.name,
+                "codex_home",
+                format!(
+                    "{} is also the codex_home of account {other}: two writers of one auth.json spend each other's \
+                     refresh tokens; give each account its own codex_home (or remove one account)",
+                    real.display()
+                ),
+            ));
+        }
+        if let Some(f) = &a.fleet {
+            if let Some(other) = rotating.insert(&f.vault_rotating_key, &a.name) {
+                return Err(err(
+                    &a.name,
+                    "vault_rotating_key",
+                    format!(
+                        "{:?} is also the rotating key of account {other}: both would write it and spend each \
+                         other's refresh tokens; give each account its own vault_rotating_key",
+                        f.vault_rotating_key
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `[a-z0-9][a-z0-9-]{0,62}`
 pub fn valid_account_name(name: &str) -> bool {
     let b = name.as_bytes();
@@ -737,6 +798,7 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
         accounts.insert(name.clone(), v.account(name, config_dir, vault.as_ref())?);
     }
     check_lease_ttl(merged, &agent, vault.as_ref(), &accounts)?;
+    check_homes(merged, &agent, config_dir, &accounts)?;
     let mut warnings = Vec::new();
     for a in accounts.values() {
         if a.refresh.refresh_before_expiry < 2 * REFRESH_TIMER_PERIOD {
