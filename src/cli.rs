@@ -129,7 +129,7 @@ pub fn main() -> i32 {
         Err(code) => return code,
     };
     privsep::harden_process();
-    logging::init(cli.verbose);
+    logging::init(cli.verbose, matches!(cli.command, Command::Refresh(_) | Command::Preflight(_)));
     let clock = SystemClock;
     match cli.command {
         Command::Worker => privsep::worker_main(&clock),
@@ -144,6 +144,12 @@ pub fn main() -> i32 {
 fn check_config(flag: Option<&Path>) -> i32 {
     let path = config::config_path(flag);
     match config::load(&path, &Env::from_process()) {
+        Ok(s) if !s.home_problems.is_empty() => {
+            for e in &s.home_problems {
+                eprintln!("{e}");
+            }
+            exit::CONFIG
+        }
         Ok(s) => {
             for w in &s.warnings {
                 eprintln!("warning: {w}");
@@ -189,6 +195,9 @@ fn select(flag: Option<&Path>, target: &Target) -> Result<(Settings, Vec<String>
     })?;
     for w in &settings.warnings {
         eprintln!("warning: {w}");
+    }
+    for e in &settings.home_problems {
+        eprintln!("warning: {e}");
     }
     let names: Vec<String> = match &target.account {
         Some(name) if settings.accounts.contains_key(name) => vec![name.clone()],

@@ -394,6 +394,26 @@ async fn non_root_callers_may_read_but_not_act() {
     let _ = Command::new("gpasswd").args(["-d", "caa-bob", "codex-auth"]).output();
 }
 
+/// A caller looping on a denied call: a few WARN lines and a count, not one line per call.
+#[tokio::test]
+async fn denied_calls_are_logged_with_a_rate_limit() {
+    if !require_root("denied_calls_are_logged_with_a_rate_limit") {
+        return;
+    }
+    let bob = ensure_user("caa-bob");
+    let w = world();
+    let c = w.m.issue_family("acct");
+    let home = w.s.codex_home("a", Some(&auth_json(&c, &recent())));
+    let cfg = w.config(&account_cfg(&home, "alice"));
+    let d = w.daemon(&cfg);
+    let _ = Command::new("gpasswd").args(["-d", "caa-bob", "codex-auth"]).output();
+    for _ in 0..30 {
+        assert_eq!(ctl_as(&w, &bob, &["refresh", "alice"]).code, 77);
+    }
+    let n = d.log_text().lines().filter(|l| l.contains("access denied: Refresh")).count();
+    assert!((1..=5).contains(&n), "{n} denial lines for 30 denied calls:\n{}", d.log_text());
+}
+
 #[tokio::test]
 async fn preflight_over_dbus_sets_the_runner_properties_and_follows_a_store() {
     let cw = support::codex::World::new();

@@ -503,6 +503,25 @@ fn a_relative_config_path_gives_absolute_derived_paths() {
     );
 }
 
+/// On a terminal (stdout and stderr both a pty, through script(1)) each outcome is printed
+/// once: the command's own line, not also the log entry on stderr.
+#[test]
+fn on_a_terminal_each_outcome_is_printed_once() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("acct");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    let cfg = config_for(&s, &home, "");
+    // The agent's own clean environment (logs to stderr), run inside script's pty.
+    let a = agent(&s, &m);
+    let mut script = std::process::Command::new("script");
+    script.env_clear().envs(a.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    script.args(["-qec", &format!("{BIN} --config {} refresh --all", cfg.display()), "/dev/null"]);
+    let r = run(script);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let n = r.stdout.lines().filter(|l| l.contains("me: refreshed")).count();
+    assert_eq!(n, 1, "printed {n} times:\n{}", r.stdout);
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let (m, s) = (mock(), Scratch::new());

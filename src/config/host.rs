@@ -82,10 +82,10 @@ pub fn hook_problem(prog: &Path, euid: u32) -> Option<String> {
     None
 }
 
-/// Why `home` cannot be the codex_home of `user` (uid `uid`), with the fix. `agent_dirs`:
-/// the agent's state and config directories; `service`: the config is the packaged
-/// service's (its state directory is the unit's StateDirectory=), whose /tmp is private.
-pub fn home_problem(home: &Path, user: &str, uid: u32, agent_dirs: &[PathBuf], service: bool) -> Option<String> {
+/// Why `home` can never be the codex_home of `user`, with the fix. `agent_dirs`: the
+/// agent's state and config directories; `service`: the config is the packaged service's
+/// (its state directory is the unit's StateDirectory=), whose /tmp is private.
+pub fn home_problem(home: &Path, user: &str, agent_dirs: &[PathBuf], service: bool) -> Option<String> {
     if let Some(why) = crate::sandbox::unit_word_problem(home) {
         return Some(format!(
             "{} {why}: the service's sandbox settings cannot name it; use a path without it",
@@ -115,6 +115,12 @@ pub fn home_problem(home: &Path, user: &str, uid: u32, agent_dirs: &[PathBuf], s
             ));
         }
     }
+    None
+}
+
+/// Why an existing `home` cannot be used by `user` (uid `uid`) today: another owner, or
+/// a mode that locks its owner out.
+pub fn home_owner_problem(home: &Path, user: &str, uid: u32) -> Option<String> {
     let md = std::fs::metadata(home).ok()?;
     if md.uid() != uid {
         let owner = nix::unistd::User::from_uid(md.uid().into())
@@ -126,6 +132,14 @@ pub fn home_problem(home: &Path, user: &str, uid: u32, agent_dirs: &[PathBuf], s
             "{} is owned by {owner}, not by {user} (this account's user): the worker runs as {user}; set user = \
              \"{owner}\", or fix: chown -R {user} {}",
             home.display(),
+            home.display()
+        ));
+    }
+    if md.mode() & 0o700 != 0o700 {
+        return Some(format!(
+            "{} has mode {:04o}: its owner {user} cannot read and write it; fix: chmod 700 {}",
+            home.display(),
+            md.mode() & 0o7777,
             home.display()
         ));
     }

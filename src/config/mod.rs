@@ -207,6 +207,11 @@ pub struct Settings {
     pub files: Vec<PathBuf>,
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// Codex homes whose owner or mode is wrong today. A user can change those at any
+    /// time, so they do not stop the daemon from serving the other accounts (the worker
+    /// reports them in that account's state); `check-config` refuses them.
+    #[serde(skip)]
+    pub home_problems: Vec<ConfigError>,
 }
 
 /// What the environment contributes (passed in so tests need not touch the process env).
@@ -268,6 +273,7 @@ pub fn single_user(codex_home: &Path, user: &str, state_dir: PathBuf, env: &Env)
         accounts: BTreeMap::from([("default".to_string(), account)]),
         files: Vec::new(),
         warnings: Vec::new(),
+        home_problems: Vec::new(),
     })
 }
 
@@ -725,15 +731,16 @@ fn check_lease_ttl(
     })
 }
 
-/// Each codex_home belongs to its account's user, lies outside system and agent
-/// directories, and has one account; each Vault rotating key has one account too (two
-/// writers of one auth.json or one rotating key spend each other's refresh tokens).
+/// Each codex_home lies outside system and agent directories and has one account; each
+/// Vault rotating key has one account too (two writers of one auth.json or one rotating
+/// key spend each other's refresh tokens). Returns the homes whose owner or mode is wrong
+/// (see `Settings::home_problems`).
 fn check_homes(
     merged: &Merged,
     agent: &AgentSettings,
     config_dir: &Path,
     accounts: &BTreeMap<String, AccountSettings>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<ConfigError>, ConfigError> {
     let err = |name: &str, k: &str, message: String| {
         let key = format!("accounts.{name}.{k}");
         let file = merged.get(&key).map(|(_, f)| f.to_path_buf()).or_else(|| merged.accounts.get(name).cloned());
@@ -743,10 +750,14 @@ fn check_homes(
     let service = agent.state_dir == Path::new(DEFAULT_STATE_DIR);
     let mut homes: BTreeMap<PathBuf, &str> = BTreeMap::new();
     let mut rotating: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut problems = Vec::new();
     for a in accounts.values() {
-        let uid = nix::unistd::User::from_name(&a.user).ok().flatten().map(|u| u.uid.as_raw()).unwrap_or(u32::MAX);
-        if let Some(problem) = host::home_problem(&a.codex_home, &a.user, uid, &agent_dirs, service) {
+        if let Some(problem) = host::home_problem(&a.codex_home, &a.user, &agent_dirs, service) {
             return Err(err(&a.name, "codex_home", problem));
+        }
+        let uid = nix::unistd::User::from_name(&a.user).ok().flatten().map(|u| u.uid.as_raw()).unwrap_or(u32::MAX);
+        if let Some(problem) = host::home_owner_problem(&a.codex_home, &a.user, uid) {
+            problems.push(err(&a.name, "codex_home", problem));
         }
         let real = std::fs::canonicalize(&a.codex_home).unwrap_or_else(|_| a.codex_home.clone());
         if let Some(other) = homes.insert(real.clone(), &a.name) {
@@ -774,7 +785,7 @@ fn check_homes(
             }
         }
     }
-    Ok(())
+    Ok(problems)
 }
 
 /// `[a-z0-9][a-z0-9-]{0,62}`
@@ -798,7 +809,7 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
         accounts.insert(name.clone(), v.account(name, config_dir, vault.as_ref())?);
     }
     check_lease_ttl(merged, &agent, vault.as_ref(), &accounts)?;
-    check_homes(merged, &agent, config_dir, &accounts)?;
+    let home_problems = check_homes(merged, &agent, config_dir, &accounts)?;
     let mut warnings = Vec::new();
     for a in accounts.values() {
         if a.refresh.refresh_before_expiry < 2 * REFRESH_TIMER_PERIOD {
@@ -810,7 +821,7 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
             ));
         }
     }
-    Ok(Settings { agent, vault, accounts, files: merged.files.clone(), warnings })
+    Ok(Settings { agent, vault, accounts, files: merged.files.clone(), warnings, home_problems })
 }
 
 impl Settings {

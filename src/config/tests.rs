@@ -451,9 +451,30 @@ fn codex_homes_in_system_or_agent_dirs_or_of_another_user_are_refused() {
             "[agent]\nstate_dir = \"/x/state\"\n[accounts.a]\nuser = \"root\"\ncodex_home = \"{}\"\n",
             home.display()
         );
-        let e = load_text(&text).unwrap_err();
+        // Owner and mode can change at any time: check-config refuses them, the daemon
+        // keeps serving the other accounts (Settings::home_problems).
+        let s = load_text(&text).unwrap();
+        let e = &s.home_problems[0];
+        assert_eq!(e.key.as_deref(), Some("accounts.a.codex_home"), "{e}");
         assert!(e.message.contains("not by root") && e.message.contains("chown -R root"), "{e}");
     }
+    // chmod 000 by its owner.
+    use std::os::unix::fs::PermissionsExt;
+    let t = tree();
+    let home = t.path().join("me/.codex");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0)).unwrap();
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap().name;
+    let text = format!(
+        "[agent]\nstate_dir = \"/x/state\"\n[accounts.a]\nuser = \"{me}\"\ncodex_home = \"{}\"\n",
+        home.display()
+    );
+    let s = load_text(&text).unwrap();
+    assert!(
+        s.home_problems[0].message.contains(&format!("fix: chmod 700 {}", home.display())),
+        "{:?}",
+        s.home_problems
+    );
 }
 
 #[test]
