@@ -2,12 +2,20 @@
 //! the mapping of results to the contract's exit codes. The daemon arrives in a later
 //! issue and plugs in here as one more subcommand.
 
-use crate::account;
-use crate::clock::{Clock, SystemClock};
+use crate::runner::account::Runtime;
+use crate::runner::privsep::Workers;
+use crate::runner::run;
+use crate::worker::Local;
+
+/// The one-shot commands' executor: a worker child for another user's account, in-process
+/// for our own.
+const WORKERS: Workers<Local> = Workers { local: Local, always: false };
 use crate::config::{self, AccountSettings, Env, Settings};
-use crate::logging;
-use crate::outcome::exit;
-use crate::privsep::{self, Identity};
+use crate::core::clock::SystemClock;
+use crate::core::outcome::exit;
+use crate::core::task::Identity;
+use crate::sys::args::say;
+use crate::sys::logging;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -43,7 +51,7 @@ pub enum Command {
     Daemon {
         /// `system`, `session`, or a D-Bus address such as unix:path=/run/x
         #[arg(long, value_name = "BUS", default_value = "system")]
-        bus: crate::names::BusChoice,
+        bus: crate::api::names::BusChoice,
     },
     /// Internal: one account's job as its user (job on stdin, report on stdout)
     #[command(hide = true)]
@@ -94,51 +102,49 @@ pub struct PreflightArgs {
 }
 
 /// Run the command line; returns the process exit code.
-/// Parse the command line; on `--help`/`--version` or a usage error, the exit code
-/// (0 or the contract's 2) after clap printed what it had to say.
-pub fn parse_args<T: Parser>() -> Result<T, i32> {
-    T::try_parse().map_err(|e| {
-        let _ = e.print();
-        if e.use_stderr() { exit::USAGE } else { exit::OK }
-    })
-}
-
-/// Set once stdout's reader went away; later output is dropped.
-static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Write `text` to stdout. A reader that closed the pipe (`codex-authctl status | head -1`)
-/// is not an error: the rest is dropped and the command still ends with its own exit code
-/// (`println!` panics there, because Rust ignores SIGPIPE).
-pub fn say(text: &str) {
-    use std::io::Write;
-    if STDOUT_GONE.load(Ordering::Relaxed) {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        STDOUT_GONE.store(true, Ordering::Relaxed);
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("cannot write to stdout: {e}");
-        }
-    }
-}
-
 pub fn main() -> i32 {
-    let cli: Cli = match parse_args() {
+    let cli: Cli = match crate::sys::args::parse() {
         Ok(c) => c,
         Err(code) => return code,
     };
-    privsep::harden_process();
+    crate::sys::process::harden_process();
     logging::init(cli.verbose, matches!(cli.command, Command::Refresh(_) | Command::Preflight(_)));
     let clock = SystemClock;
     match cli.command {
-        Command::Worker => privsep::worker_main(&clock),
-        Command::SystemdGenerator { dirs } => crate::sandbox::generator_main(&dirs),
+        Command::Worker => crate::worker::child::main(&clock),
+        Command::SystemdGenerator { dirs } => systemd_generator(&dirs),
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Daemon { bus } => crate::daemon::main(cli.config.as_deref(), bus),
-        Command::Refresh(args) => refresh(cli.config.as_deref(), &args, &clock),
-        Command::Preflight(args) => preflight(cli.config.as_deref(), &args, &clock),
+        Command::Refresh(args) => refresh(cli.config.as_deref(), &args, &Runtime { clock: &clock, exec: &WORKERS }),
+        Command::Preflight(args) => preflight(cli.config.as_deref(), &args, &Runtime { clock: &clock, exec: &WORKERS }),
     }
+}
+
+/// The systemd generator: `codex-auth-agent systemd-generator NORMAL_DIR [EARLY LATE]`
+/// writes the sandbox drop-in for the configured homes (core::sandbox). Never fails the
+/// boot: a config that does not load writes nothing (the service then fails to start with
+/// the config error, which is where the operator looks).
+fn systemd_generator(dirs: &[PathBuf]) -> i32 {
+    use crate::core::sandbox::{DROPIN, UNIT, dropin};
+    let Some(normal) = dirs.first() else {
+        eprintln!("usage: codex-auth-agent systemd-generator NORMAL_DIR [EARLY_DIR LATE_DIR]");
+        return exit::USAGE;
+    };
+    let path = config::config_path(None);
+    let settings = match config::load(&path, &Env::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("codex-auth-agent-generator: no sandbox drop-in: {e}");
+            return exit::OK;
+        }
+    };
+    let homes = settings.accounts.values().map(|a| (a.name.as_str(), a.codex_home.as_path()));
+    let Some(text) = dropin(homes, &path) else { return exit::OK };
+    let dir = normal.join(format!("{UNIT}.d"));
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(DROPIN), text)) {
+        eprintln!("codex-auth-agent-generator: cannot write {}: {e}", dir.join(DROPIN).display());
+    }
+    exit::OK
 }
 
 fn check_config(flag: Option<&Path>) -> i32 {
@@ -221,7 +227,7 @@ fn select(flag: Option<&Path>, target: &Target) -> Result<(Settings, Vec<String>
     Ok((settings, names))
 }
 
-fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
+fn refresh(flag: Option<&Path>, args: &RefreshArgs, rt: &Runtime<'_>) -> i32 {
     let (settings, names) = match select(flag, &args.target) {
         Ok(x) => x,
         Err(code) => return code,
@@ -231,7 +237,7 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
         return exit::OK;
     }
     let reports = run_parallel(&settings, &names, settings.agent.max_parallel, |a| {
-        account::refresh(&settings, a, account::RefreshOptions { force: args.force, dry_run: args.dry_run }, clock)
+        run::refresh(&settings, a, run::RefreshOptions { force: args.force, dry_run: args.dry_run }, rt)
     });
     let mut code = exit::OK;
     for r in &reports {
@@ -241,7 +247,7 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
     code
 }
 
-fn preflight(flag: Option<&Path>, args: &PreflightArgs, clock: &dyn Clock) -> i32 {
+fn preflight(flag: Option<&Path>, args: &PreflightArgs, rt: &Runtime<'_>) -> i32 {
     let (settings, mut names) = match select(flag, &args.target) {
         Ok(x) => x,
         Err(code) => return code,
@@ -259,8 +265,7 @@ fn preflight(flag: Option<&Path>, args: &PreflightArgs, clock: &dyn Clock) -> i3
         eprintln!("no accounts to preflight; add [accounts.NAME] sections (with preflight = true) to the config");
         return exit::OK;
     }
-    let reports =
-        run_parallel(&settings, &names, settings.agent.max_parallel, |a| account::preflight(&settings, a, clock));
+    let reports = run_parallel(&settings, &names, settings.agent.max_parallel, |a| run::preflight(&settings, a, rt));
     let mut code = exit::OK;
     for r in &reports {
         say(&format!("{}\n", if args.json { r.json_line() } else { r.human_line() }));

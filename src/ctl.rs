@@ -2,11 +2,11 @@
 //! passes auth.json to Store/Seed as a file descriptor (never as bytes in argv or a
 //! message), and maps results to the contract's exit codes (plus 69 unreachable, 77 denied).
 
-use crate::cli::say;
-use crate::clock::{Clock, SystemClock};
-use crate::daemon::view::AccountView;
-use crate::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, account_path};
-use crate::outcome::exit;
+use crate::api::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, account_path};
+use crate::api::view::AccountView;
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::outcome::exit;
+use crate::sys::args::say;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use std::collections::HashMap;
@@ -327,7 +327,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
 /// namespace lacks a path the new drop-in opens, a SIGHUP cannot add it: restart the
 /// service. Returns what was done when it restarted, None when a plain Reload is enough.
 fn resync_sandbox() -> Option<Result<String, String>> {
-    use crate::sandbox::{DROPIN, GENERATOR_DIR, UNIT, mount_points, opened_paths};
+    use crate::core::sandbox::{DROPIN, GENERATOR_DIR, UNIT, mount_points, opened_paths};
     if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/run/systemd/system").exists() {
         return None;
     }
@@ -397,7 +397,7 @@ async fn pass_fd(conn: &Connection, account: &str, method: &str) -> Result<i32, 
 
 /// Run codex-authctl; returns the exit code.
 pub fn main() -> i32 {
-    let cli: Cli = match crate::cli::parse_args() {
+    let cli: Cli = match crate::sys::args::parse() {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -86,7 +86,7 @@ pub fn hook_problem(prog: &Path, euid: u32) -> Option<String> {
 /// agent's state and config directories; `service`: the config is the packaged service's
 /// (its state directory is the unit's StateDirectory=), whose /tmp is private.
 pub fn home_problem(home: &Path, user: &str, agent_dirs: &[PathBuf], service: bool) -> Option<String> {
-    if let Some(why) = crate::sandbox::unit_word_problem(home) {
+    if let Some(why) = crate::core::sandbox::unit_word_problem(home) {
         return Some(format!(
             "{} {why}: the service's sandbox settings cannot name it; use a path without it",
             home.display()
