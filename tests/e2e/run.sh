@@ -506,8 +506,8 @@ user = "root"
 EOF
 check "check-config accepts /srv/ci/.codex and root's /root/.codex" ct_exec codex-auth-agent check-config
 ct_exec codex-authctl reload >"$WORK/reload10.out" 2>&1 || true
-check "codex-authctl reload restarts the service to open both homes" \
-  grep -q 'restarted codex-auth-agent.service so that its sandbox opens /srv/ci/.codex, /root/.codex' "$WORK/reload10.out"
+opened='restarted codex-auth-agent.service so that its sandbox opens /srv/ci/.codex, /root/.codex'
+check "codex-authctl reload restarts the service to open both homes" grep -qF "$opened" "$WORK/reload10.out"
 GEN=/run/systemd/generator/codex-auth-agent.service.d/50-codex-homes.conf
 gen_has() { grep -qxF -- "$1" <<<"$(ct_exec cat "$GEN")" || { ct_exec cat "$GEN"; return 1; }; }
 check "the generator's drop-in: ReadWritePaths=-/srv/ci/.codex" gen_has 'ReadWritePaths=-/srv/ci/.codex'
@@ -524,7 +524,9 @@ check "ci-bot (/srv/ci/.codex): a new refresh token" test -n "$rt_ci1" -a "$rt_c
 check "ci-bot: the new token is the mock's live one" live "$rt_ci1"
 check "admin (/root/.codex): a new refresh token" test -n "$rt_root1" -a "$rt_root1" != "$rt_root0"
 check "admin: the new token is the mock's live one" live "$rt_root1"
-check "ci-bot: State is ok" test "$(state_of ci-bot)" = ok
+# (An object path escapes '-': ci-bot is …/account/ci_2dbot; codex-authctl knows the name.)
+ctl_state() { ct_exec codex-authctl status "$1" --json | jq -r .state; }
+check "ci-bot: State is ok" test "$(ctl_state ci-bot)" = ok
 check "admin: State is ok" test "$(state_of admin)" = ok
 check "/srv/ci/.codex/auth.json is 0600 ci" test "$(ct_exec stat -c '%a %U' /srv/ci/.codex/auth.json)" = "600 ci"
 check "/root/.codex/auth.json is 0600 root" test "$(ct_exec stat -c '%a %U' /root/.codex/auth.json)" = "600 root"
@@ -549,14 +551,18 @@ refused() {
   [ "$rc" = 78 ] && grep -qF 80-hook.toml <<<"$out" && grep -qF accounts.ci-bot.on_failure <<<"$out" &&
     grep -qF -- "$want" <<<"$out"
 }
-check "check-config refuses a world-writable hook (78, file, key, chmod)" refused /usr/local/bin/caa-open-hook 'chmod go-w'
-check "check-config refuses a hook owned by eve (78, file, key, chown)" refused /usr/local/bin/caa-eve-hook 'chown root'
-check "check-config refuses a missing hook (78, file, key)" refused /usr/local/bin/caa-no-such-hook 'does not exist'
+check "check-config refuses a world-writable hook (78, file, key, chmod)" \
+  refused /usr/local/bin/caa-open-hook 'chmod go-w'
+check "check-config refuses a hook owned by eve (78, file, key, chown)" \
+  refused /usr/local/bin/caa-eve-hook 'chown root'
+check "check-config refuses a missing hook (78, file, key)" \
+  refused /usr/local/bin/caa-no-such-hook 'does not exist'
 check "check-config accepts the config again" ct_exec codex-auth-agent check-config
 # A reader that closes the pipe at once (`| true`) makes the first write fail with EPIPE.
 closed_pipe() {
   local out
-  out=$(ct_exec bash -c 'set -o pipefail; codex-authctl status 2>/tmp/ctl.err | true; rc=$?; cat /tmp/ctl.err; exit $rc' 2>&1)
+  out=$(ct_exec bash -c 'set -o pipefail; codex-authctl status 2>/tmp/ctl.err | true; rc=$?
+    cat /tmp/ctl.err; exit $rc' 2>&1)
   [ -z "$out" ] || { echo "$out"; return 1; }
 }
 check "codex-authctl status | true: exit 0, nothing on stderr (no panic)" closed_pipe
