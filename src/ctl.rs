@@ -280,7 +280,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             let results: Vec<(String, String, String)> =
                 m.call("RefreshAll", &(force,)).await.map_err(|e| classify(e, "refresh --all"))?;
             for (a, o, r) in &results {
-                say(&result_line(&a, &o, &r));
+                say(&result_line(a, o, r));
             }
             finish(&conn, &results.into_iter().map(|(a, o, _)| (a, o)).collect::<Vec<_>>()).await
         }
@@ -296,7 +296,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             let results: Vec<(String, String, String)> =
                 m.call("PreflightAll", &()).await.map_err(|e| classify(e, "preflight --all"))?;
             for (a, o, r) in &results {
-                say(&result_line(&a, &o, &r));
+                say(&result_line(a, o, r));
             }
             let failed = results.iter().any(|(_, o, _)| o != "preflight_ok");
             Ok(if failed { exit::TRANSIENT } else { exit::OK })
@@ -391,7 +391,7 @@ async fn pass_fd(conn: &Connection, account: &str, method: &str) -> Result<i32, 
     let p = proxy(conn, account_path(account), ACCOUNT_IFACE).await?;
     let fd = Fd::from(stdin.as_fd());
     let (outcome, reason): (String, String) = p.call(method, &(fd,)).await.map_err(|e| classify(e, account))?;
-    say(&result_line(&account, &outcome, &reason));
+    say(&result_line(account, &outcome, &reason));
     finish(conn, &[(account.to_string(), outcome)]).await
 }
 

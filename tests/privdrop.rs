@@ -108,7 +108,7 @@ fn an_unreadable_codex_home_says_what_to_fix() {
     let (u, m, s) = (users(), MockServer::start(MockConfig::default()), Scratch::new());
     let ca = m.issue_family("alice-acct");
     let ha = home_for(&s, &u.alice, Some(&auth_json(&ca, OLD)));
-    std::fs::set_permissions(&ha, std::fs::Permissions::from_mode(0)).unwrap();
+    std::fs::set_permissions(&ha, std::fs::Permissions::from_mode(0o000)).unwrap();
     let cfg = accounts(&s, &[("alice", &u.alice, &ha)], "");
     let mut cmd = agent(&s, &m);
     cmd.arg("--config").arg(&cfg).arg("check-config");

@@ -463,7 +463,7 @@ fn codex_homes_in_system_or_agent_dirs_or_of_another_user_are_refused() {
     let t = tree();
     let home = t.path().join("me/.codex");
     std::fs::create_dir_all(&home).unwrap();
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0)).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o000)).unwrap();
     let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap().name;
     let text = format!(
         "[agent]\nstate_dir = \"/x/state\"\n[accounts.a]\nuser = \"{me}\"\ncodex_home = \"{}\"\n",

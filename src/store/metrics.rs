@@ -207,7 +207,7 @@ codex_auth_agent_runner_ok{account=\"bob\"} 1
         for f in [&stale, &other] {
             std::fs::File::create(f)
                 .unwrap()
-                .set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
+                .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000))
                 .unwrap();
         }
         write_atomic(&p, b"newer\n").unwrap();

@@ -532,7 +532,7 @@ mod tests {
     fn write_atomic_removes_old_temps_of_the_same_file_only() {
         let t = tempfile::tempdir().unwrap();
         let d = SafeDir::open(t.path(), me()).unwrap();
-        let old_time = std::time::SystemTime::now() - Duration::from_secs(600);
+        let old_time = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000); // 2001: long stale
         let temp = |n: &str, old: bool| {
             let f = std::fs::File::create(t.path().join(n)).unwrap();
             if old {
