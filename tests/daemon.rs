@@ -357,11 +357,8 @@ fn ctl_as(w: &World, user: &nix::unistd::User, args: &[&str]) -> Run {
     run(cmd)
 }
 
-#[tokio::test]
-async fn non_root_callers_may_read_but_not_act() {
-    if !require_root("non_root_callers_may_read_but_not_act") {
-        return;
-    }
+/// A daemon serving alice (fresh), and caa-bob outside the codex-auth group.
+fn daemon_and_outsider() -> (nix::unistd::User, World, AgentDaemon) {
     let bob = ensure_user("caa-bob");
     let w = world();
     let c = w.m.issue_family("acct");
@@ -369,6 +366,15 @@ async fn non_root_callers_may_read_but_not_act() {
     let cfg = w.config(&account_cfg(&home, "alice"));
     let d = w.daemon(&cfg);
     let _ = Command::new("gpasswd").args(["-d", "caa-bob", "codex-auth"]).output();
+    (bob, w, d)
+}
+
+#[tokio::test]
+async fn non_root_callers_may_read_but_not_act() {
+    if !require_root("non_root_callers_may_read_but_not_act") {
+        return;
+    }
+    let (bob, w, d) = daemon_and_outsider();
     let r = ctl_as(&w, &bob, &["status", "--json"]);
     assert_eq!(r.code, 0, "reads are open: {}", r.stderr);
     for args in [
@@ -401,13 +407,7 @@ async fn denied_calls_are_logged_with_a_rate_limit() {
     if !require_root("denied_calls_are_logged_with_a_rate_limit") {
         return;
     }
-    let bob = ensure_user("caa-bob");
-    let w = world();
-    let c = w.m.issue_family("acct");
-    let home = w.s.codex_home("a", Some(&auth_json(&c, &recent())));
-    let cfg = w.config(&account_cfg(&home, "alice"));
-    let d = w.daemon(&cfg);
-    let _ = Command::new("gpasswd").args(["-d", "caa-bob", "codex-auth"]).output();
+    let (bob, w, d) = daemon_and_outsider();
     for _ in 0..30 {
         assert_eq!(ctl_as(&w, &bob, &["refresh", "alice"]).code, 77);
     }
@@ -425,12 +425,12 @@ async fn preflight_over_dbus_sets_the_runner_properties_and_follows_a_store() {
     let d = AgentDaemon::start(&cw.scratch, &cw.mock, &cfg, &bus);
     let conn = zbus::connection::Builder::address(bus.address.as_str()).unwrap().build().await.unwrap();
     wait_state(&conn, "me", "ok").await;
-    assert_eq!(view(&conn, "me").await.runner_state, "unknown");
+    assert_eq!(view(&conn, "me").await.runner_state.as_str(), "unknown");
     let a = account(&conn, "me").await;
     let (outcome, reason): (String, String) = a.call("Preflight", &()).await.unwrap();
     assert_eq!(outcome, "preflight_ok", "{reason}\n{}", d.log_text());
     let v = view(&conn, "me").await;
-    assert_eq!(v.runner_state, "ok");
+    assert_eq!(v.runner_state.as_str(), "ok");
     assert!(v.runner_last_ok > 0 && v.runner_last_check == v.runner_last_ok && v.runner_last_fail == 0, "{v:?}");
     assert_eq!(v.runner_boot_id.len(), 36);
     // PreflightAll through codex-authctl (what the daily timer runs).
@@ -454,6 +454,6 @@ async fn preflight_over_dbus_sets_the_runner_properties_and_follows_a_store() {
         assert!(t0.elapsed() < Duration::from_secs(60), "no preflight after Store:\n{}", d.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(view(&conn, "me").await.runner_state, "ok");
+    assert_eq!(view(&conn, "me").await.runner_state.as_str(), "ok");
     assert_no_secrets(&[("daemon log", &d.log_text())], &[secrets(&c), secrets(&stored)].concat());
 }
