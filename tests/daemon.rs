@@ -324,12 +324,10 @@ async fn ctl_status_table_and_json_agree_with_the_bus() {
 #[tokio::test]
 async fn ctl_status_into_a_closed_pipe_exits_cleanly() {
     let w = world();
-    let c = w.m.issue_family("acct");
-    let home = w.s.codex_home("a", Some(&auth_json(&c, OLD)));
-    let cfg = w.config(&account_cfg(&home, "alice"));
-    let _d = w.daemon(&cfg);
-    let conn = w.conn().await;
-    wait_state(&conn, "alice", "ok").await;
+    let _d = w.daemon(
+        &w.config(&account_cfg(&w.s.codex_home("a", Some(&auth_json(&w.m.issue_family("acct"), OLD))), "alice")),
+    );
+    wait_state(&w.conn().await, "alice", "ok").await;
     for args in [&["status"][..], &["status", "--json"], &["refresh", "alice"]] {
         // The read end is closed before the child writes: its first write gets EPIPE.
         let (reader, writer) = nix::unistd::pipe().unwrap();

@@ -549,19 +549,14 @@ fn two_accounts_may_not_share_a_codex_home_or_a_rotating_key() {
     assert_eq!(e.key.as_deref(), Some("accounts.b.codex_home"), "{e}");
     assert!(e.message.contains("also the codex_home of account a"), "{e}");
     let t = tempfile::tempdir().unwrap();
-    let tok = secret(t.path(), "vault-token", 0o600);
-    let main = write(
-        t.path(),
-        "config.toml",
-        &format!(
-            "[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"{}\"\n\
-             [accounts.a]\nuser = \"root\"\nfleet_role = \"follower\"\nvault_rotating_key = \"k/rot\"\n\
-             [accounts.b]\nuser = \"root\"\ncodex_home = \"/srv/b/.codex\"\nfleet_role = \"follower\"\n\
-             vault_rotating_key = \"k/rot\"\n",
-            tok.display()
-        ),
-    );
-    let e = load(&main, &Env::default()).unwrap_err();
+    let token_file = secret(t.path(), "vault-token", 0o600);
+    let follower = "fleet_role = \"follower\"\nvault_rotating_key = \"k/rot\"\n";
+    let e = load_text(&format!(
+        "[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"{}\"\n[accounts.a]\nuser = \"root\"\n{follower}\
+         [accounts.b]\nuser = \"root\"\ncodex_home = \"/srv/b/.codex\"\n{follower}",
+        token_file.display()
+    ))
+    .unwrap_err();
     assert_eq!(e.key.as_deref(), Some("accounts.b.vault_rotating_key"), "{e}");
     assert!(e.message.contains("also the rotating key of account a"), "{e}");
 }
