@@ -58,7 +58,10 @@ async fn caller(conn: &Connection, hdr: &Header<'_>) -> fdo::Result<(u32, Vec<u3
     Ok((uid, gids))
 }
 
-async fn authorize(conn: &Connection, hdr: &Header<'_>, need: Need, what: &str) -> fdo::Result<()> {
+/// The daemon's count of denied calls, shared by its objects.
+pub type Denials = Arc<std::sync::Mutex<RateLimit>>;
+
+async fn authorize(conn: &Connection, hdr: &Header<'_>, need: Need, what: &str, denials: &Denials) -> fdo::Result<()> {
     let (uid, gids) = caller(conn, hdr).await?;
     let gid = nix::unistd::Group::from_name(OPERATOR_GROUP).ok().flatten().map(|g| g.gid.as_raw());
     if allowed(need, uid, &gids, gid) {
@@ -70,8 +73,7 @@ async fn authorize(conn: &Connection, hdr: &Header<'_>, need: Need, what: &str) 
     };
     // A caller looping on a denied call must not flood the journal (journald's rate limit
     // would then drop the daemon's own entries too): a few per minute, then a count.
-    static DENIALS: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(5, DENIAL_WINDOW));
-    let (log, dropped) = DENIALS.lock().unwrap_or_else(|p| p.into_inner()).admit(std::time::Instant::now());
+    let (log, dropped) = denials.lock().unwrap_or_else(|p| p.into_inner()).admit(std::time::Instant::now());
     if dropped > 0 {
         tracing::warn!(
             "access denied to {dropped} more calls in the last {}s (not logged one by one)",
@@ -87,12 +89,19 @@ async fn authorize(conn: &Connection, hdr: &Header<'_>, need: Need, what: &str) 
 const DENIAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// At most `per_window` admitted events per `window`; the rest are counted.
-struct RateLimit {
+pub struct RateLimit {
     per_window: u32,
     window: std::time::Duration,
     start: Option<std::time::Instant>,
     used: u32,
     dropped: u64,
+}
+
+impl Default for RateLimit {
+    /// The daemon's: a few denied calls a minute are logged one by one, the rest counted.
+    fn default() -> RateLimit {
+        RateLimit::new(5, DENIAL_WINDOW)
+    }
 }
 
 impl RateLimit {
@@ -125,6 +134,7 @@ fn pair(r: Report) -> (String, String) {
 
 pub struct Manager {
     core: Arc<Core>,
+    denials: Denials,
 }
 
 #[interface(name = "org.codexauth.Agent1.Manager")]
@@ -155,7 +165,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<Vec<(String, String, String)>> {
-        authorize(conn, &hdr, Need::Operator, "RefreshAll").await?;
+        authorize(conn, &hdr, Need::Operator, "RefreshAll", &self.denials).await?;
         Ok(self
             .core
             .refresh_all(force)
@@ -170,7 +180,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<Vec<(String, String, String)>> {
-        authorize(conn, &hdr, Need::Operator, "PreflightAll").await?;
+        authorize(conn, &hdr, Need::Operator, "PreflightAll", &self.denials).await?;
         Ok(self
             .core
             .preflight_all()
@@ -181,7 +191,7 @@ impl Manager {
     }
 
     async fn reload(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> fdo::Result<()> {
-        authorize(conn, &hdr, Need::Operator, "Reload").await?;
+        authorize(conn, &hdr, Need::Operator, "Reload", &self.denials).await?;
         self.core.reload().map_err(|e| fdo::Error::Failed(e.to_string()))
     }
 }
@@ -189,6 +199,7 @@ impl Manager {
 pub struct Account {
     core: Arc<Core>,
     name: String,
+    denials: Denials,
 }
 
 impl Account {
@@ -294,7 +305,7 @@ impl Account {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<(String, String)> {
-        authorize(conn, &hdr, Need::Operator, "Refresh").await?;
+        authorize(conn, &hdr, Need::Operator, "Refresh", &self.denials).await?;
         let req = Request { force, ..Default::default() };
         self.core.refresh(&self.name, req).await.map(pair).ok_or_else(|| gone(&self.name))
     }
@@ -305,7 +316,7 @@ impl Account {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<(String, String)> {
-        authorize(conn, &hdr, Need::Operator, "Preflight").await?;
+        authorize(conn, &hdr, Need::Operator, "Preflight", &self.denials).await?;
         let r = self.core.preflight(&self.name).await.ok_or_else(|| gone(&self.name))?;
         Ok((r.outcome().to_string(), r.reason))
     }
@@ -317,7 +328,7 @@ impl Account {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<(String, String)> {
-        authorize(conn, &hdr, Need::Root, "Store").await?;
+        authorize(conn, &hdr, Need::Root, "Store", &self.denials).await?;
         let input = self.read_credential(fd).await?;
         let req = Request { store: Some(input), skip_gate: true, ..Default::default() };
         let report = self.core.refresh(&self.name, req).await.ok_or_else(|| gone(&self.name))?;
@@ -332,7 +343,7 @@ impl Account {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<(String, String)> {
-        authorize(conn, &hdr, Need::Root, "Seed").await?;
+        authorize(conn, &hdr, Need::Root, "Seed", &self.denials).await?;
         let input = self.read_credential(fd).await?;
         let acct = self.core.account_settings(&self.name).ok_or_else(|| gone(&self.name))?;
         if let Some(fleet) = &acct.fleet {
@@ -407,10 +418,16 @@ pub fn boot_id() -> String {
 }
 
 /// Connect, export the manager and account objects, then own the well-known name.
-pub async fn serve(bus: &BusChoice, core: Arc<Core>) -> zbus::Result<Connection> {
-    let conn = bus.builder()?.serve_at(MANAGER_PATH, Manager { core: core.clone() })?.build().await?;
+pub async fn serve(bus: &BusChoice, core: Arc<Core>, denials: &Denials) -> zbus::Result<Connection> {
+    let conn = bus
+        .builder()?
+        .serve_at(MANAGER_PATH, Manager { core: core.clone(), denials: denials.clone() })?
+        .build()
+        .await?;
     for name in core.names() {
-        conn.object_server().at(account_path(&name), Account { core: core.clone(), name }).await?;
+        conn.object_server()
+            .at(account_path(&name), Account { core: core.clone(), name, denials: denials.clone() })
+            .await?;
     }
     conn.request_name(BUS_NAME).await?;
     Ok(conn)
@@ -425,14 +442,15 @@ pub struct Publisher {
     views: HashMap<String, Published>,
     summary: String,
     exported: HashSet<String>,
+    denials: Denials,
 }
 
 impl Publisher {
-    pub fn new(conn: Connection, core: Arc<Core>) -> Publisher {
+    pub fn new(conn: Connection, core: Arc<Core>, denials: Denials) -> Publisher {
         let exported: HashSet<String> = core.names().into_iter().collect();
         let views = exported.iter().filter_map(|n| core.view(n).map(|v| (n.clone(), v.published()))).collect();
         let summary = core.summary();
-        Publisher { conn, core, views, summary, exported }
+        Publisher { conn, core, views, summary, exported, denials }
     }
 
     async fn emit(&self, path: &str, iface: &'static str, changed: Vec<(&'static str, Value<'static>)>) {
@@ -467,7 +485,7 @@ impl Publisher {
                     self.views.remove(gone);
                 }
                 for new in now.difference(&self.exported) {
-                    let obj = Account { core: self.core.clone(), name: new.clone() };
+                    let obj = Account { core: self.core.clone(), name: new.clone(), denials: self.denials.clone() };
                     if let Err(e) = server.at(account_path(new), obj).await {
                         tracing::error!(account = %new, "cannot export the account object: {e}");
                     }

@@ -65,14 +65,15 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
     let exec = Arc::new(Workers { local: Local, always: true });
     let shared = Shared { clock: Arc::new(SystemClock), exec, mem: Arc::default(), vault: Arc::default() };
     let (core, mut events) = core::Core::with_executor(path.to_path_buf(), settings, shared);
-    let conn = match bus::serve(&bus, core.clone()).await {
+    let denials = bus::Denials::default();
+    let conn = match bus::serve(&bus, core.clone(), &denials).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("cannot serve {} on the {bus:?} bus: {e}", crate::api::names::BUS_NAME);
             return 1;
         }
     };
-    let mut publisher = bus::Publisher::new(conn, core.clone());
+    let mut publisher = bus::Publisher::new(conn, core.clone(), denials);
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
         (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {
