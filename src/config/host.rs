@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 /// System and agent directories a codex_home must not be in: the service cannot write
 /// them (ProtectSystem=strict), a login there would be readable or replaceable by the
 /// system's own tools, and /tmp, /var/tmp are private to the service (PrivateTmp=yes),
-/// so the user's file there is never the one the service sees.
+/// so the user's file there is never the one the service sees; /dev/shm likewise
+/// (PrivateDevices=yes gives the service its own), while a one-shot or test run may use it.
 const SYSTEM_DIRS: [&str; 12] =
     ["/etc", "/usr", "/boot", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sys", "/dev"];
-const TMP_DIRS: [&str; 2] = ["/tmp", "/var/tmp"];
+const TMP_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
 
 /// Who may own a hook and the directories above it: root, and the agent's own user when
 /// it does not run as root (a file it owns gives it nothing it does not have).
@@ -99,12 +100,14 @@ pub fn home_problem(home: &Path, user: &str, agent_dirs: &[PathBuf], service: bo
             return Some("/ is not a Codex home; use the user's own directory, e.g. ~USER/.codex".into());
         }
         let tmp = TMP_DIRS.iter().filter(|_| service);
-        if let Some(d) = SYSTEM_DIRS.iter().chain(tmp).find(|d| p.starts_with(d)) {
+        let shm = Path::new("/dev/shm");
+        let system = SYSTEM_DIRS.iter().filter(|d| !(p.starts_with(shm) && **d == "/dev"));
+        if let Some(d) = tmp.chain(system).find(|d| p.starts_with(d)) {
             return Some(format!(
                 "{} is in the system directory {d}; a Codex home belongs to its user: use e.g. ~{user}/.codex or \
                  /srv/{user}/.codex{}",
                 p.display(),
-                if d.ends_with("tmp") { " (the service has a private /tmp: it would never see this one)" } else { "" }
+                if TMP_DIRS.contains(d) { " (the service has a private one: it would never see this one)" } else { "" }
             ));
         }
         if let Some(d) = agent_dirs.iter().find(|d| p.starts_with(d) || d.starts_with(p)) {
