@@ -99,6 +99,19 @@ pub enum CtlCommand {
         /// The account whose auth.json is replaced
         account: String,
     },
+    /// Log the account in again (root): Codex's device-code login as the account's user —
+    /// open the URL it prints, enter the code — then install it like `store` (fleet: a
+    /// refresher publishes it to Vault)
+    Login {
+        /// The account to log in
+        account: String,
+        /// The daemon's config file (for the account's user, codex_bin and issuer)
+        #[arg(long, value_name = "PATH")]
+        config: Option<std::path::PathBuf>,
+        /// Give up (and install nothing) when the code is not approved within this
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Make the auth.json given on stdin the account's seed and install it (no preflight)
     Seed {
         /// The account whose seed is replaced
@@ -300,6 +313,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             Ok(if failed { exit::TRANSIENT } else { exit::OK })
         }
         CtlCommand::Store { account } => pass_fd(&conn, &account, "Store").await,
+        CtlCommand::Login { account, config, timeout } => login(&conn, &account, config.as_deref(), timeout).await,
         CtlCommand::Seed { account } => pass_fd(&conn, &account, "Seed").await,
         CtlCommand::Reload => {
             let m = proxy(&conn, MANAGER_PATH.into(), MANAGER_IFACE).await?;
@@ -334,6 +348,77 @@ async fn pass_fd(conn: &Connection, account: &str, method: &str) -> Result<i32, 
     let fd = Fd::from(stdin.as_fd());
     let (outcome, reason): (String, String) = p.call(method, &(fd,)).await.map_err(|e| classify(e, account))?;
     println!("{account}: {outcome}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+    finish(conn, &[(account.to_string(), outcome)]).await
+}
+
+/// `login`: run Codex's device login here (see `crate::login` for why not in the daemon),
+/// then Store what it wrote.
+async fn login(
+    conn: &Connection,
+    account: &str,
+    config: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> Result<i32, Fail> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Fail(DENIED, "login must run as root: it runs Codex as the account's user, then stores".into()));
+    }
+    let path = crate::config::config_path(config);
+    let settings = crate::config::load(&path, &crate::config::Env::from_process())
+        .map_err(|e| Fail(exit::CONFIG, e.to_string()))?;
+    let Some(acct) = settings.accounts.get(account).cloned() else {
+        return Err(Fail(exit::USAGE, format!("{account}: no such account in {}", path.display())));
+    };
+    let daemon_user = view(conn, account).await?.user;
+    if daemon_user != acct.user {
+        return Err(Fail(
+            exit::USAGE,
+            format!(
+                "{account}: the daemon runs it as user {daemon_user} but {} says {}: pass the daemon's config with --config",
+                path.display(),
+                acct.user
+            ),
+        ));
+    }
+    eprintln!(
+        "codex-authctl: logging in account {account} as user {} (Codex device-code login; waits up to {}; Ctrl-C cancels)",
+        acct.user,
+        humantime::format_duration(timeout)
+    );
+    let cancel = std::sync::Arc::new(AtomicBool::new(false));
+    let (c, s, a) = (cancel.clone(), settings.clone(), acct.clone());
+    let mut task = tokio::task::spawn_blocking(move || crate::login::device_login(&s, &a, timeout, c));
+    let result = tokio::select! {
+        r = &mut task => r,
+        _ = tokio::signal::ctrl_c() => {
+            cancel.store(true, Ordering::SeqCst);
+            task.await
+        }
+    };
+    let bytes = match result {
+        Ok(Ok(b)) => b,
+        Ok(Err(crate::login::LoginError::Cancelled)) => {
+            return Err(Fail(130, "login cancelled: nothing was installed".into()));
+        }
+        Ok(Err(e)) => return Err(Fail(exit::TRANSIENT, format!("{account}: {e}"))),
+        Err(e) => return Err(Fail(exit::TRANSIENT, format!("{account}: the login task failed: {e}"))),
+    };
+    let file = crate::login::memfd_with(&bytes).map_err(|e| Fail(exit::TRANSIENT, format!("memfd: {e}")))?;
+    drop(bytes);
+    let p = proxy(conn, account_path(account), ACCOUNT_IFACE).await?;
+    let fd = Fd::from(file.as_fd());
+    let (outcome, reason): (String, String) = p.call("Store", &(fd,)).await.map_err(|e| classify(e, account))?;
+    println!(
+        "{account}: logged in; installed: {outcome}{}",
+        if reason.is_empty() { String::new() } else { format!(": {reason}") }
+    );
+    if acct.fleet.as_ref().is_some_and(|f| f.fleet_role == crate::config::FleetRole::Follower) {
+        println!(
+            "{account}: this host is a fleet follower: the login is installed here only and Vault still holds the old \
+             one; the other hosts get it when it is published: run codex-authctl login {account} on the refresher instead, \
+             or put this login in the seed key (README: Fleet mode, Re-login)"
+        );
+    }
     finish(conn, &[(account.to_string(), outcome)]).await
 }
 

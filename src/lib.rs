@@ -32,6 +32,8 @@ pub mod hooks;
 pub mod journal;
 /// Journald/stderr logging, the contract's field names, and the redaction guard.
 pub mod logging;
+/// `codex-authctl login`: Codex's device-code login as the account's user, then a Store.
+pub mod login;
 /// The Prometheus textfile (metrics_textfile), rewritten atomically after every outcome.
 pub mod metrics;
 /// D-Bus names and paths shared by the daemon and codex-authctl.

@@ -142,7 +142,10 @@ pub fn update(settings: &Settings) {
             (status::load(&settings.agent.state_dir, name), facts)
         })
         .collect();
-    if let Err(e) = write_atomic(path, render(&accounts, chrono::Utc::now().timestamp()).as_bytes()) {
+    if let Err(e) = write_atomic(
+        path,
+        render(&accounts, crate::clock::Clock::now(&crate::clock::SystemClock).timestamp()).as_bytes(),
+    ) {
         tracing::warn!("could not write the metrics textfile {}: {e}", path.display());
     }
 }

@@ -2,6 +2,9 @@
 //! (`codex login --device-auth --experimental_issuer <mock>`): the mock's endpoints behave
 //! the way Codex expects on the approve, deny and never-approved paths, and the login it
 //! writes is one the agent can then refresh, while the account's older login is revoked.
+//! Then `codex-authctl login` against a running daemon (as root, for a throwaway user):
+//! approve installs through Store and lifts the quarantine; deny, timeout and Ctrl-C
+//! install nothing and leave no throwaway home and no Codex behind.
 
 mod support;
 
@@ -10,6 +13,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::dbus::{AgentDaemon, PrivateBus, ctl, wait_state};
 use support::*;
 
 /// `codex login --device-auth` in `home` against the mock (file credential store).
@@ -108,4 +112,171 @@ fn real_codex_device_login_denied_or_never_approved_writes_nothing() {
     child.wait().unwrap();
     assert!(!home.join("auth.json").exists());
     assert_eq!(m.pending_device_codes(), [code]);
+}
+
+/// A daemon on a private bus with one account `alpha` of a throwaway user whose login the
+/// mock has revoked (so its start-up refresh fails permanent and quarantines it).
+struct World {
+    m: MockServer,
+    s: Scratch,
+    bus: PrivateBus,
+    d: AgentDaemon,
+    cfg: std::path::PathBuf,
+    home: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    prom: std::path::PathBuf,
+    uid: u32,
+}
+
+impl World {
+    async fn new() -> World {
+        let (m, s) = (MockServer::start(MockConfig::default()), Scratch::new());
+        let user = ensure_user("caa-login");
+        let old = m.issue_family("acct-login");
+        m.revoke_family("acct-login");
+        let home = home_for(&s, &user, Some(&auth_json(&old, OLD)));
+        let tmp = s.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        let prom = s.path().join("codex_auth_agent.prom");
+        let cfg = s.config(&format!(
+            "codex_bin = \"{}\"\nmetrics_textfile = \"{}\"\n\n[defaults]\ntoken_url = \"{}\"\npreflight = false\n\
+             request_timeout = \"5s\"\n\n[accounts.alpha]\nuser = \"{}\"\ncodex_home = \"{}\"\n",
+            support::codex::codex_bin().display(),
+            prom.display(),
+            m.token_url(),
+            user.name,
+            home.display()
+        ));
+        let bus = PrivateBus::start(s.path());
+        let d = AgentDaemon::start(&s, &m, &cfg, &bus);
+        let w = World { m, s, bus, d, cfg, home, tmp, prom, uid: user.uid.as_raw() };
+        let conn = w.conn().await;
+        wait_state(&conn, "alpha", "failed_permanent").await;
+        w
+    }
+
+    async fn conn(&self) -> zbus::Connection {
+        zbus::connection::Builder::address(self.bus.address.as_str()).unwrap().build().await.unwrap()
+    }
+
+    fn login(&self, extra: &[&str]) -> Child {
+        let mut c = ctl(&self.bus);
+        c.env("TMPDIR", &self.tmp)
+            .args(["login", "alpha", "--config"])
+            .arg(&self.cfg)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    }
+
+    /// Nothing left in TMPDIR and no Codex of the user still running.
+    fn assert_clean(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.tmp).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "throwaway homes left: {left:?}");
+        let codex = support::codex::codex_bin().to_path_buf();
+        for p in std::fs::read_dir("/proc").unwrap().flatten() {
+            let exe = std::fs::read_link(p.path().join("exe")).ok();
+            let uid = std::fs::metadata(p.path()).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok();
+            assert!(!(exe.as_ref() == Some(&codex) && uid == Some(self.uid)), "a Codex of the user still runs: {p:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn authctl_login_approved_installs_through_store_and_lifts_the_quarantine() {
+    if !require_root("authctl_login_approved_installs_through_store_and_lifts_the_quarantine") {
+        return;
+    }
+    let mut w = World::new().await;
+    let before = std::fs::read(w.home.join("auth.json")).unwrap();
+    assert!(read(&w.prom).contains("codex_auth_agent_needs_login{account=\"alpha\"} 1\n"));
+    let child = w.login(&[]);
+    let code = wait_code(&w.m);
+    assert!(w.m.approve_device(&code, "acct-login"));
+    let (rc, out, err) = finish(child);
+    assert_eq!(rc, 0, "{out}{err}");
+    assert!(out.contains(&format!("{}/codex/device", w.m.url())) && out.contains(&code), "relayed: {out}");
+    assert!(out.contains("alpha: logged in; installed: fresh"), "{out}");
+    let auth = std::fs::read(w.home.join("auth.json")).unwrap();
+    assert_ne!(auth, before);
+    let v: serde_json::Value = serde_json::from_slice(&auth).unwrap();
+    let rt = v["tokens"]["refresh_token"].as_str().unwrap().to_string();
+    assert!(w.m.is_live_refresh_token(&rt), "the new login is installed");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(w.home.join("auth.json")).unwrap()), w.uid);
+    let conn = w.conn().await;
+    wait_state(&conn, "alpha", "ok").await;
+    assert!(read(&w.prom).contains("codex_auth_agent_needs_login{account=\"alpha\"} 0\n"), "{}", read(&w.prom));
+    w.assert_clean();
+    // The old family's revocation does not touch the new login: it refreshes.
+    let mut c = ctl(&w.bus);
+    c.args(["refresh", "alpha", "--force"]);
+    let r = run(c);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("alpha: refreshed"), "{}", r.stdout);
+    assert_eq!(w.m.reuse_detections(), 0);
+    // Neither the code nor a token reached the daemon's log.
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(w.home.join("auth.json")).unwrap()).unwrap();
+    let tokens: Vec<String> = ["id_token", "access_token", "refresh_token"]
+        .iter()
+        .map(|k| v["tokens"][k].as_str().unwrap().to_string())
+        .chain([rt, code.clone()])
+        .collect();
+    w.d.stop();
+    assert_no_secrets(&[("daemon log", &w.d.log_text())], &tokens);
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn authctl_login_denied_timed_out_or_cancelled_installs_nothing() {
+    if !require_root("authctl_login_denied_timed_out_or_cancelled_installs_nothing") {
+        return;
+    }
+    let w = World::new().await;
+    let before = std::fs::read(w.home.join("auth.json")).unwrap();
+
+    let child = w.login(&[]);
+    let code = wait_code(&w.m);
+    assert!(w.m.deny_device(&code));
+    let (rc, out, err) = finish(child);
+    assert_eq!(rc, 4, "{out}{err}");
+    assert!(err.contains("codex login failed") && err.contains("nothing was installed"), "{err}");
+    w.assert_clean();
+
+    let child = w.login(&["--timeout", "3s"]);
+    let code = wait_code_not(&w.m, &[]);
+    let (rc, out, err) = finish(child);
+    assert_eq!(rc, 4, "{out}{err}");
+    assert!(err.contains("no approval within 3s"), "{err}");
+    assert!(w.m.device_polls(&code) >= 1);
+    w.assert_clean();
+
+    let child = w.login(&[]);
+    let pending = w.m.pending_device_codes();
+    wait_code_not(&w.m, &pending);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let (rc, out, err) = finish(child);
+    assert_eq!(rc, 130, "{out}{err}");
+    assert!(err.contains("login cancelled: nothing was installed"), "{err}");
+    w.assert_clean();
+
+    assert_eq!(std::fs::read(w.home.join("auth.json")).unwrap(), before, "nothing installed");
+    let conn = w.conn().await;
+    wait_state(&conn, "alpha", "failed_permanent").await;
+}
+
+/// A user code the mock handed out that is not in `seen`.
+fn wait_code_not(m: &MockServer, seen: &[String]) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Some(c) = m.pending_device_codes().into_iter().find(|c| !seen.contains(c)) {
+            return c;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "Codex never asked for a device code");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
