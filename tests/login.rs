@@ -14,6 +14,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::dbus::{AgentDaemon, PrivateBus, ctl, wait_state};
+use support::openbao::Bao;
+
+const SEED: &str = "codex-auth-json-b64-alpha";
+const ROTATING: &str = "codex-auth-json-b64-rotating-alpha";
 use support::*;
 
 /// `codex login --device-auth` in `home` against the mock (file credential store).
@@ -129,19 +133,41 @@ struct World {
 }
 
 impl World {
-    async fn new() -> World {
+    /// `user` is the test's own, so its check for a Codex left running sees only its own.
+    async fn new(user: &str) -> World {
+        Self::with(user, None).await
+    }
+
+    /// With `bao`: alpha is the fleet's refresher, its login the Vault seed.
+    async fn with(user: &str, bao: Option<&Bao>) -> World {
         let (m, s) = (MockServer::start(MockConfig::default()), Scratch::new());
-        let user = ensure_user("caa-login");
+        let user = ensure_user(user);
         let old = m.issue_family("acct-login");
-        m.revoke_family("acct-login");
-        let home = home_for(&s, &user, Some(&auth_json(&old, OLD)));
+        if bao.is_none() {
+            m.revoke_family("acct-login");
+        }
+        let (auth, fleet) = match bao {
+            None => (Some(auth_json(&old, OLD)), String::new()),
+            Some(bao) => {
+                bao.put(SEED, auth_json(&old, OLD).as_bytes());
+                let policy = format!("{}/docs/fleet-policies/refresher.hcl", env!("CARGO_MANIFEST_DIR"));
+                bao.cli(&["policy", "write", "fleet-refresher", &policy]);
+                let token = s.path().join("vault-token");
+                std::fs::write(&token, bao.token(&["fleet-refresher"])).unwrap();
+                std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+                let vault = format!("[vault]\naddress = \"{}\"\ntoken_file = \"{}\"\n", bao.addr, token.display());
+                (None, vault)
+            }
+        };
+        let home = home_for(&s, &user, auth.as_deref());
         let tmp = s.path().join("tmp");
         std::fs::create_dir_all(&tmp).unwrap();
         std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
         let prom = s.path().join("codex_auth_agent.prom");
+        let role = if bao.is_some() { "fleet_role = \"refresher\"\n" } else { "" };
         let cfg = s.config(&format!(
-            "codex_bin = \"{}\"\nmetrics_textfile = \"{}\"\n\n[defaults]\ntoken_url = \"{}\"\npreflight = false\n\
-             request_timeout = \"5s\"\n\n[accounts.alpha]\nuser = \"{}\"\ncodex_home = \"{}\"\n",
+            "codex_bin = \"{}\"\nmetrics_textfile = \"{}\"\n\n{fleet}[defaults]\ntoken_url = \"{}\"\npreflight = false\n\
+             request_timeout = \"5s\"\n\n[accounts.alpha]\nuser = \"{}\"\ncodex_home = \"{}\"\n{role}",
             support::codex::codex_bin().display(),
             prom.display(),
             m.token_url(),
@@ -152,6 +178,14 @@ impl World {
         let d = AgentDaemon::start(&s, &m, &cfg, &bus);
         let w = World { m, s, bus, d, cfg, home, tmp, prom, uid: user.uid.as_raw() };
         let conn = w.conn().await;
+        if bao.is_some() {
+            // The fleet runs (seed mirrored and rotated: version 2), then its login dies.
+            wait_state(&conn, "alpha", "ok").await;
+            w.m.revoke_family("acct-login");
+            let mut c = ctl(&w.bus);
+            c.args(["refresh", "alpha", "--force"]);
+            assert_eq!(run(c).code, 3, "a revoked login fails permanent");
+        }
         wait_state(&conn, "alpha", "failed_permanent").await;
         w
     }
@@ -189,7 +223,7 @@ async fn authctl_login_approved_installs_through_store_and_lifts_the_quarantine(
     if !require_root("authctl_login_approved_installs_through_store_and_lifts_the_quarantine") {
         return;
     }
-    let mut w = World::new().await;
+    let mut w = World::new("caa-login-ok").await;
     let before = std::fs::read(w.home.join("auth.json")).unwrap();
     assert!(read(&w.prom).contains("codex_auth_agent_needs_login{account=\"alpha\"} 1\n"));
     let child = w.login(&[]);
@@ -236,7 +270,7 @@ async fn authctl_login_denied_timed_out_or_cancelled_installs_nothing() {
     if !require_root("authctl_login_denied_timed_out_or_cancelled_installs_nothing") {
         return;
     }
-    let w = World::new().await;
+    let w = World::new("caa-login-no").await;
     let before = std::fs::read(w.home.join("auth.json")).unwrap();
 
     let child = w.login(&[]);
@@ -279,4 +313,32 @@ fn wait_code_not(m: &MockServer, seen: &[String]) -> String {
         assert!(t0.elapsed() < Duration::from_secs(30), "Codex never asked for a device code");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[tokio::test]
+async fn authctl_login_on_a_fleet_refresher_publishes_the_new_login_with_cas() {
+    let test = "authctl_login_on_a_fleet_refresher_publishes_the_new_login_with_cas";
+    if !require_root(test) {
+        return;
+    }
+    let Some(bao) = Bao::start(test) else { return };
+    let w = World::with("caa-login-fleet", Some(&bao)).await;
+    let (_, version) = bao.get(ROTATING).expect("the refresher wrote the rotating key");
+    let child = w.login(&[]);
+    let code = wait_code(&w.m);
+    assert!(w.m.approve_device(&code, "acct-login"));
+    let (rc, out, err) = finish(child);
+    assert_eq!(rc, 0, "{out}{err}");
+    let next = version + 1;
+    assert!(
+        out.contains(&format!("alpha: logged in; installed: fresh: stored; wrote {ROTATING} version {next};")),
+        "{out}"
+    );
+    let installed = std::fs::read(w.home.join("auth.json")).unwrap();
+    assert_eq!(bao.get(ROTATING), Some((installed.clone(), next)), "Vault holds exactly the new login");
+    let v: serde_json::Value = serde_json::from_slice(&installed).unwrap();
+    assert!(w.m.is_live_refresh_token(v["tokens"]["refresh_token"].as_str().unwrap()));
+    let conn = w.conn().await;
+    wait_state(&conn, "alpha", "ok").await;
+    w.assert_clean();
 }
