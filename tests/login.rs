@@ -122,7 +122,8 @@ fn real_codex_device_login_denied_or_never_approved_writes_nothing() {
 /// mock has revoked (so its start-up refresh fails permanent and quarantines it).
 struct World {
     m: MockServer,
-    s: Scratch,
+    /// Kept for its lifetime: the scratch directory holds the homes, config and bus.
+    _scratch: Scratch,
     bus: PrivateBus,
     d: AgentDaemon,
     cfg: std::path::PathBuf,
@@ -176,7 +177,7 @@ impl World {
         ));
         let bus = PrivateBus::start(s.path());
         let d = AgentDaemon::start(&s, &m, &cfg, &bus);
-        let w = World { m, s, bus, d, cfg, home, tmp, prom, uid: user.uid.as_raw() };
+        let w = World { m, _scratch: s, bus, d, cfg, home, tmp, prom, uid: user.uid.as_raw() };
         let conn = w.conn().await;
         if bao.is_some() {
             // The fleet runs (seed mirrored and rotated: version 2), then its login dies.
