@@ -21,7 +21,7 @@ pub const DENIED: i32 = 77;
 #[command(
     name = "codex-authctl",
     version,
-    about = "Talk to codex-auth-agent over D-Bus: status, refresh, preflight, store, seed, reload"
+    about = "Talk to codex-auth-agent over D-Bus: status, refresh, preflight, store, seed, login, reload"
 )]
 pub struct Cli {
     #[command(flatten)]

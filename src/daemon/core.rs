@@ -372,7 +372,7 @@ impl Core {
                         return Report::failed(
                             name,
                             Failure::permanent(format!(
-                                "quarantined, no token request until auth.json or the seed changes ({last}); log in again: codex login --device-auth, then codex-authctl store {name}"
+                                "quarantined, no token request until auth.json or the seed changes ({last}); log in again: codex-authctl login {name}"
                             )),
                         );
                     }
