@@ -2,12 +2,19 @@
 //! the mapping of results to the contract's exit codes. The daemon arrives in a later
 //! issue and plugs in here as one more subcommand.
 
-use crate::account;
-use crate::clock::{Clock, SystemClock};
+use crate::runner::account::Runtime;
+use crate::runner::privsep::Workers;
+use crate::runner::run;
+use crate::worker::Local;
+
+/// The one-shot commands' executor: a worker child for another user's account, in-process
+/// for our own.
+const WORKERS: Workers<Local> = Workers { local: Local, always: false };
 use crate::config::{self, AccountSettings, Env, Settings};
-use crate::logging;
-use crate::outcome::exit;
-use crate::privsep::{self, Identity};
+use crate::core::clock::SystemClock;
+use crate::core::outcome::exit;
+use crate::core::task::Identity;
+use crate::sys::logging;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -43,7 +50,21 @@ pub enum Command {
     Daemon {
         /// `system`, `session`, or a D-Bus address such as unix:path=/run/x
         #[arg(long, value_name = "BUS", default_value = "system")]
-        bus: crate::names::BusChoice,
+        bus: crate::api::names::BusChoice,
+    },
+    /// Log an account in again with Codex's device-code login, run as its user in a
+    /// throwaway home; Codex's instructions go to stderr, the new auth.json to stdout (a
+    /// pipe, e.g. into `codex-authctl store NAME`; `codex-authctl login NAME` does both)
+    Login {
+        /// The configured account
+        #[arg(long, value_name = "NAME")]
+        account: String,
+        /// Give up (and print nothing) when the code is not approved within this
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Refuse unless the account runs as this Unix user (codex-authctl passes the daemon's)
+        #[arg(long, value_name = "USER")]
+        expect_user: Option<String>,
     },
     /// Internal: one account's job as its user (job on stdin, report on stdout)
     #[command(hide = true)]
@@ -91,29 +112,96 @@ pub struct PreflightArgs {
 }
 
 /// Run the command line; returns the process exit code.
-/// Parse the command line; on `--help`/`--version` or a usage error, the exit code
-/// (0 or the contract's 2) after clap printed what it had to say.
-pub fn parse_args<T: Parser>() -> Result<T, i32> {
-    T::try_parse().map_err(|e| {
-        let _ = e.print();
-        if e.use_stderr() { exit::USAGE } else { exit::OK }
-    })
-}
-
 pub fn main() -> i32 {
-    let cli: Cli = match parse_args() {
+    let cli: Cli = match crate::sys::args::parse() {
         Ok(c) => c,
         Err(code) => return code,
     };
-    privsep::harden_process();
+    crate::sys::process::harden_process();
     logging::init(cli.verbose);
     let clock = SystemClock;
     match cli.command {
-        Command::Worker => privsep::worker_main(&clock),
+        Command::Worker => crate::worker::child::main(&clock),
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Daemon { bus } => crate::daemon::main(cli.config.as_deref(), bus),
-        Command::Refresh(args) => refresh(cli.config.as_deref(), &args, &clock),
-        Command::Preflight(args) => preflight(cli.config.as_deref(), &args, &clock),
+        Command::Refresh(args) => refresh(cli.config.as_deref(), &args, &Runtime { clock: &clock, exec: &WORKERS }),
+        Command::Preflight(args) => preflight(cli.config.as_deref(), &args, &Runtime { clock: &clock, exec: &WORKERS }),
+        Command::Login { account, timeout, expect_user } => {
+            login(cli.config.as_deref(), &account, timeout, expect_user.as_deref())
+        }
+    }
+}
+
+/// Set by SIGINT/SIGTERM/SIGHUP during `login`: the login is cancelled cleanly.
+static LOGIN_CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn cancel_login(_: libc::c_int) {
+    LOGIN_CANCELLED.store(true, Ordering::SeqCst);
+}
+
+fn login(flag: Option<&Path>, account: &str, timeout: std::time::Duration, expect_user: Option<&str>) -> i32 {
+    use crate::worker::login::{LoginError, device_login};
+    use std::io::{IsTerminal, Write};
+    if std::io::stdout().is_terminal() {
+        eprintln!(
+            "codex-auth-agent login writes the new auth.json to stdout: pipe it, e.g. \
+             codex-auth-agent login --account {account} | codex-authctl store {account} (codex-authctl login {account} does this)"
+        );
+        return exit::USAGE;
+    }
+    let path = config::config_path(flag);
+    let settings = match config::load(&path, &Env::from_process()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let Some(acct) = settings.accounts.get(account) else {
+        eprintln!("{account}: no such account in {}", path.display());
+        return exit::USAGE;
+    };
+    if let Some(u) = expect_user.filter(|u| *u != acct.user) {
+        eprintln!(
+            "{account}: the daemon runs it as user {u} but {} says {}: pass the daemon's config with --config",
+            path.display(),
+            acct.user
+        );
+        return exit::USAGE;
+    }
+    let me = nix::unistd::geteuid();
+    if !me.is_root() && Identity::current().map(|i| i.user) != Ok(acct.user.clone()) {
+        eprintln!("{account}: run this as root or as user {} (Codex runs as the account's user)", acct.user);
+        return 77;
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, cancel_login as *const () as libc::sighandler_t) };
+    }
+    eprintln!(
+        "codex-auth-agent: logging in account {account} as user {} (Codex device-code login; waits up to {}; Ctrl-C cancels)",
+        acct.user,
+        humantime::format_duration(timeout)
+    );
+    match device_login(&settings, acct, timeout, &LOGIN_CANCELLED) {
+        Ok(bytes) => {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&bytes).and_then(|_| out.flush()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("{account}: cannot write the login to stdout: {e}");
+                    exit::TRANSIENT
+                }
+            }
+        }
+        Err(LoginError::Cancelled) => {
+            eprintln!("{account}: login cancelled: nothing was installed");
+            130
+        }
+        Err(e) => {
+            eprintln!("{account}: {e}");
+            exit::TRANSIENT
+        }
     }
 }
 
@@ -188,7 +276,7 @@ fn select(flag: Option<&Path>, target: &Target) -> Result<(Settings, Vec<String>
     Ok((settings, names))
 }
 
-fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
+fn refresh(flag: Option<&Path>, args: &RefreshArgs, rt: &Runtime<'_>) -> i32 {
     let (settings, names) = match select(flag, &args.target) {
         Ok(x) => x,
         Err(code) => return code,
@@ -198,7 +286,7 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
         return exit::OK;
     }
     let reports = run_parallel(&settings, &names, settings.agent.max_parallel, |a| {
-        account::refresh(&settings, a, account::RefreshOptions { force: args.force, dry_run: args.dry_run }, clock)
+        run::refresh(&settings, a, run::RefreshOptions { force: args.force, dry_run: args.dry_run }, rt)
     });
     let mut code = exit::OK;
     for r in &reports {
@@ -208,7 +296,7 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
     code
 }
 
-fn preflight(flag: Option<&Path>, args: &PreflightArgs, clock: &dyn Clock) -> i32 {
+fn preflight(flag: Option<&Path>, args: &PreflightArgs, rt: &Runtime<'_>) -> i32 {
     let (settings, mut names) = match select(flag, &args.target) {
         Ok(x) => x,
         Err(code) => return code,
@@ -226,8 +314,7 @@ fn preflight(flag: Option<&Path>, args: &PreflightArgs, clock: &dyn Clock) -> i3
         eprintln!("no accounts to preflight; add [accounts.NAME] sections (with preflight = true) to the config");
         return exit::OK;
     }
-    let reports =
-        run_parallel(&settings, &names, settings.agent.max_parallel, |a| account::preflight(&settings, a, clock));
+    let reports = run_parallel(&settings, &names, settings.agent.max_parallel, |a| run::preflight(&settings, a, rt));
     let mut code = exit::OK;
     for r in &reports {
         println!("{}", if args.json { r.json_line() } else { r.human_line() });

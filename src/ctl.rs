@@ -2,10 +2,10 @@
 //! passes auth.json to Store/Seed as a file descriptor (never as bytes in argv or a
 //! message), and maps results to the contract's exit codes (plus 69 unreachable, 77 denied).
 
-use crate::clock::{Clock, SystemClock};
-use crate::daemon::view::AccountView;
-use crate::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, account_path};
-use crate::outcome::exit;
+use crate::api::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, account_path};
+use crate::api::view::AccountView;
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::outcome::exit;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use std::collections::HashMap;
@@ -351,59 +351,80 @@ async fn pass_fd(conn: &Connection, account: &str, method: &str) -> Result<i32, 
     finish(conn, &[(account.to_string(), outcome)]).await
 }
 
-/// `login`: run Codex's device login here (see `crate::login` for why not in the daemon),
-/// then Store what it wrote.
+/// The `codex-auth-agent` binary beside this one (the package installs both in /usr/bin).
+fn agent_binary() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("codex-auth-agent")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| std::path::PathBuf::from("/usr/bin/codex-auth-agent"))
+}
+
+/// A memfd holding `bytes`, rewound: what Store reads (no file on disk, nothing in argv).
+fn memfd_with(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain syscall with a constant name; the fd it returns is ours alone.
+    let fd = unsafe { libc::memfd_create(c"codex-authctl-login".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, open descriptor nobody else owns.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(bytes)?;
+    f.rewind()?;
+    Ok(f)
+}
+
+/// `login`: `codex-auth-agent login` (Codex's device login as the account's user, in this
+/// terminal: worker/login.rs says why not in the daemon) hands us the new auth.json on a
+/// pipe; it goes to the daemon's Store like `store` does.
 async fn login(
     conn: &Connection,
     account: &str,
     config: Option<&std::path::Path>,
     timeout: std::time::Duration,
 ) -> Result<i32, Fail> {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::io::Read;
     if !nix::unistd::geteuid().is_root() {
         return Err(Fail(DENIED, "login must run as root: it runs Codex as the account's user, then stores".into()));
     }
-    let path = crate::config::config_path(config);
-    let settings = crate::config::load(&path, &crate::config::Env::from_process())
-        .map_err(|e| Fail(exit::CONFIG, e.to_string()))?;
-    let Some(acct) = settings.accounts.get(account).cloned() else {
-        return Err(Fail(exit::USAGE, format!("{account}: no such account in {}", path.display())));
-    };
-    let daemon_user = view(conn, account).await?.user;
-    if daemon_user != acct.user {
-        return Err(Fail(
-            exit::USAGE,
-            format!(
-                "{account}: the daemon runs it as user {daemon_user} but {} says {}: pass the daemon's config with --config",
-                path.display(),
-                acct.user
-            ),
-        ));
+    let v = view(conn, account).await?;
+    let mut cmd = std::process::Command::new(agent_binary());
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
     }
-    eprintln!(
-        "codex-authctl: logging in account {account} as user {} (Codex device-code login; waits up to {}; Ctrl-C cancels)",
-        acct.user,
-        humantime::format_duration(timeout)
-    );
-    let cancel = std::sync::Arc::new(AtomicBool::new(false));
-    let (c, s, a) = (cancel.clone(), settings.clone(), acct.clone());
-    let mut task = tokio::task::spawn_blocking(move || crate::login::device_login(&s, &a, timeout, c));
-    let result = tokio::select! {
-        r = &mut task => r,
-        _ = tokio::signal::ctrl_c() => {
-            cancel.store(true, Ordering::SeqCst);
-            task.await
+    cmd.args(["login", "--account", account, "--expect-user", &v.user, "--timeout"])
+        .arg(humantime::format_duration(timeout).to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut child =
+        cmd.spawn().map_err(|e| Fail(exit::TRANSIENT, format!("cannot start codex-auth-agent login: {e}")))?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut task = tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        let read = (&mut stdout).take(1 << 20).read_to_end(&mut bytes);
+        (read.map(|_| bytes), child.wait())
+    });
+    let (bytes, status) = loop {
+        tokio::select! {
+            r = &mut task => break r.map_err(|e| Fail(exit::TRANSIENT, format!("{account}: {e}")))?,
+            // A terminal's Ctrl-C reaches both of us; a signal to us alone is passed on.
+            _ = tokio::signal::ctrl_c() => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            }
         }
     };
-    let bytes = match result {
-        Ok(Ok(b)) => b,
-        Ok(Err(crate::login::LoginError::Cancelled)) => {
-            return Err(Fail(130, "login cancelled: nothing was installed".into()));
-        }
-        Ok(Err(e)) => return Err(Fail(exit::TRANSIENT, format!("{account}: {e}"))),
-        Err(e) => return Err(Fail(exit::TRANSIENT, format!("{account}: the login task failed: {e}"))),
-    };
-    let file = crate::login::memfd_with(&bytes).map_err(|e| Fail(exit::TRANSIENT, format!("memfd: {e}")))?;
+    let status = status.map_err(|e| Fail(exit::TRANSIENT, format!("{account}: {e}")))?;
+    match status.code() {
+        Some(0) => {}
+        // It said why on stderr (the terminal) already.
+        Some(code) => return Ok(code),
+        None => return Err(Fail(exit::TRANSIENT, format!("{account}: codex-auth-agent login was killed ({status})"))),
+    }
+    let bytes = bytes.map_err(|e| Fail(exit::TRANSIENT, format!("{account}: reading the login: {e}")))?;
+    let file = memfd_with(&bytes).map_err(|e| Fail(exit::TRANSIENT, format!("memfd: {e}")))?;
     drop(bytes);
     let p = proxy(conn, account_path(account), ACCOUNT_IFACE).await?;
     let fd = Fd::from(file.as_fd());
@@ -412,7 +433,7 @@ async fn login(
         "{account}: logged in; installed: {outcome}{}",
         if reason.is_empty() { String::new() } else { format!(": {reason}") }
     );
-    if acct.fleet.as_ref().is_some_and(|f| f.fleet_role == crate::config::FleetRole::Follower) {
+    if v.fleet_role == "follower" {
         println!(
             "{account}: this host is a fleet follower: the login is installed here only and Vault still holds the old \
              one; the other hosts get it when it is published: run codex-authctl login {account} on the refresher instead, \
@@ -424,7 +445,7 @@ async fn login(
 
 /// Run codex-authctl; returns the exit code.
 pub fn main() -> i32 {
-    let cli: Cli = match crate::cli::parse_args() {
+    let cli: Cli = match crate::sys::args::parse() {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -46,7 +46,8 @@ fn login(w: &World, account: &str, exp_in: i64) -> Credentials {
 /// The account's real CODEX_HOME, with a config that points Codex at the mock.
 fn account_home(w: &World, name: &str, c: &Credentials) -> PathBuf {
     let home = w.scratch.codex_home(name, Some(&auth_json(c, &recent())));
-    std::fs::write(home.join("config.toml"), codex_auth_agent::codexrun::offline_config(&w.mock.url())).unwrap();
+    std::fs::write(home.join("config.toml"), codex_auth_agent::worker::codexrun::offline_config(&w.mock.url()))
+        .unwrap();
     home
 }
 
@@ -67,7 +68,7 @@ fn codex(w: &World, home: &Path, args: &[&str]) -> Command {
 }
 
 fn codex_exec(w: &World, home: &Path) -> Command {
-    codex(w, home, &codex_auth_agent::preflight::EXEC_ARGS)
+    codex(w, home, &codex_auth_agent::core::contract::EXEC_ARGS)
 }
 
 /// `codex-auth-agent refresh --codex-home HOME --json`.

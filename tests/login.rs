@@ -232,7 +232,8 @@ async fn authctl_login_approved_installs_through_store_and_lifts_the_quarantine(
     assert!(w.m.approve_device(&code, "acct-login"));
     let (rc, out, err) = finish(child);
     assert_eq!(rc, 0, "{out}{err}");
-    assert!(out.contains(&format!("{}/codex/device", w.m.url())) && out.contains(&code), "relayed: {out}");
+    // Codex's instructions reach the caller's terminal (stderr), the answer stdout.
+    assert!(err.contains(&format!("{}/codex/device", w.m.url())) && err.contains(&code), "relayed: {err}");
     assert!(out.contains("alpha: logged in; installed: fresh"), "{out}");
     let auth = std::fs::read(w.home.join("auth.json")).unwrap();
     assert_ne!(auth, before);
