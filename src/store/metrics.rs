@@ -6,7 +6,8 @@
 
 use crate::config::{FleetRole, Settings};
 use crate::core::outcome::{FailureClass, Outcome, RunnerState};
-use crate::store::status::{self, AccountStatus};
+use crate::store::Memory;
+use crate::store::status::AccountStatus;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -123,13 +124,15 @@ pub fn render(accounts: &[(AccountStatus, AccountFacts)], now: i64) -> String {
 
 /// Serializes writers within this process (the daemon records accounts in parallel), so
 /// the last rename always carries the newest statuses.
-static WRITE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+#[derive(Default)]
+pub struct Writer(std::sync::Mutex<()>);
 
 /// Re-render every configured account into `[agent] metrics_textfile`, if set. Never fails
 /// the caller: a problem is logged as a warning.
-pub fn update(settings: &Settings) {
+pub fn update(settings: &Settings, mem: &Memory) {
     let Some(path) = &settings.agent.metrics_textfile else { return };
-    let _guard = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = mem.metrics.0.lock().unwrap_or_else(|e| e.into_inner());
+    let state_dir = &settings.agent.state_dir;
     let accounts: Vec<(AccountStatus, AccountFacts)> = settings
         .accounts
         .iter()
@@ -138,7 +141,7 @@ pub fn update(settings: &Settings) {
                 refresh_before_expiry: a.refresh.refresh_before_expiry,
                 fleet_role: a.fleet.as_ref().map(|f| f.fleet_role),
             };
-            (status::load(&settings.agent.state_dir, name), facts)
+            (mem.statuses.get(state_dir, name), facts)
         })
         .collect();
     if let Err(e) = write_atomic(

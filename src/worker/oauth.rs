@@ -55,10 +55,13 @@ pub(super) fn parse_success(status: u16, body: &[u8]) -> Result<NewTokens, Failu
 /// POST the refresh grant to `url`. Never follows redirects (a token must not be
 /// replayed to another host).
 pub fn refresh(url: &str, refresh_token: &str, timeout: Duration) -> Result<NewTokens, Failure> {
+    let tls = crate::sys::tls::for_url(url)
+        .map_err(|e| Failure::transient(format!("cannot set up TLS for the token endpoint: {e}; will retry")))?;
     let agent = ureq::AgentBuilder::new()
         .timeout(timeout)
         .redirects(0)
         .user_agent(concat!("codex-auth-agent/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls)
         .build();
     let body = serde_json::json!({
         "client_id": CLIENT_ID,
