@@ -154,7 +154,8 @@ fn login(flag: Option<&Path>, account: &str, timeout: std::time::Duration, expec
     if std::io::stdout().is_terminal() {
         eprintln!(
             "codex-auth-agent login writes the new auth.json to stdout: pipe it, e.g. \
-             codex-auth-agent login --account {account} | codex-authctl store {account} (codex-authctl login {account} does this)"
+             codex-auth-agent login --account {account} | codex-authctl store {account} \
+             (codex-authctl login {account} does this)"
         );
         return exit::USAGE;
     }
@@ -188,7 +189,8 @@ fn login(flag: Option<&Path>, account: &str, timeout: std::time::Duration, expec
         unsafe { libc::signal(sig, cancel_login as *const () as libc::sighandler_t) };
     }
     eprintln!(
-        "codex-auth-agent: logging in account {account} as user {} (Codex device-code login; waits up to {}; Ctrl-C cancels)",
+        "codex-auth-agent: logging in account {account} as user {} \
+         (Codex device-code login; waits up to {}; Ctrl-C cancels)",
         acct.user,
         humantime::format_duration(timeout)
     );

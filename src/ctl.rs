@@ -437,7 +437,8 @@ async fn login(
     if v.fleet_role == "follower" {
         println!(
             "{account}: this host is a fleet follower: the login is installed here only and Vault still holds the old \
-             one; the other hosts get it when it is published: run codex-authctl login {account} on the refresher instead, \
+             one; the other hosts get it when it is published: run codex-authctl login {account} on the \
+             refresher instead, \
              or put this login in the seed key (README: Fleet mode, Re-login)"
         );
     }

@@ -285,9 +285,15 @@ fn an_unrefreshed_token_and_failing_refreshes_alert_in_time() {
         "CodexAuthTokenExpiringUnrefreshed",
         labels("bob", host, "warning"),
         annotations(
-            format!("Codex access token of bob on {host} expires in {}h {}m {}s and is not being refreshed", left / 3600, left % 3600 / 60, left % 60),
+            format!(
+                "Codex access token of bob on {host} expires in {}h {}m {}s and is not being refreshed",
+                left / 3600,
+                left % 3600 / 60,
+                left % 60
+            ),
             "The token is inside its refresh_before_expiry margin and no refresh has replaced it. See codex-authctl \
-             status bob and journalctl -u codex-auth-agent ACCOUNT=bob. If the login is dead run: codex-authctl login bob"
+             status bob and journalctl -u codex-auth-agent ACCOUNT=bob. If the login is dead run: \
+             codex-authctl login bob"
                 .into(),
             "codex-authctl login bob".into(),
         ),

@@ -167,7 +167,8 @@ impl World {
         let prom = s.path().join("codex_auth_agent.prom");
         let role = if bao.is_some() { "fleet_role = \"refresher\"\n" } else { "" };
         let cfg = s.config(&format!(
-            "codex_bin = \"{}\"\nmetrics_textfile = \"{}\"\n\n{fleet}[defaults]\ntoken_url = \"{}\"\npreflight = false\n\
+            "codex_bin = \"{}\"\nmetrics_textfile = \"{}\"\n\n{fleet}[defaults]\ntoken_url = \"{}\"\n\
+             preflight = false\n\
              request_timeout = \"5s\"\n\n[accounts.alpha]\nuser = \"{}\"\ncodex_home = \"{}\"\n{role}",
             support::codex::codex_bin().display(),
             prom.display(),
