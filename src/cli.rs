@@ -55,6 +55,20 @@ pub enum Command {
         #[arg(long, value_name = "BUS", default_value = "system")]
         bus: crate::api::names::BusChoice,
     },
+    /// Log an account in again with Codex's device-code login, run as its user in a
+    /// throwaway home; Codex's instructions go to stderr, the new auth.json to stdout (a
+    /// pipe, e.g. into `codex-authctl store NAME`; `codex-authctl login NAME` does both)
+    Login {
+        /// The configured account
+        #[arg(long, value_name = "NAME")]
+        account: String,
+        /// Give up (and print nothing) when the code is not approved within this
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Refuse unless the account runs as this Unix user (codex-authctl passes the daemon's)
+        #[arg(long, value_name = "USER")]
+        expect_user: Option<String>,
+    },
     /// Internal: one account's job as its user (job on stdin, report on stdout)
     #[command(hide = true)]
     Worker,
@@ -126,6 +140,84 @@ pub fn main() -> i32 {
             &args,
             &Runtime { clock: &clock, exec: &WORKERS, mem: &mem, vault: &vault },
         ),
+        Command::Login { account, timeout, expect_user } => {
+            login(cli.config.as_deref(), &account, timeout, expect_user.as_deref())
+        }
+    }
+}
+
+/// Set by SIGINT/SIGTERM/SIGHUP during `login`: the login is cancelled cleanly.
+static LOGIN_CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn cancel_login(_: libc::c_int) {
+    LOGIN_CANCELLED.store(true, Ordering::SeqCst);
+}
+
+fn login(flag: Option<&Path>, account: &str, timeout: std::time::Duration, expect_user: Option<&str>) -> i32 {
+    use crate::worker::login::{LoginError, device_login};
+    use std::io::{IsTerminal, Write};
+    if std::io::stdout().is_terminal() {
+        eprintln!(
+            "codex-auth-agent login writes the new auth.json to stdout: pipe it, e.g. \
+             codex-auth-agent login --account {account} | codex-authctl store {account} \
+             (codex-authctl login {account} does this)"
+        );
+        return exit::USAGE;
+    }
+    let path = config::config_path(flag);
+    let settings = match config::load(&path, &Env::from_process()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let Some(acct) = settings.accounts.get(account) else {
+        eprintln!("{account}: no such account in {}", path.display());
+        return exit::USAGE;
+    };
+    if let Some(u) = expect_user.filter(|u| *u != acct.user) {
+        eprintln!(
+            "{account}: the daemon runs it as user {u} but {} says {}: pass the daemon's config with --config",
+            path.display(),
+            acct.user
+        );
+        return exit::USAGE;
+    }
+    let me = nix::unistd::geteuid();
+    if !me.is_root() && Identity::current().map(|i| i.user) != Ok(acct.user.clone()) {
+        eprintln!("{account}: run this as root or as user {} (Codex runs as the account's user)", acct.user);
+        return 77;
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, cancel_login as *const () as libc::sighandler_t) };
+    }
+    eprintln!(
+        "codex-auth-agent: logging in account {account} as user {} \
+         (Codex device-code login; waits up to {}; Ctrl-C cancels)",
+        acct.user,
+        humantime::format_duration(timeout)
+    );
+    match device_login(&settings, acct, timeout, &LOGIN_CANCELLED) {
+        Ok(bytes) => {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&bytes).and_then(|_| out.flush()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("{account}: cannot write the login to stdout: {e}");
+                    exit::TRANSIENT
+                }
+            }
+        }
+        Err(LoginError::Cancelled) => {
+            eprintln!("{account}: login cancelled: nothing was installed");
+            130
+        }
+        Err(e) => {
+            eprintln!("{account}: {e}");
+            exit::TRANSIENT
+        }
     }
 }
 

@@ -23,7 +23,7 @@ pub const DENIED: i32 = 77;
 #[command(
     name = "codex-authctl",
     version,
-    about = "Talk to codex-auth-agent over D-Bus: status, refresh, preflight, store, seed, reload"
+    about = "Talk to codex-auth-agent over D-Bus: status, refresh, preflight, store, seed, login, reload"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -100,6 +100,19 @@ pub enum CtlCommand {
     Store {
         /// The account whose auth.json is replaced
         account: String,
+    },
+    /// Log the account in again (root): Codex's device-code login as the account's user —
+    /// open the URL it prints, enter the code — then install it like `store` (fleet: a
+    /// refresher publishes it to Vault)
+    Login {
+        /// The account to log in
+        account: String,
+        /// The daemon's config file (for the account's user, codex_bin and issuer)
+        #[arg(long, value_name = "PATH")]
+        config: Option<std::path::PathBuf>,
+        /// Give up (and install nothing) when the code is not approved within this
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Make the auth.json given on stdin the account's seed and install it (no preflight)
     Seed {
@@ -303,6 +316,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             Ok(if failed { exit::TRANSIENT } else { exit::OK })
         }
         CtlCommand::Store { account } => pass_fd(&conn, &account, "Store").await,
+        CtlCommand::Login { account, config, timeout } => login(&conn, &account, config.as_deref(), timeout).await,
         CtlCommand::Seed { account } => pass_fd(&conn, &account, "Seed").await,
         CtlCommand::Reload => {
             if system_bus {
@@ -393,6 +407,99 @@ async fn pass_fd(conn: &Connection, account: &str, method: &str) -> Result<i32, 
     let fd = Fd::from(stdin.as_fd());
     let (outcome, reason): (String, String) = p.call(method, &(fd,)).await.map_err(|e| classify(e, account))?;
     say(&result_line(account, &outcome, &reason));
+    finish(conn, &[(account.to_string(), outcome)]).await
+}
+
+/// The `codex-auth-agent` binary beside this one (the package installs both in /usr/bin).
+fn agent_binary() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("codex-auth-agent")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| std::path::PathBuf::from("/usr/bin/codex-auth-agent"))
+}
+
+/// A memfd holding `bytes`, rewound: what Store reads (no file on disk, nothing in argv).
+fn memfd_with(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain syscall with a constant name; the fd it returns is ours alone.
+    let fd = unsafe { libc::memfd_create(c"codex-authctl-login".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, open descriptor nobody else owns.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(bytes)?;
+    f.rewind()?;
+    Ok(f)
+}
+
+/// `login`: `codex-auth-agent login` (Codex's device login as the account's user, in this
+/// terminal: worker/login.rs says why not in the daemon) hands us the new auth.json on a
+/// pipe; it goes to the daemon's Store like `store` does.
+async fn login(
+    conn: &Connection,
+    account: &str,
+    config: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> Result<i32, Fail> {
+    use std::io::Read;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Fail(DENIED, "login must run as root: it runs Codex as the account's user, then stores".into()));
+    }
+    let v = view(conn, account).await?;
+    let mut cmd = std::process::Command::new(agent_binary());
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.args(["login", "--account", account, "--expect-user", &v.user, "--timeout"])
+        .arg(humantime::format_duration(timeout).to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut child =
+        cmd.spawn().map_err(|e| Fail(exit::TRANSIENT, format!("cannot start codex-auth-agent login: {e}")))?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut task = tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        let read = (&mut stdout).take(1 << 20).read_to_end(&mut bytes);
+        (read.map(|_| bytes), child.wait())
+    });
+    let (bytes, status) = loop {
+        tokio::select! {
+            r = &mut task => break r.map_err(|e| Fail(exit::TRANSIENT, format!("{account}: {e}")))?,
+            // A terminal's Ctrl-C reaches both of us; a signal to us alone is passed on.
+            _ = tokio::signal::ctrl_c() => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            }
+        }
+    };
+    let status = status.map_err(|e| Fail(exit::TRANSIENT, format!("{account}: {e}")))?;
+    match status.code() {
+        Some(0) => {}
+        // It said why on stderr (the terminal) already.
+        Some(code) => return Ok(code),
+        None => return Err(Fail(exit::TRANSIENT, format!("{account}: codex-auth-agent login was killed ({status})"))),
+    }
+    let bytes = bytes.map_err(|e| Fail(exit::TRANSIENT, format!("{account}: reading the login: {e}")))?;
+    let file = memfd_with(&bytes).map_err(|e| Fail(exit::TRANSIENT, format!("memfd: {e}")))?;
+    drop(bytes);
+    let p = proxy(conn, account_path(account), ACCOUNT_IFACE).await?;
+    let fd = Fd::from(file.as_fd());
+    let (outcome, reason): (String, String) = p.call("Store", &(fd,)).await.map_err(|e| classify(e, account))?;
+    println!(
+        "{account}: logged in; installed: {outcome}{}",
+        if reason.is_empty() { String::new() } else { format!(": {reason}") }
+    );
+    if v.fleet_role == "follower" {
+        println!(
+            "{account}: this host is a fleet follower: the login is installed here only and Vault still holds the old \
+             one; the other hosts get it when it is published: run codex-authctl login {account} on the \
+             refresher instead, \
+             or put this login in the seed key (README: Fleet mode, Re-login)"
+        );
+    }
     finish(conn, &[(account.to_string(), outcome)]).await
 }
 

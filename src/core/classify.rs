@@ -4,7 +4,8 @@
 use crate::core::outcome::Failure;
 use serde_json::Value;
 
-pub const RELOGIN: &str = "log in again: codex login --device-auth, then codex-authctl store <account>";
+pub const RELOGIN: &str =
+    "log in again: codex-authctl login <account> (or codex login --device-auth, then codex-authctl store <account>)";
 
 /// The error code of a token-endpoint body, in either shape OpenAI uses:
 /// `{"error":{"code":…}}` or `{"error":"…"}`.

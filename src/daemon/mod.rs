@@ -94,6 +94,9 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
     if clock.is_some() {
         notify::watchdog();
     }
+    // The textfile heartbeat: written now and every metrics_interval even with nothing to
+    // record, so its timestamp going stale means the daemon is not running.
+    let mut heartbeat = tokio::time::Instant::now();
     loop {
         let now = core.now();
         let wake = core.next_wakeup().unwrap_or(DateTime::<Utc>::MAX_UTC).min(now + MAX_SLEEP);
@@ -112,6 +115,14 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
                 core.kick(core.due(core.now(), false));
             }
             _ = next_ping(clock.as_ref()) => notify::watchdog(),
+            _ = tokio::time::sleep_until(heartbeat) => {
+                let settings = core.settings();
+                heartbeat = tokio::time::Instant::now() + settings.agent.metrics_interval;
+                if settings.agent.metrics_textfile.is_some() {
+                    let core = core.clone();
+                    tokio::task::spawn_blocking(move || core.write_metrics());
+                }
+            }
         }
     }
     notify::stopping();

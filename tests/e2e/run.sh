@@ -12,6 +12,8 @@
 #   5 an unprivileged user: refresh denied (77), status works
 #   6 refresh_token_reused for one account → failed_permanent, one err entry, the other
 #     account fine, codex-auth-refresh.service failed
+#   6b codex-authctl login alice (the real Codex's device-code login against the mock,
+#     approved through its admin API) → installed, State ok, nothing in the journal
 #   7 operator features: metrics_textfile in node_exporter's directory (created after the
 #     daemon started: needs a restart, not a reload) and on_success/on_failure hooks run
 #     as the account user inside the service's sandbox, with exactly their environment
@@ -197,6 +199,9 @@ check "group codex-auth exists" ct_exec getent group codex-auth
 check "/etc/codex-auth-agent/seeds is 0700 root" \
   test "$(ct_exec stat -c '%a %U' /etc/codex-auth-agent/seeds)" = "700 root"
 check "the shipped config passes check-config" ct_exec codex-auth-agent check-config
+check "the alert rules and the Grafana dashboard are installed" ct_exec test \
+  -s /usr/share/codex-auth-agent/prometheus/codex-auth-agent.rules.yml \
+  -a -s /usr/share/codex-auth-agent/grafana/codex-auth-agent.json
 check "man pages are installed" ct_exec test -s /usr/share/man/man8/codex-auth-agent.8.gz \
   -a -s /usr/share/man/man1/codex-authctl.1.gz -a -s /usr/share/man/man5/codex-auth-agent.toml.5.gz
 
@@ -311,6 +316,44 @@ check "bob: auth.json untouched" test "$(ct_exec sha256sum /home/bob/.codex/auth
 check "bob: his refresh token is still live" live "$rt_b1"
 check "still no token in the journal" journal_has_no CANARY- "$rt_a1" "$rt_b1" "$at_a1"
 admin POST clear >/dev/null
+
+# ---- 6b: the one command that fixes it: codex-authctl login --------------------------------
+STEP=6b
+if ct_exec test -x /opt/codex-bin/codex; then
+  printf '[agent]\ncodex_bin = "/opt/codex-bin/codex"\n' |
+    ct_exec sh -c "cat >/etc/codex-auth-agent/config.d/55-login.toml"
+  ct_exec systemctl reload codex-auth-agent.service
+  ct_exec timeout 120 codex-authctl login alice >"$WORK/login.out" 2>&1 &
+  login_pid=$!
+  # The operator's side: the code Codex asked the mock for, approved as alice's account.
+  user_code=""
+  for _ in $(seq 1 300); do
+    user_code=$(admin GET device | jq -r '.pending[0] // empty')
+    [ -n "$user_code" ] && break
+    sleep 0.1
+  done
+  check "codex-authctl login alice: Codex asked the mock for a device code" test -n "$user_code"
+  admin POST device "{\"user_code\":\"$user_code\",\"account_id\":\"acct-alice\"}" >/dev/null
+  set +e
+  wait "$login_pid"
+  rc_login=$?
+  set -e
+  check "codex-authctl login alice exits 0 (got $rc_login)" test "$rc_login" = 0
+  relayed() { grep -q "$MOCK/codex/device" "$WORK/login.out" && grep -q "$user_code" "$WORK/login.out"; }
+  check "the login relayed the verification URL and the one-time code" relayed
+  check "alice: State is ok after the login" test "$(state_of alice)" = ok
+  rt_login=$(auth_field alice .tokens.refresh_token)
+  check "alice: auth.json holds the new login, the mock's live token" live "$rt_login"
+  check "alice: auth.json is 0600 and owned by alice" \
+    test "$(ct_exec stat -c '%a %U' /home/alice/.codex/auth.json)" = "600 alice"
+  no_login_home() { ! grep -q . <<<"$(ct_exec sh -c 'ls -d /tmp/codex-auth-agent-* 2>/dev/null || true')"; }
+  check "no throwaway login home left in /tmp" no_login_home
+  check "neither the one-time code nor the new token is in the journal" journal_has_no "$user_code" "$rt_login"
+  ct_exec rm /etc/codex-auth-agent/config.d/55-login.toml
+  ct_exec systemctl reload codex-auth-agent.service
+else
+  echo "SKIP [6b] codex-authctl login (no Codex CLI binary; set CODEX_AUTH_AGENT_CODEX_BIN)"
+fi
 
 # ---- 7: metrics textfile and hooks under the sandbox -------------------------------------
 STEP=7

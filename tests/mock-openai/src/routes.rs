@@ -74,6 +74,12 @@ pub(crate) fn route(shared: &Shared, req: &Request, peer: Option<SocketAddr>) ->
     match (req.method.as_str(), path) {
         ("POST", "/oauth/token") => oauth_token(shared, req),
         (_, "/oauth/token") => Routed::plain(Reply::Respond(error_json(405, "invalid_request", "Use POST."))),
+        ("POST", "/api/accounts/deviceauth/usercode") => {
+            Routed::plain(Reply::Respond(lock(&shared.state).devices.usercode(&req.body)))
+        }
+        ("POST", "/api/accounts/deviceauth/token") => {
+            Routed::plain(Reply::Respond(lock(&shared.state).devices.poll(&req.body)))
+        }
         ("POST", RESPONSES_PATH) => backend_call(shared, req, responses),
         ("GET", ACCOUNTS_CHECK_PATH) => backend_call(shared, req, accounts_check),
         ("GET", USAGE_PATH) => backend_call(shared, req, usage),

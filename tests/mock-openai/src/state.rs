@@ -161,6 +161,8 @@ pub(crate) struct State {
     /// Faults for `/backend-api/...`, kept apart so a backend fault never hits a refresh.
     backend_faults: Faults,
     reply_text: String,
+    /// Device-code logins (`codex login --device-auth`).
+    pub(crate) devices: crate::device::Devices,
     counters: Counters,
     log: VecDeque<RequestLogEntry>,
 }
@@ -178,6 +180,7 @@ impl State {
             faults: Faults::default(),
             backend_faults: Faults::default(),
             reply_text: crate::backend::DEFAULT_REPLY.to_string(),
+            devices: crate::device::Devices::default(),
             counters: Counters::default(),
             log: VecDeque::new(),
         }
@@ -452,6 +455,9 @@ impl State {
     pub fn refresh(&mut self, body: &[u8]) -> Response {
         let invalid_request =
             |why: &str| Response::json(400, &json!({"error": "invalid_request", "error_description": why}));
+        if let Some(form) = crate::device::parse_form(body) {
+            return self.authorization_code(&form);
+        }
         let Ok(v) = serde_json::from_slice::<Value>(body) else {
             return invalid_request("Request body must be a JSON object.");
         };
@@ -486,6 +492,10 @@ impl State {
         }
         let creds = self.mint(idx);
         self.counters.successful_refreshes += 1;
+        self.tokens_response(&creds)
+    }
+
+    fn tokens_response(&self, creds: &Credentials) -> Response {
         Response::json(
             200,
             &json!({
@@ -496,6 +506,26 @@ impl State {
                 "expires_in": self.settings.access_lifetime.as_secs(),
             }),
         )
+    }
+
+    /// The device login's code exchange: a new family for the approved account. Like the
+    /// real service since mid-2026, a new login revokes the account's earlier grants.
+    fn authorization_code(&mut self, form: &HashMap<String, String>) -> Response {
+        if form.get("grant_type").map(String::as_str) != Some("authorization_code") {
+            return Response::json(
+                400,
+                &json!({"error": "invalid_request", "error_description": "Unsupported or missing grant_type."}),
+            );
+        }
+        let account_id = match self.devices.exchange(form) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        for fam in self.families.iter_mut().filter(|f| f.account_id == account_id) {
+            fam.revoked = true;
+        }
+        let creds = self.issue_family(&account_id);
+        self.tokens_response(&creds)
     }
 }
 
