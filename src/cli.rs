@@ -2,12 +2,19 @@
 //! the mapping of results to the contract's exit codes. The daemon arrives in a later
 //! issue and plugs in here as one more subcommand.
 
-use crate::account;
-use crate::clock::{Clock, SystemClock};
+use crate::runner::account::Runtime;
+use crate::runner::privsep::Workers;
+use crate::runner::run;
+use crate::worker::Local;
+
+/// The one-shot commands' executor: a worker child for another user's account, in-process
+/// for our own.
+const WORKERS: Workers<Local> = Workers { local: Local, always: false };
 use crate::config::{self, AccountSettings, Env, Settings};
-use crate::logging;
-use crate::outcome::exit;
-use crate::privsep::{self, Identity};
+use crate::core::clock::SystemClock;
+use crate::core::outcome::exit;
+use crate::core::task::Identity;
+use crate::sys::logging;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -43,7 +50,7 @@ pub enum Command {
     Daemon {
         /// `system`, `session`, or a D-Bus address such as unix:path=/run/x
         #[arg(long, value_name = "BUS", default_value = "system")]
-        bus: crate::names::BusChoice,
+        bus: crate::api::names::BusChoice,
     },
     /// Internal: one account's job as its user (job on stdin, report on stdout)
     #[command(hide = true)]
@@ -91,29 +98,20 @@ pub struct PreflightArgs {
 }
 
 /// Run the command line; returns the process exit code.
-/// Parse the command line; on `--help`/`--version` or a usage error, the exit code
-/// (0 or the contract's 2) after clap printed what it had to say.
-pub fn parse_args<T: Parser>() -> Result<T, i32> {
-    T::try_parse().map_err(|e| {
-        let _ = e.print();
-        if e.use_stderr() { exit::USAGE } else { exit::OK }
-    })
-}
-
 pub fn main() -> i32 {
-    let cli: Cli = match parse_args() {
+    let cli: Cli = match crate::sys::args::parse() {
         Ok(c) => c,
         Err(code) => return code,
     };
-    privsep::harden_process();
+    crate::sys::process::harden_process();
     logging::init(cli.verbose);
     let clock = SystemClock;
     match cli.command {
-        Command::Worker => privsep::worker_main(&clock),
+        Command::Worker => crate::worker::child::main(&clock),
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Daemon { bus } => crate::daemon::main(cli.config.as_deref(), bus),
-        Command::Refresh(args) => refresh(cli.config.as_deref(), &args, &clock),
-        Command::Preflight(args) => preflight(cli.config.as_deref(), &args, &clock),
+        Command::Refresh(args) => refresh(cli.config.as_deref(), &args, &Runtime { clock: &clock, exec: &WORKERS }),
+        Command::Preflight(args) => preflight(cli.config.as_deref(), &args, &Runtime { clock: &clock, exec: &WORKERS }),
     }
 }
 
@@ -188,7 +186,7 @@ fn select(flag: Option<&Path>, target: &Target) -> Result<(Settings, Vec<String>
     Ok((settings, names))
 }
 
-fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
+fn refresh(flag: Option<&Path>, args: &RefreshArgs, rt: &Runtime<'_>) -> i32 {
     let (settings, names) = match select(flag, &args.target) {
         Ok(x) => x,
         Err(code) => return code,
@@ -198,7 +196,7 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
         return exit::OK;
     }
     let reports = run_parallel(&settings, &names, settings.agent.max_parallel, |a| {
-        account::refresh(&settings, a, account::RefreshOptions { force: args.force, dry_run: args.dry_run }, clock)
+        run::refresh(&settings, a, run::RefreshOptions { force: args.force, dry_run: args.dry_run }, rt)
     });
     let mut code = exit::OK;
     for r in &reports {
@@ -208,7 +206,7 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, clock: &dyn Clock) -> i32 {
     code
 }
 
-fn preflight(flag: Option<&Path>, args: &PreflightArgs, clock: &dyn Clock) -> i32 {
+fn preflight(flag: Option<&Path>, args: &PreflightArgs, rt: &Runtime<'_>) -> i32 {
     let (settings, mut names) = match select(flag, &args.target) {
         Ok(x) => x,
         Err(code) => return code,
@@ -226,8 +224,7 @@ fn preflight(flag: Option<&Path>, args: &PreflightArgs, clock: &dyn Clock) -> i3
         eprintln!("no accounts to preflight; add [accounts.NAME] sections (with preflight = true) to the config");
         return exit::OK;
     }
-    let reports =
-        run_parallel(&settings, &names, settings.agent.max_parallel, |a| account::preflight(&settings, a, clock));
+    let reports = run_parallel(&settings, &names, settings.agent.max_parallel, |a| run::preflight(&settings, a, rt));
     let mut code = exit::OK;
     for r in &reports {
         println!("{}", if args.json { r.json_line() } else { r.human_line() });

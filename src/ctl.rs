@@ -2,10 +2,10 @@
 //! passes auth.json to Store/Seed as a file descriptor (never as bytes in argv or a
 //! message), and maps results to the contract's exit codes (plus 69 unreachable, 77 denied).
 
-use crate::clock::{Clock, SystemClock};
-use crate::daemon::view::AccountView;
-use crate::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, account_path};
-use crate::outcome::exit;
+use crate::api::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, account_path};
+use crate::api::view::AccountView;
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::outcome::exit;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use std::collections::HashMap;
@@ -339,7 +339,7 @@ async fn pass_fd(conn: &Connection, account: &str, method: &str) -> Result<i32, 
 
 /// Run codex-authctl; returns the exit code.
 pub fn main() -> i32 {
-    let cli: Cli = match crate::cli::parse_args() {
+    let cli: Cli = match crate::sys::args::parse() {
         Ok(c) => c,
         Err(code) => return code,
     };

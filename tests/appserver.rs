@@ -6,7 +6,7 @@
 
 mod support;
 
-use codex_auth_agent::authfile::fingerprint;
+use codex_auth_agent::core::authfile::fingerprint;
 use mock_openai::Fault;
 use mock_openai::backend::{ACCOUNTS_CHECK_PATH, USAGE_PATH};
 use std::os::unix::fs::MetadataExt;

@@ -6,7 +6,7 @@
 
 mod support;
 
-use codex_auth_agent::names::{ACCOUNT_IFACE, BUS_NAME, account_path};
+use codex_auth_agent::api::names::{ACCOUNT_IFACE, BUS_NAME, account_path};
 use mock_openai::{MockConfig, MockServer};
 use std::time::{Duration, Instant};
 use support::bench::*;

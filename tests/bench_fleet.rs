@@ -1,5 +1,5 @@
 //! Fleet benchmark (issue #6): N agents × M accounts sharing one real OpenBao dev server
-//! over simulated days. Every run is the library's real path (`account::refresh` →
+//! over simulated days. Every run is the library's real path (`runner::run::refresh` →
 //! `fleet::run` → worker, in-process as the invoking user), with one injected simulated
 //! clock that the mock token endpoint's clock follows. Each agent talks to OpenBao through
 //! its own counting loopback proxy, so Vault requests are counted per agent and kind.
@@ -7,7 +7,7 @@
 //! When an agent runs an account follows the packaged setup: at boot the daemon checks
 //! every account; `codex-auth-refresh.timer` asks for all accounts 5 min after boot and
 //! then 6 h + up to 30 min after each run; in daemon mode each account is also checked
-//! again when its schedule says so (`daemon::machine::Schedule`: when the credential becomes
+//! again when its schedule says so (`core::schedule::Schedule`: when the credential becomes
 //! due, then after 60 s, 2, 4 … up to 60 min while it stays due). Agents whose runs fall on
 //! the same instant run concurrently (real races for the lease and the check-and-set writes).
 //!
@@ -17,12 +17,15 @@
 mod support;
 
 use chrono::{DateTime, Utc};
-use codex_auth_agent::account::{self, RefreshOptions};
-use codex_auth_agent::authfile::sha256_hex;
-use codex_auth_agent::clock::Clock;
 use codex_auth_agent::config::{self, Env, Settings};
-use codex_auth_agent::daemon::machine;
-use codex_auth_agent::outcome::{Outcome, Report};
+use codex_auth_agent::core::authfile::sha256_hex;
+use codex_auth_agent::core::clock::Clock;
+use codex_auth_agent::core::outcome::{Outcome, Report};
+use codex_auth_agent::core::schedule;
+use codex_auth_agent::runner::account::Runtime;
+use codex_auth_agent::runner::privsep::Workers;
+use codex_auth_agent::runner::run::{self, RefreshOptions};
+use codex_auth_agent::worker::Local;
 use mock_openai::{MockConfig, MockServer};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -256,7 +259,8 @@ impl Agent {
 
     fn run(&self, a: usize, clock: &SimClock) -> Report {
         let acct = &self.settings.accounts[&account_name(a)];
-        account::refresh(&self.settings, acct, RefreshOptions::default(), clock)
+        let exec = Workers { local: Local, always: false };
+        run::refresh(&self.settings, acct, RefreshOptions::default(), &Runtime { clock, exec: &exec })
     }
 
     fn auth(&self, a: usize) -> Vec<u8> {
@@ -437,7 +441,7 @@ fn simulate(sc: &Scenario) -> Option<Figures> {
     }
     let mut next_wake: Vec<Vec<Option<i64>>> = vec![vec![None; sc.accounts]; sc.agents];
     // The daemon's own per-account schedule (backoff, overdue backoff) decides its wake-ups.
-    let mut schedules = vec![vec![machine::Schedule::default(); sc.accounts]; sc.agents];
+    let mut schedules = vec![vec![schedule::Schedule::default(); sc.accounts]; sc.agents];
     let mut rotations: Vec<Vec<Rotation>> = (0..sc.accounts).map(|_| Vec::new()).collect();
     let mut by_sha: HashMap<String, (usize, usize)> = HashMap::new();
     let mut held: Vec<Vec<Option<usize>>> = vec![vec![None; sc.accounts]; sc.agents];

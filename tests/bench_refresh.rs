@@ -9,7 +9,7 @@
 
 mod support;
 
-use codex_auth_agent::codexrun::{self, CodexSetup, TempHome};
+use codex_auth_agent::worker::codexrun::{self, CodexSetup, TempHome};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};

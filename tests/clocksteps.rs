@@ -15,10 +15,10 @@
 mod support;
 
 use chrono::{DateTime, Duration as Span, Utc};
-use codex_auth_agent::clock::Clock;
 use codex_auth_agent::config::{self, Env};
+use codex_auth_agent::core::clock::Clock;
+use codex_auth_agent::core::schedule::{BACKOFF_CAP, QUARANTINE_PROBE, State};
 use codex_auth_agent::daemon::core::{Core, Event};
-use codex_auth_agent::daemon::machine::{BACKOFF_CAP, QUARANTINE_PROBE, State};
 use mock_openai::{Fault, MockConfig, MockServer, decode_jwt_payload};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -8,7 +8,7 @@
 
 mod support;
 
-use codex_auth_agent::authfile::fingerprint;
+use codex_auth_agent::core::authfile::fingerprint;
 use mock_openai::TokenRequestShape;
 use serde_json::json;
 use std::path::Path;

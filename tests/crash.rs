@@ -4,7 +4,7 @@
 
 mod support;
 
-use codex_auth_agent::authfile::AuthFile;
+use codex_auth_agent::core::authfile::AuthFile;
 use mock_openai::{MockConfig, MockServer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -5,7 +5,7 @@
 
 mod support;
 
-use codex_auth_agent::names::{BUS_NAME, account_path};
+use codex_auth_agent::api::names::{BUS_NAME, account_path};
 use futures_util::StreamExt;
 use mock_openai::{Fault, MockConfig, MockServer};
 use std::path::{Path, PathBuf};
@@ -60,9 +60,10 @@ async fn properties_match_the_files_and_change_on_refresh() {
     let v = wait_state(&conn, "alice", "ok").await;
     assert_eq!(w.m.token_requests(), 1);
     let rt = file_rt(&home);
-    assert_eq!(v.token_fingerprint, codex_auth_agent::authfile::fingerprint(&rt));
+    assert_eq!(v.token_fingerprint, codex_auth_agent::core::authfile::fingerprint(&rt));
     let auth =
-        codex_auth_agent::authfile::AuthFile::parse(&std::fs::read(home.join("auth.json")).unwrap(), &home).unwrap();
+        codex_auth_agent::core::authfile::AuthFile::parse(&std::fs::read(home.join("auth.json")).unwrap(), &home)
+            .unwrap();
     assert_eq!(v.access_token_expires_at as i64, auth.access_expires_at().unwrap().timestamp());
     assert_eq!(v.last_refresh as i64, auth.last_refresh().unwrap().timestamp());
     assert_eq!(
@@ -108,7 +109,7 @@ async fn properties_match_the_files_and_change_on_refresh() {
     }
     let v2 = view(&conn, "alice").await;
     assert_ne!(v2.token_fingerprint, v.token_fingerprint);
-    assert_eq!(v2.token_fingerprint, codex_auth_agent::authfile::fingerprint(&file_rt(&home)));
+    assert_eq!(v2.token_fingerprint, codex_auth_agent::core::authfile::fingerprint(&file_rt(&home)));
     // Nothing secret anywhere we publish.
     let props_text = format!("{v:?}{v2:?}{summary}");
     let mut all = secrets(&c);

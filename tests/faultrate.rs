@@ -10,10 +10,10 @@
 mod support;
 
 use chrono::{DateTime, Duration as Span, Utc};
-use codex_auth_agent::clock::Clock;
 use codex_auth_agent::config::{self, Env};
+use codex_auth_agent::core::clock::Clock;
+use codex_auth_agent::core::schedule::{BACKOFF_CAP, QUARANTINE_PROBE, State};
 use codex_auth_agent::daemon::core::{Core, Event};
-use codex_auth_agent::daemon::machine::{BACKOFF_CAP, QUARANTINE_PROBE, State};
 use mock_openai::{Credentials, Fault, MockConfig, MockServer};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -12,7 +12,7 @@
 
 mod support;
 
-use codex_auth_agent::names::{ACCOUNT_IFACE, MANAGER_IFACE, MANAGER_PATH};
+use codex_auth_agent::api::names::{ACCOUNT_IFACE, MANAGER_IFACE, MANAGER_PATH};
 use mock_openai::Fault;
 use serde_json::json;
 use std::collections::HashMap;
@@ -311,7 +311,7 @@ async fn all_properties(address: &str) -> String {
         let conn = conn.clone();
         async move {
             let p = zbus::fdo::PropertiesProxy::builder(&conn)
-                .destination(codex_auth_agent::names::BUS_NAME)
+                .destination(codex_auth_agent::api::names::BUS_NAME)
                 .unwrap()
                 .path(path)
                 .unwrap()

@@ -131,7 +131,7 @@ fn generated_token_answers_are_classified_and_never_written_wrong() {
                 assert_eq!(file["tokens"][k].as_str(), Some(want), "{what}: {k}");
             }
             assert_eq!(file["x_unknown_top"]["keep"], true, "{what}");
-            codex_auth_agent::authfile::AuthFile::parse(&after, &home).expect("a written file parses");
+            codex_auth_agent::core::authfile::AuthFile::parse(&after, &home).expect("a written file parses");
         } else {
             assert_eq!(line["class"], if code == 3 { "permanent" } else { "transient" }, "{what}");
             assert_eq!(after, before, "{what}: a failed refresh changed auth.json");
@@ -180,7 +180,7 @@ fn broken_auth(valid: String) -> impl Strategy<Value = Vec<u8>> {
         (129usize..200).prop_map(|n| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes()),
         Just(valid.replace("Z\"", "\"").into_bytes()),
     ]
-    .prop_filter("does not parse", |b| codex_auth_agent::authfile::AuthFile::parse(b, Path::new("x")).is_err())
+    .prop_filter("does not parse", |b| codex_auth_agent::core::authfile::AuthFile::parse(b, Path::new("x")).is_err())
 }
 
 /// Store payloads the daemon must refuse, with a part of the message it must give.

@@ -8,8 +8,8 @@
 
 mod support;
 
-use codex_auth_agent::authfile::fingerprint;
-use codex_auth_agent::preflight::EXEC_ARGS;
+use codex_auth_agent::core::authfile::fingerprint;
+use codex_auth_agent::core::contract::EXEC_ARGS;
 use mock_openai::Fault;
 use mock_openai::backend::RESPONSES_PATH;
 use serde_json::Value;

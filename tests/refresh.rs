@@ -46,7 +46,7 @@ fn due_credential_is_refreshed_rotated_and_written_safely() {
     assert_eq!(auth["tokens"]["account_id"], "acct-1");
     assert_ne!(auth["last_refresh"], OLD);
     assert_eq!(mode(&home.join("auth.json")), 0o600);
-    assert_eq!(line["token_fp"], codex_auth_agent::authfile::fingerprint(new_rt));
+    assert_eq!(line["token_fp"], codex_auth_agent::core::authfile::fingerprint(new_rt));
     // The sidecar and status file exist, are private, and hold no tokens.
     let sidecar = read_json(&home.join("auth_refresh_status.json"));
     assert_eq!(sidecar["watchdog_last_outcome"], "refreshed");

@@ -4,8 +4,9 @@
 
 pub mod inputs;
 
-use crate::policy::Thresholds;
-use crate::refresh::{DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
+use crate::core::contract::{DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
+use crate::core::policy::Thresholds;
+pub use crate::core::task::RefreshMethod;
 use inputs::{Merged, OVERRIDABLE};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -47,18 +48,11 @@ impl fmt::Display for ConfigError {
         }
         // A token pasted into the config must not come back in the error (stderr, the
         // journal, the Summary property): values that look like secrets are masked.
-        write!(f, ": {}", crate::logging::redact(&self.message))
+        write!(f, ": {}", crate::core::redact::redact(&self.message))
     }
 }
 
 impl std::error::Error for ConfigError {}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RefreshMethod {
-    Oauth,
-    AppServer,
-}
 
 /// Per-account refresh settings (defaults overridden per account).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -667,7 +661,7 @@ pub fn default_host_id_and_source() -> (String, HostIdSource) {
 /// own pieces — the wait for another cycle or a preflight, the refresh step, Codex's
 /// commit locks, and 10 s of slack.
 pub fn worker_deadline(r: &RefreshSettings) -> Duration {
-    crate::worker::cycle_deadline(r.refresh_method, r.request_timeout, r.preflight_timeout)
+    crate::core::task::cycle_deadline(r.refresh_method, r.request_timeout, r.preflight_timeout)
 }
 
 /// `agent.lease_ttl` must outlast the longest cycle of every fleet refresher here: a lease
@@ -685,7 +679,7 @@ fn check_lease_ttl(
     let Some((acct, deadline)) = refreshers.map(|a| (a, worker_deadline(&a.refresh))).max_by_key(|(_, d)| *d) else {
         return Ok(());
     };
-    let minimum = crate::fleet::lease::min_ttl(deadline, vault.request_timeout);
+    let minimum = crate::core::lease::min_ttl(deadline, vault.request_timeout);
     if agent.lease_ttl >= minimum {
         return Ok(());
     }
@@ -709,7 +703,7 @@ fn check_lease_ttl(
                 RefreshMethod::AppServer => "app-server",
             },
             fmt(r.request_timeout),
-            crate::fleet::lease::VAULT_REQUESTS_AFTER_LEASE,
+            crate::core::lease::VAULT_REQUESTS_AFTER_LEASE,
             fmt(vault.request_timeout),
             fmt(minimum),
         ),

@@ -4,13 +4,15 @@
 //! group `codex-auth`, Store/Seed need root. Objects hold only a handle to the core.
 
 use super::core::{Core, Event, Request};
-use super::view::{AccountView, Published};
-use crate::authfile::dir::SafeDir;
-use crate::authfile::{AuthFile, MAX_AUTH_BYTES};
-use crate::fdread::{self, Stopped};
-use crate::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, OPERATOR_GROUP, account_path};
-use crate::outcome::Report;
-use crate::seed::SeedInput;
+use crate::api::names::{
+    ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, OPERATOR_GROUP, account_path,
+};
+use crate::api::view::{AccountView, Published};
+use crate::core::authfile::{AuthFile, MAX_AUTH_BYTES};
+use crate::core::outcome::Report;
+use crate::core::seed::SeedInput;
+use crate::sys::fdread::{self, Stopped};
+use crate::sys::safedir::SafeDir;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,19 +4,23 @@
 //! running as the account's user. Changes are announced on an event channel that the
 //! D-Bus layer and sd-notify follow.
 
-use super::machine::{Gate, Schedule};
-use super::view::AccountView;
-use crate::account::{self, RefreshOptions};
-use crate::authfile::dir::SafeDir;
-use crate::authfile::sha256_hex;
-use crate::clock::Clock;
+use crate::api::view::AccountView;
 use crate::config::{self, AccountSettings, ConfigError, Env, FleetRole, Settings};
-use crate::hooks::HookEvent;
-use crate::outcome::{Failure, Report};
-use crate::policy::Thresholds;
-use crate::preflight::PreflightReport;
-use crate::seed::SeedInput;
-use crate::status::{self, AccountStatus};
+use crate::core::authfile::sha256_hex;
+use crate::core::clock::Clock;
+use crate::core::outcome::PreflightReport;
+use crate::core::outcome::{Failure, Report};
+use crate::core::policy::Thresholds;
+use crate::core::schedule::{Gate, Schedule};
+use crate::core::seed::SeedInput;
+use crate::runner::account::Shared;
+use crate::runner::hooks::HookEvent;
+use crate::runner::privsep::Workers;
+use crate::runner::record;
+use crate::runner::run::{self, RefreshOptions};
+use crate::store::status::{self, AccountStatus};
+use crate::sys::safedir::SafeDir;
+use crate::worker::Local;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -74,7 +78,7 @@ pub struct Core {
     hook_seq: std::sync::atomic::AtomicU64,
     permits: RwLock<Arc<Semaphore>>,
     problem: Mutex<Option<String>>,
-    clock: Arc<dyn Clock>,
+    shared: Shared,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -127,6 +131,17 @@ impl Core {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> (Arc<Core>, mpsc::UnboundedReceiver<Event>) {
+        let exec = Arc::new(Workers { local: Local, always: false });
+        Core::with_executor(config_path, settings, Shared { clock, exec })
+    }
+
+    /// Like [`Core::new`], with the runtime the front end chose (the daemon: every task in
+    /// a worker child).
+    pub fn with_executor(
+        config_path: PathBuf,
+        settings: Settings,
+        shared: Shared,
+    ) -> (Arc<Core>, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let core = Arc::new(Core {
             config_path,
@@ -138,7 +153,7 @@ impl Core {
             hooks: Mutex::new(HashMap::new()),
             hook_seq: std::sync::atomic::AtomicU64::new(0),
             problem: Mutex::new(None),
-            clock,
+            shared,
             events: tx,
         });
         core.apply(settings);
@@ -150,7 +165,7 @@ impl Core {
     }
 
     pub fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
+        self.shared.clock.now()
     }
 
     fn emit(&self, e: Event) {
@@ -212,13 +227,13 @@ impl Core {
     pub fn view(&self, name: &str) -> Option<AccountView> {
         let settings = self.settings();
         let acct = settings.accounts.get(name)?;
-        lock(&self.entries).get(name).map(|e| AccountView::new(acct, &e.status, &e.schedule))
+        lock(&self.entries).get(name).map(|e| super::view::account_view(acct, &e.status, &e.schedule))
     }
 
     pub fn summary(&self) -> String {
         let entries = lock(&self.entries);
         let problem = lock(&self.problem).clone();
-        super::machine::summary(entries.iter().map(|(n, e)| (n.as_str(), &e.schedule)), problem.as_deref())
+        crate::core::schedule::summary(entries.iter().map(|(n, e)| (n.as_str(), &e.schedule)), problem.as_deref())
     }
 
     /// Clamp every account's deadlines against `now` (see `clamp`).
@@ -291,7 +306,7 @@ impl Core {
             lock(flights(&me)).remove(&name);
             let _ = tx.send(Some(result));
             if me.busy() == 0 {
-                super::release_free_memory();
+                crate::sys::process::release_free_memory();
             }
         });
         rx
@@ -354,10 +369,11 @@ impl Core {
                     );
                 }
                 Gate::Quarantined(q) => {
-                    let (s, a, c) = (settings.clone(), acct.clone(), self.clock.clone());
+                    let (s, a, sh) = (settings.clone(), acct.clone(), self.shared.clone());
                     let changed = tokio::task::spawn_blocking(move || {
-                        let probe = account::refresh(&s, &a, RefreshOptions { force: false, dry_run: true }, &*c);
-                        let in_vault = |f| crate::fleet::new_login_in_vault(&s, f, q.auth_sha256.as_deref(), &*c);
+                        let probe = run::refresh(&s, &a, RefreshOptions { force: false, dry_run: true }, &sh.rt());
+                        let in_vault =
+                            |f| crate::runner::fleet::new_login_in_vault(&s, f, q.auth_sha256.as_deref(), &sh.rt());
                         probe.auth_sha256 != q.auth_sha256
                             || seed_hash(&a) != q.seed_sha256
                             || a.fleet.as_ref().is_some_and(in_vault)
@@ -389,10 +405,10 @@ impl Core {
             }
         }
         self.emit(Event::Account(name.to_string()));
-        let (s, a, c) = (settings.clone(), acct.clone(), self.clock.clone());
+        let (s, a, sh) = (settings.clone(), acct.clone(), self.shared.clone());
         let opts = RefreshOptions { force: req.force, dry_run: false };
         let report = tokio::task::spawn_blocking(move || {
-            let (report, hook) = account::refresh_deferred(&s, &a, opts, req.store, &*c);
+            let (report, hook) = run::refresh_deferred(&s, &a, opts, req.store, &sh.rt());
             (report, hook, seed_hash(&a))
         })
         .await;
@@ -437,7 +453,7 @@ impl Core {
             if let Some((_, before)) = before {
                 let _ = before.await;
             }
-            let _ = tokio::task::spawn_blocking(move || account::run_hook(&settings, Some(event))).await;
+            let _ = tokio::task::spawn_blocking(move || record::run_hook(&settings, Some(event))).await;
             let mut hooks = lock(&me.hooks);
             if hooks.get(&name).is_some_and(|(s, _)| *s == seq) {
                 hooks.remove(&name);
@@ -493,9 +509,9 @@ impl Core {
             move |me, name| async move {
                 let permits = me.permits.read().unwrap_or_else(PoisonError::into_inner).clone();
                 let _permit = permits.acquire_owned().await;
-                let (settings, c, n) = (me.settings(), me.clock.clone(), name.clone());
+                let (settings, sh, n) = (me.settings(), me.shared.clone(), name.clone());
                 let s = settings.clone();
-                let (report, hook) = tokio::task::spawn_blocking(move || account::preflight_deferred(&s, &acct, &*c))
+                let (report, hook) = tokio::task::spawn_blocking(move || run::preflight_deferred(&s, &acct, &sh.rt()))
                     .await
                     .unwrap_or_else(|e| {
                         let f = Failure::transient(format!("the preflight failed internally: {e}"));

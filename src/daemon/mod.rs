@@ -7,17 +7,18 @@
 pub mod bus;
 /// Entries, single-flight runs, quarantine probe, reload.
 pub mod core;
-/// Per-account state enum with guarded transitions, backoff, STATUS line (pure).
-pub mod machine;
 /// sd-notify wrapper.
 pub mod notify;
-/// The Account object's properties as a pure projection.
+/// The Account object's view, projected from settings, status and schedule (pure).
 pub mod view;
 
-use crate::clock::SystemClock;
+use crate::api::names::BusChoice;
 use crate::config::{self, Env};
-use crate::names::BusChoice;
-use crate::outcome::exit;
+use crate::core::clock::SystemClock;
+use crate::core::outcome::exit;
+use crate::runner::account::Shared;
+use crate::runner::privsep::Workers;
+use crate::worker::Local;
 use chrono::{DateTime, Utc};
 use std::path::Path;
 use std::sync::Arc;
@@ -59,12 +60,15 @@ pub fn main(config_flag: Option<&Path>, bus: BusChoice) -> i32 {
 }
 
 async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
-    crate::privsep::always_use_workers();
-    let (core, mut events) = core::Core::new(path.to_path_buf(), settings, Arc::new(SystemClock));
+    // Every task in a worker child, even for an account of the daemon's own user: the
+    // long-lived daemon never opens a user's files itself, and its memory stays flat.
+    let exec = Arc::new(Workers { local: Local, always: true });
+    let shared = Shared { clock: Arc::new(SystemClock), exec };
+    let (core, mut events) = core::Core::with_executor(path.to_path_buf(), settings, shared);
     let conn = match bus::serve(&bus, core.clone()).await {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("cannot serve {} on the {bus:?} bus: {e}", crate::names::BUS_NAME);
+            tracing::error!("cannot serve {} on the {bus:?} bus: {e}", crate::api::names::BUS_NAME);
             return 1;
         }
     };
@@ -129,15 +133,5 @@ async fn next_ping(clock: Option<&notify::PingClock>) {
             }
         }
         None => std::future::pending().await,
-    }
-}
-
-/// Give freed heap back to the kernel once nothing runs: a start-up pass or a RefreshAll
-/// over many accounts leaves free memory behind that glibc would otherwise keep (idle RSS).
-pub(crate) fn release_free_memory() {
-    // SAFETY: malloc_trim only returns free heap pages to the OS.
-    #[cfg(target_env = "gnu")]
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

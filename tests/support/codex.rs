@@ -274,7 +274,8 @@ pub fn login(w: &World, account: &str, exp_in: i64) -> Credentials {
 /// The account's real CODEX_HOME, with a config that points Codex at the mock.
 pub fn account_home(w: &World, name: &str, c: &Credentials) -> PathBuf {
     let home = w.scratch.codex_home(name, Some(&auth_json(c, &recent())));
-    std::fs::write(home.join("config.toml"), codex_auth_agent::codexrun::offline_config(&w.mock.url())).unwrap();
+    std::fs::write(home.join("config.toml"), codex_auth_agent::worker::codexrun::offline_config(&w.mock.url()))
+        .unwrap();
     home
 }
 
@@ -295,7 +296,7 @@ pub fn codex(w: &World, home: &Path, args: &[&str]) -> Command {
 }
 
 pub fn codex_exec(w: &World, home: &Path) -> Command {
-    codex(w, home, &codex_auth_agent::preflight::EXEC_ARGS)
+    codex(w, home, &codex_auth_agent::core::contract::EXEC_ARGS)
 }
 
 /// `codex-auth-agent refresh --codex-home HOME --json`.
@@ -397,7 +398,7 @@ pub fn codex_version() -> (u32, u32, u32) {
     *V.get_or_init(|| {
         let out = Command::new(codex_bin()).arg("--version").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let v = text.split_whitespace().last().and_then(codex_auth_agent::codexwatch::parse_version);
+        let v = text.split_whitespace().last().and_then(codex_auth_agent::worker::codexwatch::parse_version);
         let v = v.unwrap_or_else(|| panic!("`codex --version` printed {text:?}"));
         (v.0, v.1, v.2)
     })

@@ -2,8 +2,8 @@
 //! running against it, for the daemon tests.
 
 use super::*;
-use codex_auth_agent::daemon::view::AccountView;
-use codex_auth_agent::names::{ACCOUNT_IFACE, BUS_NAME, MANAGER_IFACE, MANAGER_PATH, account_path};
+use codex_auth_agent::api::names::{ACCOUNT_IFACE, BUS_NAME, MANAGER_IFACE, MANAGER_PATH, account_path};
+use codex_auth_agent::api::view::AccountView;
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Stdio};

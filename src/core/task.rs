@@ -1,0 +1,246 @@
+//! What a caller hands to the code that runs as an account's user, and what comes back:
+//! the jobs, their time budgets, the two questions a cycle asks its caller (Supervisor),
+//! the worker pipe's messages, and the Executor that runs a task somewhere.
+
+use crate::core::clock::Clock;
+use crate::core::contract::{CODEX_LOCK_WAIT, COMMIT_LOCK_WAIT};
+use crate::core::outcome::{Failure, PreflightReport, Report};
+use crate::core::pending::PendingCredential;
+use crate::core::policy::Thresholds;
+use crate::core::seed::SeedInput;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How an account gets new tokens: our OAuth request or Codex's app-server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefreshMethod {
+    Oauth,
+    AppServer,
+}
+
+/// A Unix account to run as.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+/// Everything one cycle needs; sent to the worker child as JSON on its stdin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job {
+    pub account: String,
+    pub codex_home: PathBuf,
+    /// The uid that must own CODEX_HOME and auth.json.
+    pub owner_uid: u32,
+    pub thresholds: Thresholds,
+    pub token_url: String,
+    pub request_timeout: Duration,
+    pub force: bool,
+    pub dry_run: bool,
+    pub seed: Option<SeedInput>,
+    /// An auth.json to install first, whatever is on disk (the daemon's Store).
+    #[serde(default)]
+    pub store: Option<SeedInput>,
+    /// How the refresh step gets new tokens: our OAuth request or Codex's app-server.
+    pub refresh_method: RefreshMethod,
+    /// `agent.codex_bin`, `codex_base_url` and the parent of throwaway Codex homes, for
+    /// `refresh_method = "app-server"`.
+    pub codex_bin: String,
+    pub codex_base_url: String,
+    pub temp_dir: PathBuf,
+    /// A preflight holds our cycle lock this long at most; a refresh may wait for it.
+    pub preflight_timeout: Duration,
+    /// Fleet mode: `store` is the fleet's credential from Vault; write it only when
+    /// auth.json differs, and do not report it as an operator's Store.
+    #[serde(default)]
+    pub materialize: bool,
+    /// Fleet follower (or a refresher that lost the lease): never call the token endpoint.
+    #[serde(default)]
+    pub follow: bool,
+    /// Fleet refresher: put the committed auth.json in the report (`Report::auth_b64`)
+    /// so the parent can write it to Vault.
+    #[serde(default)]
+    pub return_auth: bool,
+    /// A credential an earlier run received but could not write: written first, before
+    /// anything else; while it is not, no token request is sent.
+    #[serde(default)]
+    pub pending: Option<PendingCredential>,
+    /// sha256 of the auth.json whose refresh failed permanently last time: while auth.json
+    /// is still that file, its dead token is not sent again (unless `force`).
+    #[serde(default)]
+    pub quarantined: Option<String>,
+}
+
+/// What a cycle asks of whoever started it, at the two moments that decide a refresh
+/// token's fate. Answered in-process, or by the parent over the worker's pipes.
+pub trait Supervisor {
+    /// Right before the POST, after this account's own checks passed: may the token be
+    /// spent? The caller makes sure it can keep a copy of up to `auth_len` bytes of
+    /// auth.json (and, in fleet mode, that the token is still the fleet's current one).
+    fn may_spend(&self, auth_len: u64) -> Result<(), Failure>;
+    /// Right after the POST, before the commit: keep `p`, now the only live credential.
+    /// The path of the durable copy, or why there is none.
+    fn keep(&self, p: &PendingCredential) -> Result<PathBuf, String>;
+}
+
+/// Codex starts in well under a second; this covers a cold disk cache on a busy host.
+const STARTUP_ALLOWANCE: Duration = Duration::from_secs(10);
+/// After we close its stdin Codex exits promptly; past this its group is killed.
+pub const EXIT_GRACE: Duration = Duration::from_secs(3);
+
+/// The conversation's budget: start-up plus two requests' worth of `request_timeout`
+/// (account/read does the token request and a backend call).
+pub fn conversation_limit(request_timeout: Duration) -> Duration {
+    STARTUP_ALLOWANCE + 2 * request_timeout
+}
+
+/// The longest a whole app-server refresh may take, exit included.
+pub fn app_server_limit(request_timeout: Duration) -> Duration {
+    conversation_limit(request_timeout) + EXIT_GRACE
+}
+
+/// The longest the refresh step itself may take with `method`.
+pub fn refresh_limit(method: RefreshMethod, request_timeout: Duration) -> Duration {
+    match method {
+        RefreshMethod::Oauth => request_timeout,
+        RefreshMethod::AppServer => app_server_limit(request_timeout),
+    }
+}
+
+/// How long one cycle of ours waits for another on the same account: a refresh (its
+/// refresh step) or a preflight (which holds the same lock), plus the commit waits.
+pub fn cycle_lock_wait(refresh_limit: Duration, preflight_timeout: Duration) -> Duration {
+    refresh_limit.max(preflight_timeout) + CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT + Duration::from_secs(5)
+}
+
+/// The longest one cycle may take before its parent kills it: the wait for another
+/// cycle; a yield to a running Codex (up to the request timeout); a spend — Codex's two
+/// locks before the POST (checked) and again at the commit, and the refresh step; when
+/// a Codex raced it, the wait for that Codex (up to the request timeout) and a verifying
+/// second spend; and some slack.
+pub fn cycle_deadline(method: RefreshMethod, request_timeout: Duration, preflight_timeout: Duration) -> Duration {
+    let refresh = refresh_limit(method, request_timeout);
+    let spend = (CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT) * 2 + refresh;
+    cycle_lock_wait(refresh, preflight_timeout) + request_timeout * 2 + spend * 2 + Duration::from_secs(10)
+}
+
+impl Job {
+    /// The longest the refresh step itself may take.
+    pub fn refresh_limit(&self) -> Duration {
+        refresh_limit(self.refresh_method, self.request_timeout)
+    }
+
+    /// How long to wait for another cycle of ours on the same account.
+    pub fn lock_wait(&self) -> Duration {
+        cycle_lock_wait(self.refresh_limit(), self.preflight_timeout)
+    }
+
+    /// After this the parent kills the worker: every wait above, bounded.
+    pub fn deadline(&self) -> Duration {
+        cycle_deadline(self.refresh_method, self.request_timeout, self.preflight_timeout)
+    }
+}
+
+/// What one preflight needs; sent to the worker child like a refresh job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreflightJob {
+    pub account: String,
+    pub codex_home: PathBuf,
+    /// The uid that must own CODEX_HOME and auth.json.
+    pub owner_uid: u32,
+    /// `preflight_timeout`: past it codex exec's whole process group is killed.
+    pub timeout: Duration,
+    /// How long to wait for another cycle of ours (a refresh or a preflight).
+    pub lock_wait: Duration,
+    pub codex_bin: String,
+    pub codex_base_url: String,
+    pub token_url: String,
+    /// Parent of the throwaway home.
+    pub temp_dir: PathBuf,
+}
+
+impl PreflightJob {
+    /// After this the parent kills the worker: every wait, bounded.
+    pub fn deadline(&self) -> Duration {
+        self.lock_wait + self.timeout + CODEX_LOCK_WAIT + COMMIT_LOCK_WAIT + Duration::from_secs(10)
+    }
+}
+
+/// One unit of work done as the account's user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    Refresh(Box<Job>),
+    Preflight(PreflightJob),
+}
+
+/// The result of a [`Task`], of the matching kind.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskReport {
+    Refresh(Report),
+    Preflight(PreflightReport),
+}
+
+impl Task {
+    pub fn account(&self) -> &str {
+        match self {
+            Task::Refresh(j) => &j.account,
+            Task::Preflight(j) => &j.account,
+        }
+    }
+
+    /// After this the parent kills the worker.
+    pub fn deadline(&self) -> Duration {
+        match self {
+            Task::Refresh(j) => j.deadline(),
+            Task::Preflight(j) => j.deadline(),
+        }
+    }
+
+    /// A failed report of the matching kind.
+    pub fn failed(&self, f: Failure) -> TaskReport {
+        match self {
+            Task::Refresh(_) => TaskReport::Refresh(Report::failed(self.account(), f)),
+            Task::Preflight(_) => TaskReport::Preflight(PreflightReport::failed(self.account(), f)),
+        }
+    }
+}
+
+/// Largest job or report we accept over the pipe.
+pub const MAX_PIPE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// What the parent sends the worker child (one line on its stdin; the answers to its
+/// questions follow as lines).
+#[derive(Serialize, Deserialize)]
+pub struct WorkerRequest {
+    pub identity: Identity,
+    pub task: Task,
+}
+
+/// A line from the worker on its stdout: a question for its [`Supervisor`], or the end.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromWorker {
+    MaySpend(u64),
+    Keep(PendingCredential),
+    Done(Box<TaskReport>),
+}
+
+/// The parent's answer to a question, on the worker's stdin.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToWorker {
+    MaySpend(Result<(), Failure>),
+    Kept(Result<PathBuf, String>),
+}
+
+/// Runs a task as its account's user: in this process, or in a worker child that drops to
+/// that user. The front ends choose one and hand it to the runner.
+pub trait Executor: Send + Sync {
+    fn run(&self, who: &Identity, task: Task, clock: &dyn Clock, sup: &dyn Supervisor) -> TaskReport;
+}

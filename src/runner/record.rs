@@ -1,0 +1,53 @@
+//! Recording an outcome once a run is over: status.json, the journal, the metrics
+//! textfile, and the account's hook (returned to be run when the caller is ready).
+
+use crate::config::Settings;
+use crate::core::outcome::{PreflightReport, Report};
+use crate::runner::account::Runtime;
+use crate::runner::hooks;
+use crate::store::{metrics, status};
+use crate::sys::logging;
+
+/// Fold a preflight into status.json (runner fields), write its journal entries and the
+/// metrics textfile; returns the hook to run, if one is configured.
+pub fn record_preflight(settings: &Settings, report: &PreflightReport, rt: &Runtime<'_>) -> Option<hooks::HookEvent> {
+    let state_dir = &settings.agent.state_dir;
+    let mut st = status::load(state_dir, &report.account);
+    st.update_runner(report, rt.clock.now(), status::boot_id().as_deref());
+    if let Err(e) = status::save(state_dir, &st) {
+        tracing::warn!(account = %report.account, "could not save status: {e}");
+    }
+    logging::log_preflight(report);
+    after_outcome(settings, hooks::HookEvent::from_preflight(report))
+}
+
+/// Fold a report into status.json, write its journal entry and the metrics textfile;
+/// returns the hook to run, if one is configured.
+pub fn record(settings: &Settings, report: &Report, rt: &Runtime<'_>) -> Option<hooks::HookEvent> {
+    let state_dir = &settings.agent.state_dir;
+    let mut st = status::load(state_dir, &report.account);
+    st.update(report, rt.clock.now());
+    if let Err(e) = status::save(state_dir, &st) {
+        tracing::warn!(account = %report.account, "could not save status: {e}");
+    }
+    logging::log_report(report);
+    after_outcome(settings, hooks::HookEvent::from_report(report))
+}
+
+/// What every recorded outcome triggers once status.json holds it: the metrics textfile
+/// is rewritten now; the account's hook, if the outcome calls for one, is returned for
+/// [`run_hook`]. Neither can change the outcome.
+fn after_outcome(settings: &Settings, event: hooks::HookEvent) -> Option<hooks::HookEvent> {
+    metrics::update(settings);
+    let acct = settings.accounts.get(&event.account)?;
+    hooks::command_for(acct, &event).map(|_| event)
+}
+
+/// Run a hook returned by [`record`] or [`record_preflight`] (blocking, at most the
+/// account's hook_timeout).
+pub fn run_hook(settings: &Settings, event: Option<hooks::HookEvent>) {
+    let Some(event) = event else { return };
+    if let Some(acct) = settings.accounts.get(&event.account) {
+        hooks::run(acct, &event);
+    }
+}

@@ -1,0 +1,191 @@
+//! The Prometheus textfile (`[agent] metrics_textfile`): after every recorded outcome the
+//! caller re-renders every configured account's status.json into the node_exporter
+//! textfile-collector format and replaces the file atomically (temp file in the same
+//! directory + rename, mode 0644). Rendering is a pure function of the statuses; the file
+//! holds no token value (status.json has none to give). A failed write is only a warning.
+
+use crate::config::Settings;
+use crate::core::outcome::Outcome;
+use crate::core::outcome::RunnerState;
+use crate::store::status::{self, AccountStatus};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Outcomes a status can record (a dry run records nothing), one series each.
+const OUTCOMES: &[Outcome] = &[Outcome::Refreshed, Outcome::Fresh, Outcome::Inert, Outcome::Failed];
+
+/// Escape a label value: backslash, double quote and newline (exposition format).
+pub fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The textfile for `statuses` (pure). Series without a known value are left out.
+pub fn render(statuses: &[AccountStatus]) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, rows: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let acct = |s: &AccountStatus| format!("account=\"{}\"", escape_label(&s.account));
+    family(
+        "codex_auth_agent_access_token_expiry_timestamp_seconds",
+        "When the account's access token expires (Unix time).",
+        statuses.iter().filter_map(|s| Some((acct(s), s.expires_at?.timestamp().to_string()))).collect(),
+    );
+    family(
+        "codex_auth_agent_last_refresh_timestamp_seconds",
+        "The credential's last_refresh (Unix time).",
+        statuses.iter().filter_map(|s| Some((acct(s), s.last_refresh?.timestamp().to_string()))).collect(),
+    );
+    family(
+        "codex_auth_agent_last_outcome",
+        "1 for the outcome of the account's last refresh cycle, 0 for the others.",
+        statuses
+            .iter()
+            .filter(|s| s.outcome.is_some())
+            .flat_map(|s| {
+                OUTCOMES.iter().map(move |o| {
+                    let v = if s.outcome == Some(*o) { "1" } else { "0" };
+                    (format!("{},outcome=\"{}\"", acct(s), o.as_str()), v.to_string())
+                })
+            })
+            .collect(),
+    );
+    family(
+        "codex_auth_agent_consecutive_failures",
+        "Refresh cycles failed in a row since the last success.",
+        statuses.iter().map(|s| (acct(s), s.consecutive_failures.to_string())).collect(),
+    );
+    family(
+        "codex_auth_agent_runner_ok",
+        "1 when the last preflight (codex exec) passed, 0 when it failed; absent when never checked.",
+        statuses
+            .iter()
+            .filter_map(|s| match s.runner_state {
+                RunnerState::Ok => Some((acct(s), "1".to_string())),
+                RunnerState::Fail => Some((acct(s), "0".to_string())),
+                RunnerState::Unknown => None,
+            })
+            .collect(),
+    );
+    out
+}
+
+/// Serializes writers within this process (the daemon records accounts in parallel), so
+/// the last rename always carries the newest statuses.
+static WRITE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Re-render every configured account into `[agent] metrics_textfile`, if set. Never fails
+/// the caller: a problem is logged as a warning.
+pub fn update(settings: &Settings) {
+    let Some(path) = &settings.agent.metrics_textfile else { return };
+    let _guard = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let statuses: Vec<AccountStatus> =
+        settings.accounts.keys().map(|name| status::load(&settings.agent.state_dir, name)).collect();
+    if let Err(e) = write_atomic(path, render(&statuses).as_bytes()) {
+        tracing::warn!("could not write the metrics textfile {}: {e}", path.display());
+    }
+}
+
+/// Write `bytes` to `path` through a temp file in the same directory (not named *.prom, so
+/// the collector never reads a partial file), mode 0644, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), fastrand::u64(..)));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        // The daemon's umask is 0077: set the mode explicitly so node_exporter can read it.
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    #[test]
+    fn renders_every_family_and_leaves_unknowns_out() {
+        let t = |s| DateTime::from_timestamp(s, 0);
+        let a = AccountStatus {
+            account: "alice".into(),
+            outcome: Some(Outcome::Failed),
+            expires_at: t(1_800_000_000),
+            last_refresh: t(1_799_000_000),
+            consecutive_failures: 3,
+            runner_state: RunnerState::Fail,
+            token_fp: Some("fp-not-a-metric".into()),
+            ..Default::default()
+        };
+        let b = AccountStatus { account: "bob".into(), runner_state: RunnerState::Ok, ..Default::default() };
+        let text = render(&[a, b]);
+        let expected = "\
+# HELP codex_auth_agent_access_token_expiry_timestamp_seconds When the account's access token expires (Unix time).
+# TYPE codex_auth_agent_access_token_expiry_timestamp_seconds gauge
+codex_auth_agent_access_token_expiry_timestamp_seconds{account=\"alice\"} 1800000000
+# HELP codex_auth_agent_last_refresh_timestamp_seconds The credential's last_refresh (Unix time).
+# TYPE codex_auth_agent_last_refresh_timestamp_seconds gauge
+codex_auth_agent_last_refresh_timestamp_seconds{account=\"alice\"} 1799000000
+# HELP codex_auth_agent_last_outcome 1 for the outcome of the account's last refresh cycle, 0 for the others.
+# TYPE codex_auth_agent_last_outcome gauge
+codex_auth_agent_last_outcome{account=\"alice\",outcome=\"refreshed\"} 0
+codex_auth_agent_last_outcome{account=\"alice\",outcome=\"fresh\"} 0
+codex_auth_agent_last_outcome{account=\"alice\",outcome=\"inert\"} 0
+codex_auth_agent_last_outcome{account=\"alice\",outcome=\"failed\"} 1
+# HELP codex_auth_agent_consecutive_failures Refresh cycles failed in a row since the last success.
+# TYPE codex_auth_agent_consecutive_failures gauge
+codex_auth_agent_consecutive_failures{account=\"alice\"} 3
+codex_auth_agent_consecutive_failures{account=\"bob\"} 0
+# HELP codex_auth_agent_runner_ok 1 when the last preflight (codex exec) passed, 0 when it failed; absent when never checked.
+# TYPE codex_auth_agent_runner_ok gauge
+codex_auth_agent_runner_ok{account=\"alice\"} 0
+codex_auth_agent_runner_ok{account=\"bob\"} 1
+";
+        assert_eq!(text, expected);
+        assert!(!text.contains("fp-not-a-metric"));
+        assert_eq!(render(&[]).lines().count(), 10, "HELP and TYPE even with no accounts");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        let s = AccountStatus { account: "x\"y".into(), ..Default::default() };
+        assert!(render(&[s]).contains("codex_auth_agent_consecutive_failures{account=\"x\\\"y\"} 0\n"));
+    }
+
+    #[test]
+    fn write_is_atomic_and_world_readable() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("codex_auth_agent.prom");
+        std::fs::write(&p, "old").unwrap();
+        let old = std::fs::metadata(&p).unwrap().ino();
+        write_atomic(&p, b"new\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new\n");
+        assert_ne!(std::fs::metadata(&p).unwrap().ino(), old, "replaced by rename");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "no temp file left");
+        assert!(write_atomic(&t.path().join("missing/x.prom"), b"x").is_err());
+    }
+}

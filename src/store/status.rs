@@ -1,0 +1,211 @@
+//! What we remember and publish per account, without token values: `status.json` in
+//! state_dir (root-owned, for the daemon, ctl and the seed/quarantine rules) and the
+//! seed-compatible sidecar `auth_refresh_status.json` in CODEX_HOME (owned by the user).
+
+use crate::core::outcome::{FailureClass, Outcome, Report};
+use crate::core::outcome::{PreflightReport, RunnerState};
+use crate::sys::safedir::{DirError, SafeDir};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const STATUS_FILE: &str = "status.json";
+/// Persistent per-account status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AccountStatus {
+    pub account: String,
+    pub outcome: Option<Outcome>,
+    pub class: Option<FailureClass>,
+    pub reason: String,
+    pub http_status: Option<u16>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_refresh: Option<DateTime<Utc>>,
+    pub token_fp: Option<String>,
+    pub auth_sha256: Option<String>,
+    /// Hash of the last seed installed (a seed is never applied twice).
+    pub seed_sha256: Option<String>,
+    /// ChatGPT account id of the credential on disk (not a secret).
+    pub account_id: Option<String>,
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub consecutive_failures: u32,
+    /// The preflight (runner): last verdict, when it last passed, failed and ran, the
+    /// kernel boot id at the last check, and the last reason.
+    pub runner_state: RunnerState,
+    pub runner_last_ok: Option<DateTime<Utc>>,
+    pub runner_last_fail: Option<DateTime<Utc>>,
+    pub runner_last_check: Option<DateTime<Utc>>,
+    pub runner_boot_id: Option<String>,
+    pub runner_last_reason: String,
+    /// Fleet mode: the rotating key's version installed here, and the lease holder.
+    pub store_version: Option<u64>,
+    pub lease_holder: Option<String>,
+    /// sha256 of the auth.json whose refresh token the last run found dead (a permanent
+    /// failure with the file read): not sent again while auth.json is that file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_auth_sha256: Option<String>,
+}
+
+impl AccountStatus {
+    /// Fold one cycle's report in (pure).
+    pub fn update(&mut self, r: &Report, now: DateTime<Utc>) {
+        self.account = r.account.clone();
+        self.outcome = Some(r.outcome);
+        self.class = r.class();
+        self.reason = r.reason.clone();
+        self.http_status = r.failure.as_ref().and_then(|f| f.http_status);
+        self.last_attempt = Some(now);
+        if r.failure.is_some() {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        } else {
+            self.consecutive_failures = 0;
+            self.last_success = Some(now);
+        }
+        // Keep what we knew about the credential when a failure told us nothing new.
+        if r.expires_at.is_some() || r.failure.is_none() {
+            self.expires_at = r.expires_at;
+        }
+        if r.last_refresh.is_some() || r.failure.is_none() {
+            self.last_refresh = r.last_refresh;
+        }
+        if r.token_fp.is_some() || r.failure.is_none() {
+            self.token_fp = r.token_fp.clone();
+        }
+        if r.auth_sha256.is_some() {
+            self.auth_sha256 = r.auth_sha256.clone();
+        }
+        if r.account_id.is_some() {
+            self.account_id = r.account_id.clone();
+        }
+        if r.store_version.is_some() {
+            self.store_version = r.store_version;
+        }
+        if r.lease_holder.is_some() {
+            self.lease_holder = r.lease_holder.clone();
+        }
+        if r.seed_applied.is_some() {
+            self.seed_sha256 = r.seed_applied.clone();
+        }
+        self.dead_auth_sha256 = r.auth_sha256.clone().filter(|_| r.class() == Some(FailureClass::Permanent));
+    }
+}
+
+impl AccountStatus {
+    /// Fold one preflight's report in (pure). A preflight that adopted Codex's refreshed
+    /// credential changed the canonical file, so its facts replace ours.
+    pub fn update_runner(&mut self, r: &PreflightReport, now: DateTime<Utc>, boot_id: Option<&str>) {
+        self.account = r.account.clone();
+        self.runner_state = r.state;
+        self.runner_last_check = Some(now);
+        match r.state {
+            RunnerState::Ok => self.runner_last_ok = Some(now),
+            _ => self.runner_last_fail = Some(now),
+        }
+        self.runner_boot_id = boot_id.map(str::to_string);
+        self.runner_last_reason = r.reason.clone();
+        if r.adopted {
+            self.expires_at = r.expires_at;
+            self.last_refresh = r.last_refresh;
+            self.token_fp = r.token_fp.clone();
+            self.auth_sha256 = r.auth_sha256.clone();
+        }
+    }
+}
+
+/// The kernel's boot id (changes on every boot), recorded with each preflight.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+pub fn account_dir(state_dir: &Path, account: &str) -> PathBuf {
+    state_dir.join("accounts").join(account)
+}
+
+/// The stored status, or an empty one when there is none (or it is unreadable).
+pub fn load(state_dir: &Path, account: &str) -> AccountStatus {
+    std::fs::read(account_dir(state_dir, account).join(STATUS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| AccountStatus { account: account.to_string(), ..Default::default() })
+}
+
+/// Write status.json (0600, atomic) under state_dir/accounts/<name>/ (dirs 0700).
+pub fn save(state_dir: &Path, status: &AccountStatus) -> Result<(), DirError> {
+    let dir = SafeDir::create_private(&account_dir(state_dir, &status.account))?;
+    let bytes = serde_json::to_vec_pretty(status).unwrap_or_default();
+    dir.write_atomic(STATUS_FILE, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::outcome::Failure;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    #[test]
+    fn failures_count_and_success_resets() {
+        let mut s = AccountStatus::default();
+        let mut ok = Report::new("a", Outcome::Refreshed, "");
+        ok.token_fp = Some("fp1".into());
+        s.update(&ok, now());
+        assert_eq!(s.consecutive_failures, 0);
+        s.update(&Report::failed("a", Failure::transient("x").with_status(503)), now());
+        s.update(&Report::failed("a", Failure::transient("x")), now());
+        assert_eq!(s.consecutive_failures, 2);
+        assert_eq!(s.token_fp.as_deref(), Some("fp1"), "a failure keeps what we knew");
+        assert_eq!(s.class, Some(FailureClass::Transient));
+        s.update(&ok, now());
+        assert_eq!(s.consecutive_failures, 0);
+        assert_eq!(s.last_success, Some(now()));
+    }
+
+    #[test]
+    fn runner_fields_follow_preflights() {
+        use crate::core::outcome::Failure;
+        let mut s = AccountStatus { token_fp: Some("old".into()), ..Default::default() };
+        assert_eq!(s.runner_state, RunnerState::Unknown);
+        let mut ok = PreflightReport::failed("a", Failure::transient("x"));
+        (ok.state, ok.failure, ok.reason) = (RunnerState::Ok, None, "codex exec answered Banana".into());
+        ok.token_fp = Some("new".into());
+        s.update_runner(&ok, now(), Some("boot-1"));
+        assert_eq!((s.runner_state, s.runner_last_ok, s.runner_last_fail), (RunnerState::Ok, Some(now()), None));
+        assert_eq!(s.runner_boot_id.as_deref(), Some("boot-1"));
+        assert_eq!(s.token_fp.as_deref(), Some("old"), "nothing adopted: credential facts kept");
+        ok.adopted = true;
+        s.update_runner(&ok, now(), None);
+        assert_eq!(s.token_fp.as_deref(), Some("new"));
+        let later = now() + chrono::Duration::seconds(60);
+        s.update_runner(&PreflightReport::failed("a", Failure::permanent("gone")), later, Some("boot-2"));
+        assert_eq!(
+            (s.runner_state, s.runner_last_fail, s.runner_last_check),
+            (RunnerState::Fail, Some(later), Some(later))
+        );
+        assert_eq!((s.runner_last_ok, s.runner_last_reason.as_str()), (Some(now()), "gone"));
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["runner_state"], "fail");
+        // Old status files without runner fields still load.
+        let old: AccountStatus = serde_json::from_str(r#"{"account":"a","consecutive_failures":2}"#).unwrap();
+        assert_eq!(old.runner_state, RunnerState::Unknown);
+    }
+
+    #[test]
+    fn save_and_load_round_trip_with_private_modes() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let mut s = AccountStatus { account: "a".into(), ..Default::default() };
+        s.seed_sha256 = Some("h".into());
+        save(t.path(), &s).unwrap();
+        assert_eq!(load(t.path(), "a"), s);
+        let f = account_dir(t.path(), "a").join(STATUS_FILE);
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(account_dir(t.path(), "a")).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(load(t.path(), "other").account, "other");
+    }
+}

@@ -1,0 +1,59 @@
+//! Test hook, inert in production: `CODEX_AUTH_AGENT_FAULT=<step>` makes the process
+//! abort (SIGABRT, no core file) when a cycle reaches that step, so the crash-consistency
+//! suite (tests/crash.rs) can prove what a kill at each point leaves on disk. The variable
+//! is read once; unset or unknown, every [`point`] is a no-op.
+
+use std::sync::OnceLock;
+
+/// Where a cycle can be made to crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Our cycle lock is held; nothing read yet.
+    AfterLock,
+    /// auth.json read and parsed; nothing sent.
+    AfterRead,
+    /// The token response arrived (the server rotated); nothing written.
+    AfterPost,
+    /// The temp file is written and fsynced; not renamed over auth.json.
+    AfterTempWrite,
+    /// auth.json renamed into place; the directory not yet fsynced.
+    AfterRename,
+}
+
+impl Step {
+    fn parse(s: &str) -> Option<Step> {
+        Some(match s {
+            "after_lock" => Step::AfterLock,
+            "after_read" => Step::AfterRead,
+            "after_post" => Step::AfterPost,
+            "after_temp_write" => Step::AfterTempWrite,
+            "after_rename" => Step::AfterRename,
+            _ => return None,
+        })
+    }
+}
+
+fn armed() -> Option<Step> {
+    static ARMED: OnceLock<Option<Step>> = OnceLock::new();
+    *ARMED.get_or_init(|| std::env::var("CODEX_AUTH_AGENT_FAULT").ok().as_deref().and_then(Step::parse))
+}
+
+/// Abort here when the hook is armed for `step`.
+pub fn point(step: Step) {
+    if armed() == Some(step) {
+        crate::sys::process::harden_process(); // no core file from a deliberate crash
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_parse_and_unknown_is_inert() {
+        assert_eq!(Step::parse("after_temp_write"), Some(Step::AfterTempWrite));
+        assert_eq!(Step::parse("after_lock"), Some(Step::AfterLock));
+        assert_eq!(Step::parse("nonsense"), None);
+    }
+}
