@@ -3,7 +3,7 @@
 //! commit under Codex's lock protocol → sidecar. Every failure leaves auth.json
 //! byte-identical; the report says what happened without any token value.
 
-use crate::core::authfile::{AuthFile, NewTokens, sha256_hex};
+use crate::core::authfile::{AuthFile, InvalidAuth, NewTokens, sha256_hex};
 use crate::core::clock::Clock;
 use crate::core::contract::{AUTH_FILE, CODEX_COMMIT_LOCK, CODEX_LOCK, CODEX_LOCK_WAIT, COMMIT_LOCK_WAIT, CYCLE_LOCK};
 use crate::core::outcome::{AuthBytes, Event, Failure, Outcome, Report, SIDECAR_FILE, sidecar_bytes};
@@ -16,12 +16,49 @@ use crate::worker::codexrun::CodexSetup;
 use crate::worker::codexwatch;
 use crate::worker::{appserver, oauth};
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Room reserved for the new auth.json before a POST: twice today's size and some, so a
 /// longer token still fits.
 fn commit_room(len: usize) -> u64 {
     (len as u64 * 2 + 4096).min(crate::core::authfile::MAX_AUTH_BYTES)
+}
+
+/// How often, and how far apart, an empty or cut-off auth.json is read again before it
+/// is believed: Codex 0.130 truncates and rewrites it in place, which takes milliseconds.
+const TORN_READS: u32 = 10;
+const TORN_PAUSE: Duration = Duration::from_millis(50);
+
+/// auth.json and its parse; an incomplete one is read again for up to ≈0.5 s.
+pub(crate) fn read_auth_settled(home: &SafeDir, path: &Path) -> Result<Option<(FileRead, Parsed)>, Failure> {
+    for _ in 1..TORN_READS {
+        let Some(f) = home.read(AUTH_FILE).map_err(dir_failure)? else { return Ok(None) };
+        match AuthFile::parse(&f.bytes, path) {
+            Err(e) if e.incomplete => std::thread::sleep(TORN_PAUSE),
+            parsed => return Ok(Some((f, parsed))),
+        }
+    }
+    let read = home.read(AUTH_FILE).map_err(dir_failure)?;
+    Ok(read.map(|f| {
+        let parsed = AuthFile::parse(&f.bytes, path);
+        (f, parsed)
+    }))
+}
+
+/// auth.json as [`AuthFile::parse`] left it.
+pub(crate) type Parsed = Result<AuthFile, InvalidAuth>;
+
+/// An auth.json still empty or cut off after [`read_auth_settled`]: retried later, because
+/// it may be a Codex writing it, never "log in again" from what may be one unlucky read.
+pub(crate) fn torn_failure(e: &InvalidAuth) -> Failure {
+    Failure::transient(format!(
+        "{} {} on every read for {} ms: it may be Codex writing it (Codex 0.130 rewrites it in place); \
+         if it stays so, log in again (codex login --device-auth); will retry",
+        e.path.display(),
+        if e.problem == "is empty" { "is empty".to_string() } else { format!("ends mid-way ({})", e.problem) },
+        (TORN_READS - 1) * TORN_PAUSE.as_millis() as u32
+    ))
 }
 
 pub(crate) fn dir_failure(e: DirError) -> Failure {
@@ -223,11 +260,20 @@ impl Cycle<'_> {
 
     /// The usable credential, installing the seed when the seed rules say so.
     fn current_credential(&self) -> Result<(Snapshot, bool), Failure> {
-        let read = self.home.read(AUTH_FILE).map_err(dir_failure)?;
         if let Some(stored) = &self.job.store {
+            let read = self.home.read(AUTH_FILE).map_err(dir_failure)?;
             return self.install(stored, read.as_ref(), "stored").map(|s| (s, false));
         }
-        let parsed = read.as_ref().map(|f| AuthFile::parse(&f.bytes, &self.auth_path()));
+        let (read, parsed) = match read_auth_settled(self.home, &self.auth_path())? {
+            Some((f, p)) => (Some(f), Some(p)),
+            None => (None, None),
+        };
+        // Before the seed plan: a seed must never be installed over Codex's half-written file.
+        if let Some(Err(e)) = &parsed
+            && e.incomplete
+        {
+            return Err(torn_failure(e));
+        }
         let current = match &parsed {
             None => seed::Current::Missing,
             Some(Ok(_)) => seed::Current::Usable,
