@@ -130,6 +130,37 @@ fn what_codexs_refresh_request_looks_like() {
     assert_eq!(s.header("accept"), Some("*/*"));
     assert_eq!(s.header("accept-encoding"), b.accept_encoding, "Codex {}", ver());
 
+    // Ours, for an account whose agent.codex_bin is this Codex: the same body fields and
+    // headers (no Accept-Encoding: we decode no zstd), Codex's originator, its version in
+    // the User-Agent, and `login_client_id` as the client id when set.
+    let c = w.mock.issue_family("acct-shape-ours");
+    let home = w.scratch.codex_home("shape-ours", Some(&auth_json(&c, OLD)));
+    w.mock.accept_client_id("app_codexcompat_ours");
+    for (extra, client) in
+        [("", mock_openai::CLIENT_ID), ("login_client_id = \"app_codexcompat_ours\"", "app_codexcompat_ours")]
+    {
+        w.mock.reset_counters();
+        let r = w.run(&w.config_me(&home, extra), &["refresh", "--account", "me", "--json"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        let ours = last_shape(&w);
+        println!("ours for codex {}: {ours:?}", ver());
+        assert_eq!(ours.body_fields, s.body_fields, "our body has Codex {}'s fields", ver());
+        assert_eq!(ours.refresh_reason.as_deref(), b.refresh_reason.then_some("scheduled"), "an old last_refresh");
+        assert_eq!(ours.client_id.as_deref(), Some(client));
+        let names = |x: &TokenRequestShape| {
+            let mut n: Vec<String> =
+                x.headers.iter().map(|(k, _)| k.clone()).filter(|k| k != "accept-encoding").collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&ours), names(s), "our headers are Codex {}'s", ver());
+        assert_eq!(ours.header("originator"), Some("codex_cli_rs"));
+        assert!(ours.header("user-agent").unwrap().starts_with(&format!("codex_cli_rs/{} (", ver())), "{ours:?}");
+        // Refreshed: the next run of the loop starts from the new, fresh token; force it.
+        let auth = std::fs::read_to_string(home.join("auth.json")).unwrap().replace(&recent()[..10], "2020-01-01");
+        std::fs::write(home.join("auth.json"), auth).unwrap();
+    }
+
     // The same through the app-server: account/read {refreshToken:true} is "forced", and the
     // originator is the JSON-RPC client's name.
     let c = login(&w, "acct-shape-app", 10 * 86_400);

@@ -553,3 +553,41 @@ fn a_file_codex_is_rewriting_in_place_is_read_again_and_a_torn_one_is_only_trans
         assert_clean(&r, s.path(), &secrets(&c));
     }
 }
+
+#[test]
+fn every_other_auth_mode_is_inert_naming_what_manages_it_and_auto_with_a_file_is_ours() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("acct-modes");
+    for (mode, says) in [
+        ("chatgptAuthTokens", "application that embeds it"),
+        ("agentIdentity", "agent_identity"),
+        ("personalAccessToken", "personal_access_token"),
+        ("headers", "HTTP headers"),
+        ("bedrockApiKey", "AWS Bedrock"),
+        ("bedrockAccessKeys", "AWS Bedrock"),
+        ("apikey", "API-key login"),
+    ] {
+        let mut doc = read_json_str(&auth_json(&c, OLD));
+        doc["auth_mode"] = mode.into();
+        let home = s.codex_home(mode, Some(&doc.to_string()));
+        let line = refresh_home(&s, &m, &home).one();
+        assert_eq!(line["outcome"], "inert", "{mode}");
+        let reason = line["reason"].as_str().unwrap();
+        assert!(reason.contains(&format!("auth_mode {mode}")) && reason.contains(says), "{mode}: {reason}");
+    }
+    for (store, file, outcome) in [("ephemeral", true, "inert"), ("auto", false, "inert"), ("auto", true, "refreshed")]
+    {
+        let home = s.codex_home(&format!("{store}-{file}"), file.then(|| auth_json(&c, OLD)).as_deref());
+        std::fs::write(home.join("config.toml"), format!("cli_auth_credentials_store = \"{store}\"\n")).unwrap();
+        let line = refresh_home(&s, &m, &home).one();
+        assert_eq!(line["outcome"], outcome, "{store}, file {file}: {line}");
+        if outcome == "inert" {
+            assert!(line["reason"].as_str().unwrap().contains("cli_auth_credentials_store"), "{line}");
+        }
+    }
+    assert_eq!(m.token_requests(), 1, "only the auto store with a file was refreshed");
+}
+
+fn read_json_str(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap()
+}

@@ -273,6 +273,13 @@ fn stat_of(pid: i32) -> Option<(char, u64)> {
     Some((state, fields.nth(18)?.parse().ok()?))
 }
 
+/// The version of the Codex CLI `agent.codex_bin` names, from its npm package files (no
+/// exec: a few small reads, cheap enough for every refresh). None when it is not found.
+pub fn codex_bin_version(bin: &str) -> Option<Version> {
+    let resolved = crate::worker::codexrun::resolve_bin(bin, std::env::var_os("PATH").as_deref()).ok()?;
+    version_near(&std::fs::canonicalize(&resolved).unwrap_or(resolved))
+}
+
 /// The `@openai/codex` package version next to a Codex program (native binary or launcher).
 fn version_near(program: &Path) -> Option<Version> {
     for dir in program.ancestors().skip(1).take(6) {

@@ -8,7 +8,7 @@ use crate::core::clock::Clock;
 use crate::core::contract::{AUTH_FILE, CODEX_COMMIT_LOCK, CODEX_LOCK, CODEX_LOCK_WAIT, COMMIT_LOCK_WAIT, CYCLE_LOCK};
 use crate::core::outcome::{AuthBytes, Event, Failure, Outcome, Report, SIDECAR_FILE, sidecar_bytes};
 use crate::core::pending::PendingCredential;
-use crate::core::policy::{self, Decision};
+use crate::core::policy::{self, Decision, RefreshReason};
 use crate::core::seed::{self, SeedInput};
 use crate::core::task::{Job, RefreshMethod, Supervisor};
 use crate::sys::safedir::{DirError, FileRead, Reserved, SafeDir};
@@ -56,7 +56,11 @@ pub(crate) fn torn_failure(e: &InvalidAuth) -> Failure {
         "{} {} on every read for {} ms: it may be Codex writing it (Codex 0.130 rewrites it in place); \
          if it stays so, log in again (codex login --device-auth); will retry",
         e.path.display(),
-        if e.problem == "is empty" { "is empty".to_string() } else { format!("ends mid-way ({})", e.problem) },
+        if e.problem == crate::core::authfile::EMPTY {
+            "is empty".to_string()
+        } else {
+            format!("ends mid-way ({})", e.problem)
+        },
         (TORN_READS - 1) * TORN_PAUSE.as_millis() as u32
     ))
 }
@@ -252,8 +256,10 @@ impl Cycle<'_> {
         let f = self.home.read("config.toml").ok().flatten()?;
         let v: toml::Value = toml::from_str(std::str::from_utf8(&f.bytes).ok()?).ok()?;
         match v.get("cli_auth_credentials_store")?.as_str()? {
-            // auto falls back to the file when there is no keyring; we can only judge the file.
             s @ ("keyring" | "ephemeral") => Some(s.to_string()),
+            // auto uses the keyring when there is one and the file otherwise: a file present
+            // is the login (ours to refresh); none means the keyring holds it.
+            "auto" if !matches!(self.home.read(AUTH_FILE), Ok(Some(_))) => Some("keyring (auto)".to_string()),
             _ => None,
         }
     }
@@ -372,11 +378,12 @@ impl Cycle<'_> {
             }
             Err(f) => return unsent(f),
         };
-        let tokens = match watch.post(|| self.refresh_tokens(&snap)) {
+        let tokens = match watch.post(|| self.refresh_tokens(&snap, &reason)) {
             Ok(t) => t,
             Err(f) => return unsent(f),
         };
         let report = self.save(snap, &tokens, reason.clone(), room);
+        let again = reason.clone();
         // The verification's second refresh takes the same checks and commit as the first.
         let second_room = std::cell::RefCell::new(None);
         watch.verify(
@@ -387,7 +394,7 @@ impl Cycle<'_> {
                     Prepared::Room(r) => *second_room.borrow_mut() = Some(r),
                     Prepared::Changed(_) => return Err(Failure::transient("auth.json changed before the check")),
                 }
-                self.refresh_tokens(&snap)
+                self.refresh_tokens(&snap, &again)
             },
             |bytes, auth, tokens| match second_room.borrow_mut().take() {
                 Some(room) => self.save(Snapshot { bytes, auth }, tokens, reason, room),
@@ -447,13 +454,18 @@ impl Cycle<'_> {
 
     /// The refresh step by `refresh_method`: our own OAuth request, or Codex's app-server
     /// refreshing a throwaway copy. Either way the new tokens then take the same commit.
-    fn refresh_tokens(&self, snap: &Snapshot) -> Result<NewTokens, Failure> {
+    fn refresh_tokens(&self, snap: &Snapshot, reason: &RefreshReason) -> Result<NewTokens, Failure> {
         match self.job.refresh_method {
             RefreshMethod::Oauth => {
                 let Some(refresh_token) = snap.auth.refresh_token() else {
                     unreachable!("decide() refreshes only with a refresh token")
                 };
-                oauth::refresh(&self.job.token_url, refresh_token, self.job.request_timeout)
+                let mut shape =
+                    oauth::RequestShape::for_codex(codexwatch::codex_bin_version(&self.job.codex_bin), reason);
+                if let Some(id) = &self.job.login_client_id {
+                    shape.client_id = id.clone();
+                }
+                oauth::refresh(&self.job.token_url, refresh_token, self.job.request_timeout, &shape)
             }
             RefreshMethod::AppServer => appserver::refresh(
                 &CodexSetup::new(

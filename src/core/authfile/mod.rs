@@ -25,6 +25,9 @@ pub enum AuthMode {
     Other(String),
 }
 
+/// [`InvalidAuth::problem`] of a file with nothing but whitespace in it.
+pub const EMPTY: &str = "is not valid JSON (it is empty)";
+
 /// auth.json could not be used; says which file and field, and how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidAuth {
@@ -103,7 +106,7 @@ impl AuthFile {
             incomplete: false,
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(InvalidAuth { incomplete: true, ..bad("(file)", "is empty") });
+            return Err(InvalidAuth { incomplete: true, ..bad("(file)", EMPTY) });
         }
         let value: Value = serde_json::from_slice(bytes).map_err(|e| {
             let why = format!("is not valid JSON (line {}, column {})", e.line(), e.column());
