@@ -262,3 +262,36 @@ fn a_routing_discovery_failure_is_not_a_dead_login() {
         assert!(read.get("result").is_some(), "Codex {} does not ask /wham/accounts/check: {read}", ver());
     }
 }
+
+#[test]
+fn the_agent_shows_which_codex_it_drives_and_warns_once_about_an_untested_one() {
+    let w = World::new();
+    let c = w.mock.issue_family("acct-version");
+    let home = w.scratch.codex_home("version", Some(&auth_json(&c, &recent())));
+    let cfg = w.config_me(&home, "");
+    let r = w.run(&cfg, &["preflight", "--account", "me", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.one()["codex_version"], ver());
+    let status = || read_json(&w.scratch.state_dir().join("accounts/me/status.json"));
+    assert_eq!(status()["codex_version"], ver());
+    assert!(!r.stderr.contains("outside the versions"), "a tested Codex: {}", r.stderr);
+
+    // The same binary in an npm package that says 0.999.0 (a hard link: its path, not its
+    // target's, is what names the package): one warning naming the tested range, then none.
+    let pkg = w.scratch.path().join("npm/node_modules/@openai/codex-linux-x64");
+    let bin = pkg.join("vendor/x86_64-unknown-linux-musl/bin/codex");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::write(pkg.join("package.json"), r#"{"name":"@openai/codex","version":"0.999.0-linux-x64"}"#).unwrap();
+    std::fs::hard_link(codex_bin(), &bin).unwrap();
+    let text =
+        std::fs::read_to_string(&cfg).unwrap().replace(&codex_bin().display().to_string(), &bin.display().to_string());
+    std::fs::write(&cfg, text).unwrap();
+    let warning = "Codex CLI 0.999.0 is outside the versions codex-auth-agent is tested with (0.130.0 to 0.171.x)";
+    let first = w.run(&cfg, &["preflight", "--account", "me", "--json"]);
+    assert_eq!((first.code, first.one()["codex_version"].as_str()), (0, Some("0.999.0")), "{}", first.stderr);
+    assert_eq!(first.stderr.matches(warning).count(), 1, "{}", first.stderr);
+    assert_eq!(status()["codex_version"], "0.999.0");
+    let second = w.run(&cfg, &["preflight", "--account", "me", "--json"]);
+    assert_eq!(second.code, 0);
+    assert!(!second.stderr.contains("outside the versions"), "once, not every run: {}", second.stderr);
+}

@@ -13,6 +13,7 @@ use crate::sys::logging;
 pub fn record_preflight(settings: &Settings, report: &PreflightReport, rt: &Runtime<'_>) -> Option<hooks::HookEvent> {
     let state_dir = &settings.agent.state_dir;
     let mut st = status::load(state_dir, &report.account);
+    warn_untested_codex(&report.account, st.codex_version.as_deref(), report.codex_version.as_deref());
     st.update_runner(report, rt.clock.now(), status::boot_id().as_deref());
     if let Err(e) = status::save(state_dir, &st) {
         tracing::warn!(account = %report.account, "could not save status: {e}");
@@ -21,11 +22,29 @@ pub fn record_preflight(settings: &Settings, report: &PreflightReport, rt: &Runt
     after_outcome(settings, hooks::HookEvent::from_preflight(report))
 }
 
+/// One journal warning when an account's Codex becomes a version outside the tested
+/// range: once per version seen (status.json remembers the last), not once per run.
+fn warn_untested_codex(account: &str, before: Option<&str>, now: Option<&str>) {
+    use crate::core::contract::{CODEX_TESTED_RANGE, codex_version_tested};
+    if let Some(v) = now
+        && before != Some(v)
+        && !codex_version_tested(v)
+    {
+        tracing::warn!(
+            account = %account,
+            codex_version = %v,
+            "Codex CLI {v} is outside the versions codex-auth-agent is tested with ({CODEX_TESTED_RANGE}); \
+             it may behave differently: see docs/CODEX-COMPAT.md, or install a tested release"
+        );
+    }
+}
+
 /// Fold a report into status.json, write its journal entry and the metrics textfile;
 /// returns the hook to run, if one is configured.
 pub fn record(settings: &Settings, report: &Report, rt: &Runtime<'_>) -> Option<hooks::HookEvent> {
     let state_dir = &settings.agent.state_dir;
     let mut st = status::load(state_dir, &report.account);
+    warn_untested_codex(&report.account, st.codex_version.as_deref(), report.codex_version.as_deref());
     st.update(report, rt.clock.now());
     if let Err(e) = status::save(state_dir, &st) {
         tracing::warn!(account = %report.account, "could not save status: {e}");

@@ -81,6 +81,17 @@ pub fn render(statuses: &[AccountStatus]) -> String {
             })
             .collect(),
     );
+    family(
+        "codex_auth_agent_codex_info",
+        "1, labelled with the Codex CLI version the account's last preflight ran; absent when not known.",
+        statuses
+            .iter()
+            .filter_map(|s| {
+                let v = s.codex_version.as_deref()?;
+                Some((format!("{},codex_version=\"{}\"", acct(s), escape_label(v)), "1".to_string()))
+            })
+            .collect(),
+    );
     out
 }
 
@@ -138,7 +149,12 @@ mod tests {
             token_fp: Some("fp-not-a-metric".into()),
             ..Default::default()
         };
-        let b = AccountStatus { account: "bob".into(), runner_state: RunnerState::Ok, ..Default::default() };
+        let b = AccountStatus {
+            account: "bob".into(),
+            runner_state: RunnerState::Ok,
+            codex_version: Some("0.130.0".into()),
+            ..Default::default()
+        };
         let text = render(&[a, b]);
         let expected = "\
 # HELP codex_auth_agent_access_token_expiry_timestamp_seconds When the account's access token expires (Unix time).
@@ -161,10 +177,13 @@ codex_auth_agent_consecutive_failures{account=\"bob\"} 0
 # TYPE codex_auth_agent_runner_ok gauge
 codex_auth_agent_runner_ok{account=\"alice\"} 0
 codex_auth_agent_runner_ok{account=\"bob\"} 1
+# HELP codex_auth_agent_codex_info 1, labelled with the Codex CLI version the account's last preflight ran; absent when not known.
+# TYPE codex_auth_agent_codex_info gauge
+codex_auth_agent_codex_info{account=\"bob\",codex_version=\"0.130.0\"} 1
 ";
         assert_eq!(text, expected);
         assert!(!text.contains("fp-not-a-metric"));
-        assert_eq!(render(&[]).lines().count(), 10, "HELP and TYPE even with no accounts");
+        assert_eq!(render(&[]).lines().count(), 12, "HELP and TYPE even with no accounts");
     }
 
     #[test]

@@ -56,6 +56,12 @@ const POLL: Duration = Duration::from_millis(50);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version(pub u32, pub u32, pub u32);
 
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
 /// `0.169.0`, `0.169.0-linux-x64` or `v0.171.0` → the three numbers.
 pub fn parse_version(s: &str) -> Option<Version> {
     let core = s.trim().trim_start_matches('v').split(['-', '+']).next()?;

@@ -86,6 +86,9 @@ pub fn run(job: &Job, clock: &dyn Clock, sup: &dyn Supervisor) -> Report {
     let cycle = Cycle { job, home: &home, clock, sup, pending_open: Cell::new(job.pending.is_some()) };
     let mut report = cycle.run();
     report.pending_left = Some(cycle.pending_open.get());
+    if job.refresh_method == RefreshMethod::AppServer {
+        report.codex_version = codexwatch::codex_bin_version(&job.codex_bin).map(|v| v.to_string());
+    }
     if !job.dry_run && report.class() != Some(crate::core::outcome::FailureClass::Unsafe) {
         if let Err(e) = home.write_atomic(SIDECAR_FILE, &sidecar_bytes(&report, clock.now())) {
             tracing::warn!(account = %job.account, "could not write the status sidecar: {e}");

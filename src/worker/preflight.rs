@@ -50,6 +50,7 @@ pub fn run(job: &PreflightJob, clock: &dyn Clock, sup: &dyn Supervisor) -> Prefl
         Err(e) => PreflightReport::failed(&job.account, dir_failure(e)),
     };
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    report.codex_version = crate::worker::codexwatch::codex_bin_version(&job.codex_bin).map(|v| v.to_string());
     report
 }
 
