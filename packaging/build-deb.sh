@@ -55,6 +55,11 @@ esac
 
 echo "== release build"
 cargo build --release --locked --bins -p codex-auth-agent
+# The crash suite's fault hook is a test-build feature; the package must not carry it.
+if grep -q CODEX_AUTH_AGENT_FAULT target/release/codex-auth-agent; then
+  echo "target/release/codex-auth-agent was built with the fault-injection feature; rebuild without it" >&2
+  exit 1
+fi
 echo "== man pages and completions (packaging/gen-docs)"
 rm -rf target/gen-docs
 mkdir -p target

@@ -1,10 +1,12 @@
-//! The `codex-auth-agent` command line: argument parsing, the one-shot commands, and
-//! the mapping of results to the contract's exit codes. The daemon arrives in a later
-//! issue and plugs in here as one more subcommand.
+//! The `codex-auth-agent` command line: argument parsing, the one-shot commands (each with
+//! the executor and process memory it injects into the runner), the daemon and the internal
+//! worker as subcommands, and the mapping of results to the contract's exit codes.
 
 use crate::runner::account::Runtime;
 use crate::runner::privsep::Workers;
 use crate::runner::run;
+use crate::runner::vault::Clients;
+use crate::store::Memory;
 use crate::worker::Local;
 
 /// The one-shot commands' executor: a worker child for another user's account, in-process
@@ -106,12 +108,19 @@ pub fn main() -> i32 {
     crate::sys::process::harden_process();
     logging::init(cli.verbose);
     let clock = SystemClock;
+    let (mem, vault) = (Memory::default(), Clients::default());
     match cli.command {
         Command::Worker => crate::worker::child::main(&clock),
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Daemon { bus } => crate::daemon::main(cli.config.as_deref(), bus),
-        Command::Refresh(args) => refresh(cli.config.as_deref(), &args, &Runtime { clock: &clock, exec: &WORKERS }),
-        Command::Preflight(args) => preflight(cli.config.as_deref(), &args, &Runtime { clock: &clock, exec: &WORKERS }),
+        Command::Refresh(args) => {
+            refresh(cli.config.as_deref(), &args, &Runtime { clock: &clock, exec: &WORKERS, mem: &mem, vault: &vault })
+        }
+        Command::Preflight(args) => preflight(
+            cli.config.as_deref(),
+            &args,
+            &Runtime { clock: &clock, exec: &WORKERS, mem: &mem, vault: &vault },
+        ),
     }
 }
 

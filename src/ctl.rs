@@ -6,6 +6,7 @@ use crate::api::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAG
 use crate::api::view::AccountView;
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::outcome::exit;
+use crate::core::schedule::State;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use std::collections::HashMap;
@@ -173,10 +174,10 @@ async fn view(conn: &Connection, name: &str) -> Result<AccountView, Fail> {
 }
 
 /// Exit code implied by an account's state after a run that failed.
-fn state_code(state: &str) -> i32 {
+fn state_code(state: State) -> i32 {
     match state {
-        "failed_permanent" => exit::PERMANENT,
-        "unsafe" => exit::UNSAFE,
+        State::FailedPermanent => exit::PERMANENT,
+        State::Unsafe => exit::UNSAFE,
         _ => exit::TRANSIENT,
     }
 }
@@ -206,10 +207,10 @@ pub fn table(views: &[AccountView], now: DateTime<Utc>) -> String {
         .map(|v| {
             [
                 v.name.clone(),
-                v.state.clone(),
+                v.state.as_str().to_string(),
                 relative(v.access_token_expires_at, now),
                 when(v.last_refresh),
-                v.runner_state.clone(),
+                v.runner_state.as_str().to_string(),
                 when(v.next_attempt),
             ]
         })
@@ -316,7 +317,7 @@ async fn finish(conn: &Connection, results: &[(String, String)]) -> Result<i32, 
     for (a, outcome) in results {
         if outcome == "failed" {
             let state = view(conn, a).await.map(|v| v.state).unwrap_or_default();
-            code = exit::worst(code, state_code(&state));
+            code = exit::worst(code, state_code(state));
         }
     }
     Ok(code)
@@ -362,6 +363,7 @@ pub fn main() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::outcome::RunnerState;
 
     #[test]
     fn relative_times() {
@@ -375,8 +377,8 @@ mod tests {
     fn table_aligns_columns() {
         let v = AccountView {
             name: "alice".into(),
-            state: "ok".into(),
-            runner_state: "unknown".into(),
+            state: State::Ok,
+            runner_state: RunnerState::Unknown,
             ..Default::default()
         };
         let t = table(&[v], DateTime::from_timestamp(0, 0).unwrap());

@@ -25,6 +25,8 @@ use codex_auth_agent::core::schedule;
 use codex_auth_agent::runner::account::Runtime;
 use codex_auth_agent::runner::privsep::Workers;
 use codex_auth_agent::runner::run::{self, RefreshOptions};
+use codex_auth_agent::runner::vault::Clients;
+use codex_auth_agent::store::Memory;
 use codex_auth_agent::worker::Local;
 use mock_openai::{MockConfig, MockServer};
 use std::cmp::Reverse;
@@ -202,6 +204,8 @@ struct Agent {
     settings: Settings,
     proxy: CountingProxy,
     hosts_refresher: bool,
+    /// The agent's Vault client, kept across its runs like a daemon's.
+    vault: Clients,
 }
 
 /// A scratch area on tmpfs when there is one: 20 simulated VMs would otherwise queue their
@@ -254,13 +258,18 @@ impl Agent {
         }
         let path = scratch.config(&body);
         let settings = config::load(&path, &Env { token_url_override: Some(mock.token_url()) }).unwrap();
-        Agent { scratch, settings, proxy, hosts_refresher }
+        Agent { scratch, settings, proxy, hosts_refresher, vault: Clients::default() }
     }
 
     fn run(&self, a: usize, clock: &SimClock) -> Report {
         let acct = &self.settings.accounts[&account_name(a)];
         let exec = Workers { local: Local, always: false };
-        run::refresh(&self.settings, acct, RefreshOptions::default(), &Runtime { clock, exec: &exec })
+        run::refresh(
+            &self.settings,
+            acct,
+            RefreshOptions::default(),
+            &Runtime { clock, exec: &exec, mem: &Memory::default(), vault: &self.vault },
+        )
     }
 
     fn auth(&self, a: usize) -> Vec<u8> {
@@ -340,7 +349,8 @@ impl Figures {
             self.wall.as_secs_f64() * 1000.0 / self.runs as f64
         );
         println!(
-            "BENCH   runs {} (failed {}), token calls {}, rotations {} (on-time ideal {}), refresh_token_reused {}, min spacing between rotations {:.1} h",
+            "BENCH   runs {} (failed {}), token calls {}, rotations {} (on-time ideal {}), refresh_token_reused \
+                {}, min spacing between rotations {:.1} h",
             self.runs,
             self.failures,
             self.token_calls,
@@ -351,11 +361,13 @@ impl Figures {
         );
         println!("BENCH   runs by result: {:?}", self.what_happened);
         println!(
-            "BENCH   Vault requests {total}: {:?}; per agent-hour {:.2} (agents hosting a refresher {:.2}, followers only {:.2})",
+            "BENCH   Vault requests {total}: {:?}; per agent-hour {:.2} (agents hosting a refresher {:.2}, \
+                followers only {:.2})",
             self.requests, self.per_agent_hour, self.per_agent_hour_refresher_hosts, self.per_agent_hour_followers_only
         );
         println!(
-            "BENCH   convergence (rotation → every agent has it, simulated minutes): p50 {:.1}, p95 {:.1}, max {:.1} over {} rotations; {} not yet everywhere at the end",
+            "BENCH   convergence (rotation → every agent has it, simulated minutes): p50 {:.1}, p95 {:.1}, max \
+                {:.1} over {} rotations; {} not yet everywhere at the end",
             percentile(&c, 0.5),
             percentile(&c, 0.95),
             c.last().copied().unwrap_or(f64::NAN),

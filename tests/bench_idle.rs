@@ -72,7 +72,8 @@ async fn idle_wakeups_over_5_minutes() {
         }
         let gone: Vec<_> = threads0.iter().filter(|o| !threads1.iter().any(|t| t.tid == o.tid)).collect();
         println!(
-            "BENCH idle {}: VmRSS {} KiB, VmHWM {} KiB; over {:.0} s: {} context switches ({:.1}/min), {} watchdog pings ({:.1}/min), beyond pings {:.1}/min; threads {:?}; threads gone during the window {:?}",
+            "BENCH idle {}: VmRSS {} KiB, VmHWM {} KiB; over {:.0} s: {} context switches ({:.1}/min), {} \
+                watchdog pings ({:.1}/min), beyond pings {:.1}/min; threads {:?}; threads gone during the window {:?}",
             i.what,
             status_kib(pid(i), "VmRSS:"),
             status_kib(pid(i), "VmHWM:"),

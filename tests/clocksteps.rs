@@ -203,7 +203,7 @@ impl Sim {
     }
 
     fn state(&self, name: &str) -> String {
-        self.core.view(name).unwrap().state
+        self.core.view(name).unwrap().state.as_str().to_string()
     }
 
     /// True times of `name`'s token requests at or after `from`.
@@ -273,7 +273,8 @@ async fn after_ntp_steps_a_clock_30_days_ahead_back_no_backoff_outlives_the_toke
     for name in ["alice", "carol"] {
         let after = sim.requests_since(name, t1);
         println!(
-            "{name}: after the step back, {} token request(s), first {} h after the step; token expiry was {} h after it",
+            "{name}: after the step back, {} token request(s), first {} h after the step; token expiry was {} h \
+                after it",
             after.len(),
             after.first().map_or(-1, |t| (*t - t1).num_hours()),
             (expiry[name] - t1).num_hours(),

@@ -57,7 +57,9 @@ versions=("$@")
 if [ ${#versions[@]} = 0 ]; then
   read -r -a versions <<< "${CODEX_COMPAT_VERSIONS:-0.130.0 0.171.0}"
 fi
-args=()
+# CODEX_COMPAT_CARGO_FLAGS: more cargo flags (tests/run-all.sh passes its features so the
+# test binaries it built are reused).
+read -r -a args <<< "${CODEX_COMPAT_CARGO_FLAGS:-}"
 for t in "${CODEX_TESTS[@]}"; do args+=(--test "$t"); done
 cargo test --locked --no-run "${args[@]}" 2>/dev/null || cargo test --locked --no-run "${args[@]}"
 failed=()

@@ -297,7 +297,8 @@ fn measure_the_remaining_window() {
     );
     println!("token endpoint latency {latency:?}");
     println!(
-        "codex starts after the agent by | rounds | reused | agent fresh/refreshed/failed | reported refreshed for a revoked login"
+        "codex starts after the agent by | rounds | reused | agent fresh/refreshed/failed | reported refreshed \
+            for a revoked login"
     );
     let mut i = 0;
     for offset in offsets {

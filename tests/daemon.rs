@@ -382,12 +382,12 @@ async fn preflight_over_dbus_sets_the_runner_properties_and_follows_a_store() {
     let d = AgentDaemon::start(&cw.scratch, &cw.mock, &cfg, &bus);
     let conn = zbus::connection::Builder::address(bus.address.as_str()).unwrap().build().await.unwrap();
     wait_state(&conn, "me", "ok").await;
-    assert_eq!(view(&conn, "me").await.runner_state, "unknown");
+    assert_eq!(view(&conn, "me").await.runner_state.as_str(), "unknown");
     let a = account(&conn, "me").await;
     let (outcome, reason): (String, String) = a.call("Preflight", &()).await.unwrap();
     assert_eq!(outcome, "preflight_ok", "{reason}\n{}", d.log_text());
     let v = view(&conn, "me").await;
-    assert_eq!(v.runner_state, "ok");
+    assert_eq!(v.runner_state.as_str(), "ok");
     assert!(v.runner_last_ok > 0 && v.runner_last_check == v.runner_last_ok && v.runner_last_fail == 0, "{v:?}");
     assert_eq!(v.runner_boot_id.len(), 36);
     // PreflightAll through codex-authctl (what the daily timer runs).
@@ -411,6 +411,6 @@ async fn preflight_over_dbus_sets_the_runner_properties_and_follows_a_store() {
         assert!(t0.elapsed() < Duration::from_secs(60), "no preflight after Store:\n{}", d.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(view(&conn, "me").await.runner_state, "ok");
+    assert_eq!(view(&conn, "me").await.runner_state.as_str(), "ok");
     assert_no_secrets(&[("daemon log", &d.log_text())], &[secrets(&c), secrets(&stored)].concat());
 }

@@ -170,7 +170,7 @@ impl Sim {
     }
 
     fn state(&self, name: &str) -> String {
-        self.core.view(name).unwrap().state
+        self.core.view(name).unwrap().state.as_str().to_string()
     }
 
     fn acct(&self, name: &str) -> &Acct {

@@ -59,7 +59,8 @@ impl Host {
         let host_line = if host_id.is_empty() { String::new() } else { format!("host_id = \"{host_id}\"\n") };
         let config = scratch.config(&format!(
             "{host_line}\n[vault]\naddress = \"{}\"\n{auth}\nrequest_timeout = \"1s\"\n{vault}\n\
-             [defaults]\nrequest_timeout = \"20s\"\n\n[accounts.team]\nuser = \"{}\"\ncodex_home = \"{}\"\nfleet_role = \"{role}\"\n{account}",
+             [defaults]\nrequest_timeout = \"20s\"\n\n[accounts.team]\nuser = \"{}\"\ncodex_home = \
+                 \"{}\"\nfleet_role = \"{role}\"\n{account}",
             address,
             me(),
             home.display()
@@ -1001,7 +1002,10 @@ fn a_refresher_does_not_spend_a_token_whose_version_was_rotated_after_it_took_th
     let line = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(4), "{line}");
     assert!(
-        line.contains("not spending the refresh token: the rotating key moved from version 2 (installed for this refresh) to version 3"),
+        line.contains(
+            "not spending the refresh token: the rotating key moved from version 2 (installed for \
+            this refresh) to version 3"
+        ),
         "{line}"
     );
     assert_eq!(mock.token_requests(), 2, "the first rotation and the one-shot refresh, nothing else");

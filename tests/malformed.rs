@@ -301,8 +301,9 @@ async fn malformed_files_and_store_payloads_leave_other_accounts_alone() {
         healthy_requests = now;
     }
     assert_eq!(wait_state(&conn, "healthy", "ok").await.consecutive_failures, 0);
-    assert_eq!(view(&conn, "broken").await.state, if quarantined { "failed_permanent" } else { "failed_transient" });
-    assert_eq!(view(&conn, "target").await.state, "ok");
+    let broken_state = if quarantined { "failed_permanent" } else { "failed_transient" };
+    assert_eq!(view(&conn, "broken").await.state.as_str(), broken_state);
+    assert_eq!(view(&conn, "target").await.state.as_str(), "ok");
     assert_eq!(m.token_requests_for("acct-broken") + m.token_requests_for("acct-target"), 0, "no token spent");
     // Still alive and answering.
     let version: String = manager(&conn).await.get_property("Version").await.unwrap();

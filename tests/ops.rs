@@ -17,7 +17,8 @@ fn mock() -> MockServer {
 /// A config with `agent_extra` in [agent] and one account `me` of `user` with `extra`.
 fn config(s: &Scratch, agent_extra: &str, user: &str, home: &Path, extra: &str) -> PathBuf {
     s.config(&format!(
-        "{agent_extra}\n[defaults]\nrequest_timeout = \"2s\"\n\n[accounts.me]\nuser = \"{user}\"\ncodex_home = \"{}\"\n{extra}",
+        "{agent_extra}\n[defaults]\nrequest_timeout = \"2s\"\n\n[accounts.me]\nuser = \"{user}\"\ncodex_home = \
+            \"{}\"\n{extra}",
         home.display()
     ))
 }

@@ -36,7 +36,8 @@ impl World {
     /// preflight fails at once) and `accounts`.
     fn config(&self, accounts: &str) -> PathBuf {
         self.s.config(&format!(
-            "metrics_textfile = \"{}\"\nmax_parallel = 1\ncodex_bin = \"{}\"\n\n[defaults]\nrequest_timeout = \"3s\"\n{accounts}",
+            "metrics_textfile = \"{}\"\nmax_parallel = 1\ncodex_bin = \"{}\"\n\n[defaults]\nrequest_timeout = \
+                \"3s\"\n{accounts}",
             self.prom.display(),
             self.s.path().join("no-codex").display()
         ))
@@ -102,7 +103,8 @@ async fn a_dbus_refresh_updates_the_textfile_and_runs_the_hooks_as_the_account_u
     let hook = script(
         &w.s,
         "record.sh",
-        "id -u > \"$1/$OUTCOME.uid\"\ntr '\\0' '\\n' < /proc/$$/environ > \"$1/$OUTCOME.env\"\necho \"$OUTCOME\" >> \"$1/runs\"",
+        "id -u > \"$1/$OUTCOME.uid\"\ntr '\\0' '\\n' < /proc/$$/environ > \"$1/$OUTCOME.env\"\necho \
+            \"$OUTCOME\" >> \"$1/runs\"",
     );
     let (oa, ob) = (hook_out(&w.s, &alice), hook_out(&w.s, &bob));
     let hooks =

@@ -10,6 +10,11 @@ if [ "$(id -u)" = 0 ]; then
   command -v gcc >/dev/null || need+=(build-essential)
   command -v npm >/dev/null || need+=(npm)
   command -v openssl >/dev/null || need+=(openssl) # tests/fleet.rs: a throwaway CA for Vault's TLS
+  # tests/kubernetes.rs: the refresher image is built with buildah and run with podman.
+  command -v podman >/dev/null || need+=(podman)
+  command -v buildah >/dev/null || need+=(buildah)
+  [ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates) # the image's CA roots
+  python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv) # tests/k8s/validate.sh
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
   fi
@@ -30,6 +35,8 @@ export CODEX_AUTH_AGENT_TEST_BAO="$bao_dir/bao"
 # Every config file we ship must pass check-config.
 cargo build --locked --bins
 CODEX_AUTH_AGENT_LOG=stderr target/debug/codex-auth-agent --config packaging/config.toml check-config >/dev/null
+# deploy/kubernetes against the Kubernetes and external-secrets schemas, offline.
+bash tests/k8s/validate.sh
 # The real Codex CLI for the preflight and app-server tests (tests/support/codex.rs),
 # installed once with npm: as root where the throwaway test users can reach it
 # (/var/cache/codex-auth-agent-test), else in target/. 0.169.0 runs the whole suite; the
@@ -39,10 +46,12 @@ export CODEX_AUTH_AGENT_TEST_CODEX
 # Tests that cannot run here (not root, no tmpfs) list themselves in this file.
 skipped_list=target/tmp/skipped-tests.txt
 rm -f "$skipped_list"
-cargo test --locked --workspace --no-fail-fast
+# The fault hook of the crash suite exists only in this test build (src/sys/fault.rs).
+cargo test --locked --workspace --features codex-auth-agent/fault-injection --no-fail-fast
 # The compatibility matrix: the Codex-facing tests again with the oldest supported and the
-# newest tested Codex (docs/CODEX-COMPAT.md); about a minute per version.
-bash tests/codex-compat.sh
+# newest tested Codex (docs/CODEX-COMPAT.md); about a minute per version. The same features
+# as above, so the test binaries are not built again.
+CODEX_COMPAT_CARGO_FLAGS="--features codex-auth-agent/fault-injection" bash tests/codex-compat.sh
 if [ -s "$skipped_list" ]; then
   echo "== $(wc -l < "$skipped_list") test(s) SKIPPED:"
   sed 's/^/   /' "$skipped_list"

@@ -1,6 +1,9 @@
 //! What the D-Bus Account object shows, as the contract's properties; codex-authctl reads
 //! them back into the same `AccountView` (daemon::view builds one).
 
+use crate::core::outcome::RunnerState;
+use crate::core::schedule::State;
+use crate::core::task::RefreshMethod;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use zbus::zvariant::{OwnedValue, Value};
@@ -22,7 +25,7 @@ pub struct AccountView {
     pub name: String,
     pub user: String,
     pub codex_home: String,
-    pub state: String,
+    pub state: State,
     pub access_token_expires_at: u64,
     pub last_refresh: u64,
     pub last_attempt: u64,
@@ -31,8 +34,9 @@ pub struct AccountView {
     pub consecutive_failures: u32,
     pub next_attempt: u64,
     pub token_fingerprint: String,
-    pub refresh_method: String,
-    pub runner_state: String,
+    /// None: a method this build does not know.
+    pub refresh_method: Option<RefreshMethod>,
+    pub runner_state: RunnerState,
     pub runner_last_ok: u64,
     pub runner_last_fail: u64,
     pub runner_last_check: u64,
@@ -53,7 +57,7 @@ impl AccountView {
             ("Name", Value::from(self.name.clone())),
             ("User", Value::from(self.user.clone())),
             ("CodexHome", Value::from(self.codex_home.clone())),
-            ("State", Value::from(self.state.clone())),
+            ("State", Value::from(self.state.as_str())),
             ("AccessTokenExpiresAt", Value::from(self.access_token_expires_at)),
             ("LastRefresh", Value::from(self.last_refresh)),
             ("LastAttempt", Value::from(self.last_attempt)),
@@ -62,8 +66,8 @@ impl AccountView {
             ("ConsecutiveFailures", Value::from(self.consecutive_failures)),
             ("NextAttempt", Value::from(self.next_attempt)),
             ("TokenFingerprint", Value::from(self.token_fingerprint.clone())),
-            ("RefreshMethod", Value::from(self.refresh_method.clone())),
-            ("RunnerState", Value::from(self.runner_state.clone())),
+            ("RefreshMethod", Value::from(self.refresh_method.map_or("", RefreshMethod::as_str))),
+            ("RunnerState", Value::from(self.runner_state.as_str())),
             ("RunnerLastOk", Value::from(self.runner_last_ok)),
             ("RunnerLastFail", Value::from(self.runner_last_fail)),
             ("RunnerLastCheck", Value::from(self.runner_last_check)),
@@ -101,7 +105,8 @@ impl AccountView {
             name: s("Name"),
             user: s("User"),
             codex_home: s("CodexHome"),
-            state: s("State"),
+            // A state this build does not know reads as stale: nothing is known to be fine.
+            state: State::parse(&s("State")).unwrap_or_default(),
             access_token_expires_at: t("AccessTokenExpiresAt"),
             last_refresh: t("LastRefresh"),
             last_attempt: t("LastAttempt"),
@@ -113,8 +118,8 @@ impl AccountView {
                 .unwrap_or_default(),
             next_attempt: t("NextAttempt"),
             token_fingerprint: s("TokenFingerprint"),
-            refresh_method: s("RefreshMethod"),
-            runner_state: s("RunnerState"),
+            refresh_method: RefreshMethod::parse(&s("RefreshMethod")),
+            runner_state: RunnerState::parse(&s("RunnerState")),
             runner_last_ok: t("RunnerLastOk"),
             runner_last_fail: t("RunnerLastFail"),
             runner_last_check: t("RunnerLastCheck"),
@@ -136,7 +141,7 @@ mod tests {
     fn round_trips_through_properties_and_diffs() {
         let v = AccountView {
             name: "a".into(),
-            state: "ok".into(),
+            state: State::Ok,
             next_attempt: 7,
             consecutive_failures: 2,
             ..Default::default()
@@ -146,7 +151,7 @@ mod tests {
         assert_eq!(AccountView::from_properties(&map), v);
         assert_eq!(v.properties().len(), 23);
         let mut w = v.clone();
-        w.state = "refreshing".into();
+        w.state = State::Refreshing;
         let changed: Vec<_> = w.changed_since(Some(&v.published())).into_iter().map(|(k, _)| k).collect();
         assert_eq!(changed, ["State"]);
         assert_eq!(w.changed_since(None).len(), 23);

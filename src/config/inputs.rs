@@ -70,6 +70,11 @@ pub struct VaultFragment {
     pub token_file: Option<PathBuf>,
     pub approle_role_id_file: Option<PathBuf>,
     pub approle_secret_id_file: Option<PathBuf>,
+    /// "token" | "approle" | "kubernetes"; absent: chosen by the file keys given.
+    pub auth: Option<String>,
+    pub kubernetes_role: Option<String>,
+    pub kubernetes_mount: Option<String>,
+    pub kubernetes_token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
     pub request_timeout: Option<String>,
 }

@@ -147,9 +147,25 @@ pub struct FleetSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum VaultAuth {
-    Token { token_file: PathBuf },
-    AppRole { approle_role_id_file: PathBuf, approle_secret_id_file: PathBuf },
+    Token {
+        token_file: PathBuf,
+    },
+    AppRole {
+        approle_role_id_file: PathBuf,
+        approle_secret_id_file: PathBuf,
+    },
+    /// `auth = "kubernetes"`: the pod's service-account token (a JWT the kubelet rotates,
+    /// read again at every login) sent to `auth/<kubernetes_mount>/login`; the same request
+    /// serves Vault's `kubernetes` and `jwt` auth methods.
+    Kubernetes {
+        kubernetes_role: String,
+        kubernetes_mount: String,
+        kubernetes_token_file: PathBuf,
+    },
 }
+
+/// Where Kubernetes mounts a pod's service-account token.
+pub const DEFAULT_SA_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// `[vault]`, validated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -374,7 +390,10 @@ impl Validator<'_> {
                 None => Err(self.err(&k, "must not be empty; remove the key to run no hook")),
                 Some(prog) if !Path::new(prog).is_absolute() => Err(self.err(
                     &k,
-                    format!("{prog:?} must be an absolute path (hooks run without a shell), e.g. \"/usr/local/bin/page-oncall --account\""),
+                    format!(
+                        "{prog:?} must be an absolute path (hooks run without a shell), e.g. \
+                        \"/usr/local/bin/page-oncall --account\""
+                    ),
                 )),
                 Some(_) => Ok(Some(words)),
             }
@@ -466,11 +485,54 @@ impl Validator<'_> {
         if !valid_vault_path(&mount) {
             return Err(self.err("vault.mount", format!("{mount:?} is not a KV v2 mount path (e.g. \"secret\")")));
         }
-        let auth = match (
-            path("vault.token_file"),
-            path("vault.approle_role_id_file"),
-            path("vault.approle_secret_id_file"),
-        ) {
+        let auth = match text("vault.auth").as_deref() {
+            Some("kubernetes") => self.kubernetes_auth()?,
+            Some("token" | "approle") | None => self.file_auth()?,
+            Some(other) => {
+                return Err(self.err(
+                    "vault.auth",
+                    format!("{other:?} is not a Vault login method; use \"token\", \"approle\" or \"kubernetes\""),
+                ));
+            }
+        };
+        if let Some(want) = text("vault.auth") {
+            let got = match auth {
+                VaultAuth::Token { .. } => "token",
+                VaultAuth::AppRole { .. } => "approle",
+                VaultAuth::Kubernetes { .. } => "kubernetes",
+            };
+            if want != got {
+                return Err(self.err("vault.auth", format!("is {want:?} but the keys given are those of {got:?}")));
+            }
+        }
+        let ca_file = path("vault.ca_file");
+        if let Some(ca) = &ca_file {
+            if !ca.is_absolute() {
+                return Err(self.err("vault.ca_file", "must be an absolute path"));
+            }
+        }
+        let request_timeout = match self.merged.get("vault.request_timeout") {
+            Some(_) => self.duration(None, "__vault.request_timeout", "")?,
+            None => DEFAULT_VAULT_TIMEOUT,
+        };
+        Ok(Some(VaultSettings {
+            address: address.trim_end_matches('/').to_string(),
+            mount,
+            auth,
+            ca_file,
+            request_timeout,
+        }))
+    }
+
+    /// token_file, or the two AppRole files (`auth` absent, "token" or "approle").
+    fn file_auth(&self) -> Result<VaultAuth, ConfigError> {
+        let path = |k: &str| self.merged.get(k).map(|(v, _)| PathBuf::from(v.as_str().unwrap_or_default()));
+        for k in ["vault.kubernetes_role", "vault.kubernetes_mount", "vault.kubernetes_token_file"] {
+            if self.merged.get(k).is_some() {
+                return Err(self.err(k, "only applies with auth = \"kubernetes\" in [vault]"));
+            }
+        }
+        Ok(match (path("vault.token_file"), path("vault.approle_role_id_file"), path("vault.approle_secret_id_file")) {
             (Some(t), None, None) => {
                 self.secret_file("vault.token_file", &t)?;
                 VaultAuth::Token { token_file: t }
@@ -498,27 +560,47 @@ impl Validator<'_> {
             (None, None, None) => {
                 return Err(self.err(
                     "vault.address",
-                    "[vault] needs token_file, or approle_role_id_file and approle_secret_id_file",
+                    "[vault] needs token_file, or approle_role_id_file and approle_secret_id_file, or auth = \
+                        \"kubernetes\" with kubernetes_role",
                 ));
             }
-        };
-        let ca_file = path("vault.ca_file");
-        if let Some(ca) = &ca_file {
-            if !ca.is_absolute() {
-                return Err(self.err("vault.ca_file", "must be an absolute path"));
+        })
+    }
+
+    /// `auth = "kubernetes"`: a role is required; the mount and the token path have
+    /// defaults. The token file is not checked here: the kubelet creates and rotates it,
+    /// and every login reads it again.
+    fn kubernetes_auth(&self) -> Result<VaultAuth, ConfigError> {
+        let text = |k: &str| self.merged.get(k).map(|(v, _)| v.as_str().unwrap_or_default().to_string());
+        for k in ["vault.token_file", "vault.approle_role_id_file", "vault.approle_secret_id_file"] {
+            if self.merged.get(k).is_some() {
+                return Err(
+                    self.err(k, "does not apply with auth = \"kubernetes\" (the service-account token logs in)")
+                );
             }
         }
-        let request_timeout = match self.merged.get("vault.request_timeout") {
-            Some(_) => self.duration(None, "__vault.request_timeout", "")?,
-            None => DEFAULT_VAULT_TIMEOUT,
+        let Some(kubernetes_role) = text("vault.kubernetes_role").filter(|r| !r.is_empty()) else {
+            return Err(self.err(
+                "vault.auth",
+                "auth = \"kubernetes\" needs kubernetes_role in [vault]: the Vault role bound to the service account",
+            ));
         };
-        Ok(Some(VaultSettings {
-            address: address.trim_end_matches('/').to_string(),
-            mount,
-            auth,
-            ca_file,
-            request_timeout,
-        }))
+        if !valid_vault_path(&kubernetes_role) || kubernetes_role.contains('/') {
+            return Err(self.err("vault.kubernetes_role", format!("{kubernetes_role:?} is not a Vault role name")));
+        }
+        let kubernetes_mount = text("vault.kubernetes_mount").unwrap_or_else(|| "kubernetes".into());
+        if !valid_vault_path(&kubernetes_mount) {
+            return Err(self.err(
+                "vault.kubernetes_mount",
+                format!("{kubernetes_mount:?} is not an auth mount path (e.g. \"kubernetes\")"),
+            ));
+        }
+        let kubernetes_token_file =
+            PathBuf::from(text("vault.kubernetes_token_file").unwrap_or_else(|| DEFAULT_SA_TOKEN_FILE.into()));
+        if !kubernetes_token_file.is_absolute() {
+            return Err(self.err("vault.kubernetes_token_file", "must be an absolute path"));
+        }
+        Ok(VaultAuth::Kubernetes { kubernetes_role, kubernetes_mount, kubernetes_token_file })
     }
 
     /// A file holding a Vault secret: absolute, a regular file, owned by us, 0600 or 0400.
@@ -535,7 +617,8 @@ impl Validator<'_> {
             return Err(self.err(
                 key,
                 format!(
-                    "{} must be a regular file owned by uid {me} with mode 0600 or 0400 (it holds a Vault secret); fix: chown {me} {0} && chmod 600 {0}",
+                    "{} must be a regular file owned by uid {me} with mode 0600 or 0400 (it holds a Vault \
+                        secret); fix: chown {me} {0} && chmod 600 {0}",
                     p.display()
                 ),
             ));
@@ -707,7 +790,8 @@ fn check_lease_ttl(
         file,
         key: Some("agent.lease_ttl".into()),
         message: format!(
-            "{given} is shorter than one refresher cycle of account {} can take ({}: the worker's deadline of {} — waiting for another cycle or a preflight (preflight_timeout {}), the refresh ({}, request_timeout {}), Codex's locks before the POST and at the commit, a yield to a running Codex and a verifying second refresh — plus {} Vault requests of up to {} each (vault.request_timeout)); a lease that runs out mid-cycle lets another refresher take it and spend the same refresh token (refresh_token_reused); set agent.lease_ttl to at least {}",
+            "{given} is shorter than one refresher cycle of account {} can take ({}: the worker's deadline of \
+                {} — waiting for another cycle or a preflight (preflight_timeout {}), the refresh ({}, request_timeout {}), Codex's locks before the POST and at the commit, a yield to a running Codex and a verifying second refresh — plus {} Vault requests of up to {} each (vault.request_timeout)); a lease that runs out mid-cycle lets another refresher take it and spend the same refresh token (refresh_token_reused); set agent.lease_ttl to at least {}",
             acct.name,
             fmt(minimum),
             fmt(deadline),
@@ -749,7 +833,8 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
     for a in accounts.values() {
         if a.refresh.refresh_before_expiry < 2 * REFRESH_TIMER_PERIOD {
             warnings.push(format!(
-                "account {}: refresh_before_expiry ({}) is shorter than two refresh-timer periods ({}); the token could lapse between checks",
+                "account {}: refresh_before_expiry ({}) is shorter than two refresh-timer periods ({}); the \
+                    token could lapse between checks",
                 a.name,
                 humantime::format_duration(a.refresh.refresh_before_expiry),
                 humantime::format_duration(2 * REFRESH_TIMER_PERIOD)

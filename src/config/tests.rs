@@ -237,12 +237,74 @@ fn approle_needs_both_files() {
     let r = secret(t.path(), "role", 0o600);
     let s = secret(t.path(), "sec", 0o600);
     let text = format!(
-        "[vault]\naddress = \"https://vault.example:8200\"\napprole_role_id_file = \"{}\"\napprole_secret_id_file = \"{}\"\n",
+        "[vault]\naddress = \"https://vault.example:8200\"\napprole_role_id_file = \
+            \"{}\"\napprole_secret_id_file = \"{}\"\n",
         r.display(),
         s.display()
     );
     let settings = load_text(&text).unwrap();
     assert!(matches!(settings.vault.unwrap().auth, VaultAuth::AppRole { .. }));
+}
+
+#[test]
+fn kubernetes_auth_defaults_and_errors_name_the_key() {
+    let vault = |extra: &str| format!("[vault]\naddress = \"http://127.0.0.1:8200\"\n{extra}\n");
+    let s = load_text(&vault("auth = \"kubernetes\"\nkubernetes_role = \"codex-auth-refresher-team\"")).unwrap();
+    let want = VaultAuth::Kubernetes {
+        kubernetes_role: "codex-auth-refresher-team".into(),
+        kubernetes_mount: "kubernetes".into(),
+        kubernetes_token_file: DEFAULT_SA_TOKEN_FILE.into(),
+    };
+    assert_eq!(s.vault.as_ref().unwrap().auth, want);
+    let out = s.render();
+    assert!(out.contains("kubernetes_role = \"codex-auth-refresher-team\""), "{out}");
+    let s = load_text(&vault(
+        "auth = \"kubernetes\"\nkubernetes_role = \"r\"\nkubernetes_mount = \"k8s/prod\"\n\
+         kubernetes_token_file = \"/t\"",
+    ))
+    .unwrap();
+    let VaultAuth::Kubernetes { kubernetes_mount, kubernetes_token_file, .. } = s.vault.unwrap().auth else {
+        panic!("not kubernetes")
+    };
+    assert_eq!((kubernetes_mount.as_str(), kubernetes_token_file), ("k8s/prod", PathBuf::from("/t")));
+    let cases = [
+        (vault("auth = \"kubernetes\""), "vault.auth", "kubernetes_role"),
+        (vault("auth = \"k8s\""), "vault.auth", "\"kubernetes\""),
+        (
+            vault("auth = \"kubernetes\"\nkubernetes_role = \"r\"\ntoken_file = \"/t\""),
+            "vault.token_file",
+            "does not apply",
+        ),
+        (vault("kubernetes_role = \"r\"\ntoken_file = \"/t\""), "vault.kubernetes_role", "auth = \"kubernetes\""),
+        (vault("auth = \"kubernetes\"\nkubernetes_role = \"a/b\""), "vault.kubernetes_role", "role name"),
+        (
+            vault("auth = \"kubernetes\"\nkubernetes_role = \"r\"\nkubernetes_mount = \"/x\""),
+            "vault.kubernetes_mount",
+            "mount",
+        ),
+        (
+            vault("auth = \"kubernetes\"\nkubernetes_role = \"r\"\nkubernetes_token_file = \"token\""),
+            "vault.kubernetes_token_file",
+            "absolute",
+        ),
+    ];
+    for (text, key, words) in cases {
+        let e = load_text(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{text} → {e}");
+        assert!(e.file.is_some() && e.to_string().contains(words), "{text} → {e}");
+    }
+}
+
+#[test]
+fn auth_names_the_method_the_keys_give() {
+    let t = tempfile::tempdir().unwrap();
+    let tok = secret(t.path(), "vault-token", 0o600);
+    let text = |auth: &str| {
+        format!("[vault]\naddress = \"http://127.0.0.1:8200\"\nauth = \"{auth}\"\ntoken_file = \"{}\"\n", tok.display())
+    };
+    assert!(matches!(load_text(&text("token")).unwrap().vault.unwrap().auth, VaultAuth::Token { .. }));
+    let e = load_text(&text("approle")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("vault.auth"), "{e}");
 }
 
 #[test]
@@ -299,7 +361,8 @@ fn a_lease_ttl_shorter_than_a_refresher_cycle_names_the_file_the_key_and_the_min
     let t = tempfile::tempdir().unwrap();
     let tok = secret(t.path(), "vault-token", 0o600);
     let base = format!(
-        "[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"{}\"\n[accounts.team]\nuser = \"root\"\nfleet_role = \"refresher\"\n",
+        "[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"{}\"\n[accounts.team]\nuser = \
+            \"root\"\nfleet_role = \"refresher\"\n",
         tok.display()
     );
     let main = write(t.path(), "config.toml", &base);
@@ -312,7 +375,8 @@ fn a_lease_ttl_shorter_than_a_refresher_cycle_names_the_file_the_key_and_the_min
     let text = e.to_string();
     assert!(
         text.starts_with(&format!(
-            "config error in {} at key `agent.lease_ttl`: 1m is shorter than one refresher cycle of account team can take (10m 20s: the worker's deadline of 9m 40s",
+            "config error in {} at key `agent.lease_ttl`: 1m is shorter than one refresher cycle of account \
+                team can take (10m 20s: the worker's deadline of 9m 40s",
             drop_in.display()
         )),
         "{text}"
@@ -335,7 +399,8 @@ fn a_lease_ttl_shorter_than_a_refresher_cycle_names_the_file_the_key_and_the_min
         t.path(),
         "config.toml",
         &format!(
-            "{base}[accounts.slow]\nuser = \"root\"\nfleet_role = \"refresher\"\nrequest_timeout = \"10m\"\n[accounts.fast]\nuser = \"root\"\nfleet_role = \"refresher\"\nrequest_timeout = \"5s\"\n"
+            "{base}[accounts.slow]\nuser = \"root\"\nfleet_role = \"refresher\"\nrequest_timeout = \
+                \"10m\"\n[accounts.fast]\nuser = \"root\"\nfleet_role = \"refresher\"\nrequest_timeout = \"5s\"\n"
         ),
     );
     let e = load(&main, &Env::default()).unwrap_err();

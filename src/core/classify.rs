@@ -188,9 +188,11 @@ mod tests {
         let line =
             |m: &str| format!("2026-11-23T05:09:26Z ERROR codex_login::auth::manager: Failed to refresh token: {m}\n");
         let reused = format!(
-            "2026-11-23T05:09:26Z ERROR codex_login::auth::manager: Failed to refresh token status=401 Unauthorized\n{}ERROR: x\n",
+            "2026-11-23T05:09:26Z ERROR codex_login::auth::manager: Failed to refresh token status=401 \
+                Unauthorized\n{}ERROR: x\n",
             line(
-                "Your access token could not be refreshed because your refresh token was already used. Please log out and sign in again."
+                "Your access token could not be refreshed because your refresh token was already used. Please \
+                    log out and sign in again."
             )
         );
         let f = from_codex_log(&reused).unwrap();
@@ -208,7 +210,11 @@ mod tests {
         // codex app-server logs only the status line.
         let app = "ERROR codex_login::auth::manager: Failed to refresh token status=401 Unauthorized";
         assert_eq!(from_codex_log(app).unwrap().class, Permanent);
-        let t = from_codex_log("ERROR x: Failed to refresh token status=500 Internal Server Error\nFailed to refresh token: Failed to refresh token: 500 Internal Server Error").unwrap();
+        let t = from_codex_log(
+            "ERROR x: Failed to refresh token status=500 Internal Server Error\nFailed to \
+            refresh token: Failed to refresh token: 500 Internal Server Error",
+        )
+        .unwrap();
         assert_eq!((t.class, t.http_status), (Transient, Some(500)));
         let net = from_codex_log(&line("error sending request for url (http://127.0.0.1:9/oauth/token)")).unwrap();
         assert_eq!((net.class, net.http_status), (Transient, None));

@@ -18,13 +18,3 @@ impl Clock for SystemClock {
         Utc::now()
     }
 }
-
-/// A clock that always returns the same instant (tests, dry runs of schedules).
-#[derive(Clone, Copy, Debug)]
-pub struct FixedClock(pub DateTime<Utc>);
-
-impl Clock for FixedClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0
-    }
-}

@@ -106,14 +106,16 @@ impl fmt::Display for Collision {
         if self.same_instance() {
             write!(
                 f,
-                "two agents share host_id {h} (cloned VM image?) and instance {} (its state dir was copied too): the lease is held by host_id {h} instance {}, renewed by the other one, not by this agent",
+                "two agents share host_id {h} (cloned VM image?) and instance {} (its state dir was copied \
+                    too): the lease is held by host_id {h} instance {}, renewed by the other one, not by this agent",
                 self.ours, self.ours
             )?;
         } else {
             let theirs = self.theirs.as_deref().unwrap_or("unknown (an older agent)");
             write!(
                 f,
-                "two agents share host_id {h} (cloned VM image?): the lease is held by host_id {h} instance {theirs}; this agent is host_id {h} instance {}",
+                "two agents share host_id {h} (cloned VM image?): the lease is held by host_id {h} instance \
+                    {theirs}; this agent is host_id {h} instance {}",
                 self.ours
             )?;
         }
@@ -188,7 +190,8 @@ impl fmt::Display for SpendRefusal {
             SpendRefusal::RotatingGone => write!(f, "the rotating key no longer exists"),
             SpendRefusal::Rotated { read, now } => write!(
                 f,
-                "the rotating key moved from version {read} (installed for this refresh) to version {now}: another agent rotated it"
+                "the rotating key moved from version {read} (installed for this refresh) to version {now}: \
+                    another agent rotated it"
             ),
             SpendRefusal::NotOurs(LeaseDecision::Follow { holder, until }) => {
                 write!(f, "the lease is now held by {holder} (until {})", until.to_rfc3339())
@@ -427,7 +430,8 @@ mod proptests {
             }
             for w in refreshes.windows(2) {
                 let ((a, _, live_until), (b, at, _)) = (w[0], w[1]);
-                prop_assert!(a == b || at >= live_until, "agent {b} refreshed at {at} under agent {a}'s lease (until {live_until})");
+                prop_assert!(a == b || at >= live_until, "agent {b} refreshed at {at} under agent {a}'s lease \
+                    (until {live_until})");
             }
         }
     }

@@ -292,6 +292,11 @@ impl RunnerState {
             RunnerState::Unknown => "unknown",
         }
     }
+
+    /// The state a `RunnerState` value names; anything else is `Unknown`.
+    pub fn parse(s: &str) -> RunnerState {
+        [RunnerState::Ok, RunnerState::Fail].into_iter().find(|r| r.as_str() == s).unwrap_or_default()
+    }
 }
 
 /// The result of one preflight; never holds a token value.

@@ -35,6 +35,20 @@ impl State {
             State::Unsafe => "unsafe",
         }
     }
+
+    /// The state a `State` property value names (None: a value this build does not know).
+    pub fn parse(s: &str) -> Option<State> {
+        const ALL: [State; 7] = [
+            State::Ok,
+            State::Refreshing,
+            State::Stale,
+            State::FailedTransient,
+            State::FailedPermanent,
+            State::Inert,
+            State::Unsafe,
+        ];
+        ALL.into_iter().find(|st| st.as_str() == s)
+    }
 }
 
 /// A refused transition (a bug or a race in the caller, never silently applied).
@@ -296,11 +310,6 @@ impl Schedule {
             State::Refreshing => unreachable!("finish never goes to refreshing"),
         }
         Ok(())
-    }
-
-    /// A run that was not started after all (quarantine or backoff answered it).
-    pub fn cancel(&mut self, back_to: State) {
-        self.state = back_to;
     }
 }
 

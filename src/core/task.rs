@@ -20,6 +20,19 @@ pub enum RefreshMethod {
     AppServer,
 }
 
+impl RefreshMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshMethod::Oauth => "oauth",
+            RefreshMethod::AppServer => "app-server",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RefreshMethod> {
+        [RefreshMethod::Oauth, RefreshMethod::AppServer].into_iter().find(|m| m.as_str() == s)
+    }
+}
+
 /// A Unix account to run as.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {

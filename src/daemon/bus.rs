@@ -11,6 +11,7 @@ use crate::api::view::{AccountView, Published};
 use crate::core::authfile::{AuthFile, MAX_AUTH_BYTES};
 use crate::core::outcome::Report;
 use crate::core::seed::SeedInput;
+use crate::core::task::RefreshMethod;
 use crate::sys::fdread::{self, Stopped};
 use crate::sys::safedir::SafeDir;
 use std::collections::{HashMap, HashSet};
@@ -165,7 +166,7 @@ impl Account {
     }
     #[zbus(property)]
     fn state(&self) -> String {
-        self.v().state
+        self.v().state.as_str().to_string()
     }
     #[zbus(property)]
     fn access_token_expires_at(&self) -> u64 {
@@ -201,11 +202,11 @@ impl Account {
     }
     #[zbus(property)]
     fn refresh_method(&self) -> String {
-        self.v().refresh_method
+        self.v().refresh_method.map_or("", RefreshMethod::as_str).to_string()
     }
     #[zbus(property)]
     fn runner_state(&self) -> String {
-        self.v().runner_state
+        self.v().runner_state.as_str().to_string()
     }
     #[zbus(property)]
     fn runner_last_ok(&self) -> u64 {
@@ -294,7 +295,8 @@ impl Account {
         if let Some(fleet) = &acct.fleet {
             // Fleet runs take their credential from Vault; a local seed would be ignored.
             return Err(fdo::Error::Failed(format!(
-                "account {} is in fleet mode: its seed is the Vault key {} (base64 of auth.json in field `value`); put the new login there, or run `codex-authctl store {}` on the account's refresher",
+                "account {} is in fleet mode: its seed is the Vault key {} (base64 of auth.json in field \
+                    `value`); put the new login there, or run `codex-authctl store {}` on the account's refresher",
                 self.name, fleet.vault_seed_key, self.name
             )));
         }
@@ -332,7 +334,8 @@ impl Account {
         }
         match (self.core.account_id(&self.name), auth.account_id()) {
             (Some(old), Some(new)) if old != new => {
-                tracing::warn!(account = %self.name, "the passed auth.json belongs to ChatGPT account {new}, not {old}: the login changes");
+                tracing::warn!(account = %self.name, "the passed auth.json belongs to ChatGPT account {new}, \
+                    not {old}: the login changes");
             }
             _ => {}
         }

@@ -132,7 +132,7 @@ impl Core {
         clock: Arc<dyn Clock>,
     ) -> (Arc<Core>, mpsc::UnboundedReceiver<Event>) {
         let exec = Arc::new(Workers { local: Local, always: false });
-        Core::with_executor(config_path, settings, Shared { clock, exec })
+        Core::with_executor(config_path, settings, Shared { clock, exec, mem: Arc::default(), vault: Arc::default() })
     }
 
     /// Like [`Core::new`], with the runtime the front end chose (the daemon: every task in
@@ -181,7 +181,7 @@ impl Core {
             let now = self.now();
             for (name, acct) in &new.accounts {
                 let e = entries.entry(name.clone()).or_insert_with(|| {
-                    let status = status::load(&state_dir, name);
+                    let status = self.shared.mem.statuses.reload(&state_dir, name);
                     Entry { schedule: load_schedule(&state_dir, name, &status), status }
                 });
                 clamp(self, &state_dir, name, e, &acct.refresh.thresholds(), now);
@@ -388,11 +388,13 @@ impl Core {
                         return Report::failed(
                             name,
                             Failure::permanent(format!(
-                                "quarantined, no token request until auth.json or the seed changes ({last}); log in again: codex login --device-auth, then codex-authctl store {name}"
+                                "quarantined, no token request until auth.json or the seed changes ({last}); \
+                                    log in again: codex login --device-auth, then codex-authctl store {name}"
                             )),
                         );
                     }
-                    tracing::info!(account = %name, "auth.json, the seed or (fleet) Vault's login changed: lifting the quarantine");
+                    tracing::info!(account = %name, "auth.json, the seed or (fleet) Vault's login changed: \
+                        lifting the quarantine");
                 }
             }
         }
@@ -424,7 +426,7 @@ impl Core {
         {
             let mut entries = lock(&self.entries);
             if let Some(e) = entries.get_mut(name) {
-                e.status = status::load(&settings.agent.state_dir, name);
+                e.status = self.shared.mem.statuses.get(&settings.agent.state_dir, name);
                 if let Err(err) =
                     e.schedule.finish(&report, &acct.refresh.thresholds(), seed, self.now(), fastrand::f64())
                 {
@@ -519,7 +521,7 @@ impl Core {
                     });
                 drop(_permit);
                 if let Some(e) = lock(&me.entries).get_mut(&name) {
-                    e.status = status::load(&settings.agent.state_dir, &name);
+                    e.status = me.shared.mem.statuses.get(&settings.agent.state_dir, &name);
                 }
                 me.emit(Event::Account(name));
                 me.spawn_hook(settings, hook);

@@ -63,7 +63,7 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
     // Every task in a worker child, even for an account of the daemon's own user: the
     // long-lived daemon never opens a user's files itself, and its memory stays flat.
     let exec = Arc::new(Workers { local: Local, always: true });
-    let shared = Shared { clock: Arc::new(SystemClock), exec };
+    let shared = Shared { clock: Arc::new(SystemClock), exec, mem: Arc::default(), vault: Arc::default() };
     let (core, mut events) = core::Core::with_executor(path.to_path_buf(), settings, shared);
     let conn = match bus::serve(&bus, core.clone()).await {
         Ok(c) => c,

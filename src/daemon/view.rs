@@ -3,7 +3,6 @@
 use crate::api::view::AccountView;
 use crate::config::AccountSettings;
 use crate::core::schedule::Schedule;
-use crate::core::task::RefreshMethod;
 use crate::store::status::AccountStatus;
 use chrono::{DateTime, Utc};
 
@@ -16,7 +15,7 @@ pub fn account_view(acct: &AccountSettings, st: &AccountStatus, sch: &Schedule) 
         name: acct.name.clone(),
         user: acct.user.clone(),
         codex_home: acct.codex_home.display().to_string(),
-        state: sch.state.as_str().to_string(),
+        state: sch.state,
         access_token_expires_at: secs(st.expires_at),
         last_refresh: secs(st.last_refresh),
         last_attempt: secs(st.last_attempt),
@@ -25,12 +24,8 @@ pub fn account_view(acct: &AccountSettings, st: &AccountStatus, sch: &Schedule) 
         consecutive_failures: st.consecutive_failures,
         next_attempt: secs(sch.next_attempt),
         token_fingerprint: st.token_fp.clone().unwrap_or_default(),
-        refresh_method: match acct.refresh.refresh_method {
-            RefreshMethod::Oauth => "oauth",
-            RefreshMethod::AppServer => "app-server",
-        }
-        .to_string(),
-        runner_state: st.runner_state.as_str().to_string(),
+        refresh_method: Some(acct.refresh.refresh_method),
+        runner_state: st.runner_state,
         runner_last_ok: secs(st.runner_last_ok),
         runner_last_fail: secs(st.runner_last_fail),
         runner_last_check: secs(st.runner_last_check),

@@ -10,8 +10,9 @@ use crate::core::pending::PendingCredential;
 use crate::core::task::{self, Executor, Identity, Job, PreflightJob, Supervisor};
 use crate::runner::privsep;
 use crate::runner::seed;
+use crate::runner::vault::Clients;
+use crate::store::Memory;
 use crate::store::pending::{self, Keeper};
-use crate::store::status;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,6 +22,8 @@ use std::sync::Arc;
 pub struct Runtime<'a> {
     pub clock: &'a dyn Clock,
     pub exec: &'a dyn Executor,
+    pub mem: &'a Memory,
+    pub vault: &'a Clients,
 }
 
 /// A [`Runtime`] that owns its parts, for a thread that outlives its caller's borrow.
@@ -28,11 +31,13 @@ pub struct Runtime<'a> {
 pub struct Shared {
     pub clock: Arc<dyn Clock>,
     pub exec: Arc<dyn Executor>,
+    pub mem: Arc<Memory>,
+    pub vault: Arc<Clients>,
 }
 
 impl Shared {
     pub fn rt(&self) -> Runtime<'_> {
-        Runtime { clock: &*self.clock, exec: &*self.exec }
+        Runtime { clock: &*self.clock, exec: &*self.exec, mem: &self.mem, vault: &self.vault }
     }
 }
 
@@ -45,8 +50,14 @@ pub struct RefreshOptions {
 
 /// Build the worker's job for `acct`: the seed is read here (root-only file) and travels
 /// to the worker inside the job.
-pub fn job_for(settings: &Settings, acct: &AccountSettings, id: &Identity, opts: RefreshOptions) -> Job {
-    let st = status::load(&settings.agent.state_dir, &acct.name);
+pub fn job_for(
+    settings: &Settings,
+    acct: &AccountSettings,
+    id: &Identity,
+    opts: RefreshOptions,
+    rt: &Runtime<'_>,
+) -> Job {
+    let st = rt.mem.statuses.reload(&settings.agent.state_dir, &acct.name);
     let seed = acct.seed.as_deref().and_then(|p| match seed::load(p, st.seed_sha256.as_deref()) {
         Ok(s) => s,
         Err(w) => {
@@ -74,7 +85,7 @@ pub fn job_for(settings: &Settings, acct: &AccountSettings, id: &Identity, opts:
         materialize: false,
         follow: false,
         return_auth: false,
-        pending: pending::current(&settings.agent.state_dir, &acct.name),
+        pending: pending::current(&settings.agent.state_dir, &rt.mem.held, &acct.name),
         quarantined: st.dead_auth_sha256.clone(),
     }
 }
@@ -91,7 +102,8 @@ impl Supervisor for CallerSupervisor<'_> {
         (self.before_post)()?;
         self.keeper.reserve(auth_len).map_err(|e| {
             Failure::transient(format!(
-                "cannot make room to keep the new credential in the agent's state ({e}); no token request was sent (the refresh token is unspent); will retry"
+                "cannot make room to keep the new credential in the agent's state ({e}); no token request was \
+                    sent (the refresh token is unspent); will retry"
             ))
         })
     }
@@ -119,7 +131,7 @@ pub fn run_job_checked(
     let sup = CallerSupervisor { keeper: Keeper::new(state_dir, &job.account), before_post };
     let report = privsep::run_as(rt.exec, id, job, rt.clock, &sup);
     if !job.dry_run {
-        pending::settle(state_dir, &job.account, &sup.keeper, report.pending_left);
+        pending::settle(state_dir, &rt.mem.held, &job.account, &sup.keeper, report.pending_left);
     }
     report
 }
@@ -150,6 +162,6 @@ pub fn run_preflight_job(
     let state_dir = &settings.agent.state_dir;
     let sup = CallerSupervisor { keeper: Keeper::new(state_dir, &acct.name), before_post: &|| Ok(()) };
     let report = privsep::preflight_as(rt.exec, id, &preflight_job_for(settings, acct, id), rt.clock, &sup);
-    pending::settle(state_dir, &acct.name, &sup.keeper, report.pending_left);
+    pending::settle(state_dir, &rt.mem.held, &acct.name, &sup.keeper, report.pending_left);
     report
 }

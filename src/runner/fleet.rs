@@ -5,7 +5,7 @@
 //! Vault I/O happens here, in the caller (root); every file in a CODEX_HOME is still
 //! written by the worker as the account's user (`Job::store` with `materialize`).
 
-use crate::config::{AccountSettings, AgentSettings, FleetRole, FleetSettings, HostIdSource, Settings, VaultSettings};
+use crate::config::{AccountSettings, AgentSettings, FleetRole, FleetSettings, HostIdSource, Settings};
 use crate::core::authfile::sha256_hex;
 use crate::core::lease::{self, Collision, LeaseDecision, LeaseRecord, Me};
 use crate::core::outcome::{Event, Failure, Outcome, Report};
@@ -19,7 +19,7 @@ use crate::sys::safedir::SafeDir;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const FLEET_FILE: &str = "fleet.json";
@@ -126,25 +126,13 @@ fn collision_fix(agent: &AgentSettings) -> String {
             agent.host_id,
             file.display()
         ),
-        HostIdSource::MachineId => "set agent.host_id to a name of its own on one of them, or give the clone a machine id of its own (rm /etc/machine-id && systemd-machine-id-setup, then restart the agent)".into(),
+        HostIdSource::MachineId => "set agent.host_id to a name of its own on one of them, or give the clone a \
+            machine id of its own (rm /etc/machine-id && systemd-machine-id-setup, then restart the agent)"
+            .into(),
         HostIdSource::Hostname => {
             "set agent.host_id to a name of its own on one of them (it defaults to the hostname here)".into()
         }
     }
-}
-
-/// One client per process and Vault config, so the daemon keeps its AppRole login.
-fn client(settings: &VaultSettings) -> Result<Arc<Vault>, VaultError> {
-    static CLIENT: Mutex<Option<(VaultSettings, Arc<Vault>)>> = Mutex::new(None);
-    let mut c = CLIENT.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((s, v)) = c.as_ref() {
-        if s == settings {
-            return Ok(v.clone());
-        }
-    }
-    let v = Arc::new(Vault::new(settings)?);
-    *c = Some((settings.clone(), v.clone()));
-    Ok(v)
 }
 
 /// The auth.json a `return_auth` worker handed back (empty if none).
@@ -176,7 +164,7 @@ pub fn new_login_in_vault(
     failed_sha256: Option<&str>,
     rt: &Runtime<'_>,
 ) -> bool {
-    let Some(v) = settings.vault.as_ref().and_then(|vs| client(vs).ok()) else { return false };
+    let Some(v) = settings.vault.as_ref().and_then(|vs| rt.vault.get(vs).ok()) else { return false };
     let read = |key: &str| v.read(key, rt.clock.now());
     let (Ok(rotating), Ok(seed)) = (read(&fleet.vault_rotating_key), read(&fleet.vault_seed_key)) else {
         return false;
@@ -247,7 +235,7 @@ fn with_run(
     };
     let run = Run { settings, acct, fleet, opts, rt, id };
     let mut st = load_state(settings, &acct.name);
-    let mut report = f(&run, client(vs), &mut st);
+    let mut report = f(&run, rt.vault.get(vs), &mut st);
     save_state(settings, &acct.name, &st);
     report.auth_b64 = None;
     report.store_version = st.version;
@@ -287,7 +275,7 @@ impl Run<'_> {
     /// Like [`Run::work`], with `before_post` asked right before the token is spent (the
     /// worker's pre-spend gate, answered here in the root parent).
     fn work_gated(&self, f: impl FnOnce(&mut Job), before_post: &dyn Fn() -> Result<(), Failure>) -> Report {
-        let mut job = account::job_for(self.settings, self.acct, &self.id, self.opts);
+        let mut job = account::job_for(self.settings, self.acct, &self.id, self.opts, self.rt);
         f(&mut job);
         account::run_job_checked(self.settings, &self.id, &job, self.rt, before_post)
     }
@@ -315,7 +303,8 @@ impl Run<'_> {
         // every later write can be a CAS on the rotating key's version.
         match v.write(&self.fleet.vault_rotating_key, &seed.value.0, 0, now) {
             Ok(version) => {
-                tracing::info!(account = %self.name(), "fleet: mirrored the seed key into the rotating key (version {version})");
+                tracing::info!(account = %self.name(), "fleet: mirrored the seed key into the rotating key \
+                    (version {version})");
                 let key = self.fleet.vault_rotating_key.clone();
                 Ok(Some(Entry { key, value: seed.value, version, created: None }))
             }
@@ -488,7 +477,8 @@ impl Run<'_> {
         match v.write(key, &seed.value.0, rotating.version, self.rt.clock.now()) {
             Ok(version) => {
                 let note = format!(
-                    "{} version {} is newer than {key} version {}: published it as a new login ({key} version {version})",
+                    "{} version {} is newer than {key} version {}: published it as a new login ({key} version \
+                        {version})",
                     seed.key, seed.version, rotating.version
                 );
                 tracing::info!(account = %self.name(), "fleet: {note}");
@@ -587,7 +577,8 @@ impl Run<'_> {
                 r.events.push(Event::Adopted);
                 if r.failure.is_none() {
                     r.reason = format!(
-                        "{key} was rotated by another host while we refreshed (check-and-set conflict): adopted its version {}",
+                        "{key} was rotated by another host while we refreshed (check-and-set conflict): adopted \
+                            its version {}",
                         st.version.unwrap_or_default()
                     );
                 }
@@ -600,7 +591,8 @@ impl Run<'_> {
                 pending_failure(
                     report,
                     format!(
-                        "fleet: refreshed locally but could not write {key} ({e}); the local auth.json is current and is uploaded on the next run"
+                        "fleet: refreshed locally but could not write {key} ({e}); the local auth.json is \
+                            current and is uploaded on the next run"
                     ),
                 )
             }
@@ -620,7 +612,8 @@ impl Run<'_> {
     ) -> Result<(Entry, Option<String>), Box<Report>> {
         let Some(p) = st.pending.clone() else { return Ok((entry, None)) };
         if !p.stored && entry.version != p.base_version {
-            tracing::warn!(account = %self.name(), "fleet: the rotating key moved on while our refresh was pending; Vault wins");
+            tracing::warn!(account = %self.name(), "fleet: the rotating key moved on while our refresh was \
+                pending; Vault wins");
             st.pending = None;
             return Ok((entry, None));
         }
@@ -711,7 +704,8 @@ impl Run<'_> {
         }
         if !refresher {
             report.reason = format!(
-                "stored locally only: this host follows the fleet, so it is not written to Vault (run `codex-authctl store {}` on the refresher to share it); {}",
+                "stored locally only: this host follows the fleet, so it is not written to Vault (run \
+                    `codex-authctl store {}` on the refresher to share it); {}",
                 self.name(),
                 report.reason
             );
@@ -768,7 +762,8 @@ impl Run<'_> {
             let mut r = self.work(|j| j.follow = true);
             if r.failure.is_none() && r.auth_sha256.is_some() && r.auth_sha256 != st.sha256 {
                 r.reason = format!(
-                    "auth.json differs from Vault version {} (changed locally, e.g. a human stored one); not written back to Vault; {}",
+                    "auth.json differs from Vault version {} (changed locally, e.g. a human stored one); not \
+                        written back to Vault; {}",
                     entry.version, r.reason
                 );
             }
@@ -787,6 +782,21 @@ impl Run<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Building a job runs nothing.
+    struct NoExec;
+
+    impl crate::core::task::Executor for NoExec {
+        fn run(
+            &self,
+            _: &Identity,
+            _: crate::core::task::Task,
+            _: &dyn crate::core::clock::Clock,
+            _: &dyn crate::core::task::Supervisor,
+        ) -> crate::core::task::TaskReport {
+            unreachable!("job_for starts no task")
+        }
+    }
 
     #[test]
     fn the_instance_id_is_made_once_private_and_kept() {
@@ -820,7 +830,8 @@ mod tests {
         let id = Identity::current().unwrap();
         for (method, timeout) in [("oauth", "30s"), ("app-server", "45s"), ("oauth", "10m")] {
             let text = format!(
-                "[agent]\nstate_dir = \"{}\"\n[accounts.a]\nuser = \"{}\"\nrefresh_method = \"{method}\"\nrequest_timeout = \"{timeout}\"\n",
+                "[agent]\nstate_dir = \"{}\"\n[accounts.a]\nuser = \"{}\"\nrefresh_method = \
+                    \"{method}\"\nrequest_timeout = \"{timeout}\"\n",
                 t.path().join("state").display(),
                 id.user
             );
@@ -828,7 +839,9 @@ mod tests {
             std::fs::write(&cfg, text).unwrap();
             let s = crate::config::load(&cfg, &crate::config::Env::default()).unwrap();
             let a = &s.accounts["a"];
-            let job = account::job_for(&s, a, &id, RefreshOptions::default());
+            let (exec, mem, vault) = (NoExec, crate::store::Memory::default(), Default::default());
+            let rt = Runtime { clock: &crate::core::clock::SystemClock, exec: &exec, mem: &mem, vault: &vault };
+            let job = account::job_for(&s, a, &id, RefreshOptions::default(), &rt);
             assert_eq!(crate::config::worker_deadline(&a.refresh), job.deadline(), "{method} {timeout}");
         }
     }
@@ -852,7 +865,8 @@ mod tests {
         agent.host_id_source = HostIdSource::Config("/etc/codex-auth-agent/config.d/10-host.toml".into());
         assert_eq!(
             collision_fix(&agent),
-            "set agent.host_id (now vm-7 in /etc/codex-auth-agent/config.d/10-host.toml) to a name of its own on one of them"
+            "set agent.host_id (now vm-7 in /etc/codex-auth-agent/config.d/10-host.toml) to a name of its own \
+                on one of them"
         );
         agent.host_id_source = HostIdSource::MachineId;
         assert!(collision_fix(&agent).contains("rm /etc/machine-id && systemd-machine-id-setup"));

@@ -24,21 +24,41 @@ const MAX_REASON: usize = 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HookEvent {
     pub account: String,
-    /// refreshed | failed | preflight_ok | preflight_failed (or fresh | inert, which run nothing).
-    pub outcome: String,
+    pub outcome: HookOutcome,
     pub failure_class: Option<FailureClass>,
     pub reason: String,
-    pub failed: bool,
+}
+
+/// What happened, as `$OUTCOME` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookOutcome {
+    /// A refresh run's outcome (refreshed, failed; fresh and inert run nothing).
+    Run(Outcome),
+    PreflightOk,
+    PreflightFailed,
+}
+
+impl HookOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookOutcome::Run(o) => o.as_str(),
+            HookOutcome::PreflightOk => "preflight_ok",
+            HookOutcome::PreflightFailed => "preflight_failed",
+        }
+    }
+
+    pub fn failed(self) -> bool {
+        matches!(self, HookOutcome::Run(Outcome::Failed) | HookOutcome::PreflightFailed)
+    }
 }
 
 impl HookEvent {
     pub fn from_report(r: &Report) -> HookEvent {
         HookEvent {
             account: r.account.clone(),
-            outcome: r.outcome.as_str().to_string(),
+            outcome: HookOutcome::Run(r.outcome),
             failure_class: r.class(),
             reason: r.reason.clone(),
-            failed: r.outcome == Outcome::Failed,
         }
     }
 
@@ -46,20 +66,19 @@ impl HookEvent {
         let ok = r.state == RunnerState::Ok;
         HookEvent {
             account: r.account.clone(),
-            outcome: if ok { "preflight_ok" } else { "preflight_failed" }.to_string(),
+            outcome: if ok { HookOutcome::PreflightOk } else { HookOutcome::PreflightFailed },
             failure_class: r.failure.as_ref().map(|f| f.class),
             reason: r.reason.clone(),
-            failed: !ok,
         }
     }
 }
 
 /// Which command (if any) `event` calls for (pure).
 pub fn command_for<'a>(acct: &'a AccountSettings, event: &HookEvent) -> Option<&'a [String]> {
-    let argv = match event.outcome.as_str() {
-        _ if event.failed => &acct.hooks.on_failure,
-        "refreshed" | "preflight_ok" => &acct.hooks.on_success,
-        _ => return None,
+    let argv = match event.outcome {
+        HookOutcome::Run(Outcome::Failed) | HookOutcome::PreflightFailed => &acct.hooks.on_failure,
+        HookOutcome::Run(Outcome::Refreshed) | HookOutcome::PreflightOk => &acct.hooks.on_success,
+        HookOutcome::Run(_) => return None,
     };
     argv.as_deref()
 }
@@ -77,7 +96,7 @@ pub fn environment(event: &HookEvent, id: &Identity) -> Vec<(&'static str, Strin
     }
     vec![
         ("ACCOUNT", clean(&event.account)),
-        ("OUTCOME", clean(&event.outcome)),
+        ("OUTCOME", event.outcome.as_str().to_string()),
         ("FAILURE_CLASS", event.failure_class.map(FailureClass::as_str).unwrap_or_default().to_string()),
         ("REASON", reason),
         ("PATH", HOOK_PATH.to_string()),
@@ -89,7 +108,7 @@ pub fn environment(event: &HookEvent, id: &Identity) -> Vec<(&'static str, Strin
 /// Problems are warnings.
 pub fn run(acct: &AccountSettings, event: &HookEvent) {
     let Some(argv) = command_for(acct, event) else { return };
-    let which = if event.failed { "on_failure" } else { "on_success" };
+    let which = if event.outcome.failed() { "on_failure" } else { "on_success" };
     let warn = |msg: String| tracing::warn!(account = %event.account, "{which} hook {:?}: {msg}", argv[0]);
     let id = match Identity::lookup(&acct.user) {
         Ok(id) => id,

@@ -71,6 +71,10 @@ impl<E: Executor> Executor for Workers<E> {
 }
 
 /// Env the worker may see: nothing secret, just enough to log and find binaries.
+#[cfg(not(feature = "fault-injection"))]
+const PASSTHROUGH_ENV: &[&str] = &["PATH", "JOURNAL_STREAM", "CODEX_AUTH_AGENT_LOG", "RUST_LOG", "LANG", "LC_ALL"];
+/// A test build also hands its fault hook's variable on (src/sys/fault.rs).
+#[cfg(feature = "fault-injection")]
 const PASSTHROUGH_ENV: &[&str] =
     &["PATH", "JOURNAL_STREAM", "CODEX_AUTH_AGENT_LOG", "RUST_LOG", "LANG", "LC_ALL", "CODEX_AUTH_AGENT_FAULT"];
 

@@ -2,7 +2,7 @@
 //! textfile, and the account's hook (returned to be run when the caller is ready).
 
 use crate::config::Settings;
-use crate::core::outcome::{PreflightReport, Report};
+use crate::core::outcome::{Outcome, PreflightReport, Report};
 use crate::runner::account::Runtime;
 use crate::runner::hooks;
 use crate::store::{metrics, status};
@@ -11,15 +11,13 @@ use crate::sys::logging;
 /// Fold a preflight into status.json (runner fields), write its journal entries and the
 /// metrics textfile; returns the hook to run, if one is configured.
 pub fn record_preflight(settings: &Settings, report: &PreflightReport, rt: &Runtime<'_>) -> Option<hooks::HookEvent> {
-    let state_dir = &settings.agent.state_dir;
-    let mut st = status::load(state_dir, &report.account);
-    warn_untested_codex(&report.account, st.codex_version.as_deref(), report.codex_version.as_deref());
-    st.update_runner(report, rt.clock.now(), status::boot_id().as_deref());
-    if let Err(e) = status::save(state_dir, &st) {
-        tracing::warn!(account = %report.account, "could not save status: {e}");
-    }
+    let (now, boot) = (rt.clock.now(), status::boot_id());
+    rt.mem.statuses.update(&settings.agent.state_dir, &report.account, true, |st| {
+        warn_untested_codex(&report.account, st.codex_version.as_deref(), report.codex_version.as_deref());
+        st.update_runner(report, now, boot.as_deref())
+    });
     logging::log_preflight(report);
-    after_outcome(settings, hooks::HookEvent::from_preflight(report))
+    after_outcome(settings, rt, hooks::HookEvent::from_preflight(report))
 }
 
 /// One journal warning when an account's Codex becomes a version outside the tested
@@ -42,22 +40,22 @@ fn warn_untested_codex(account: &str, before: Option<&str>, now: Option<&str>) {
 /// Fold a report into status.json, write its journal entry and the metrics textfile;
 /// returns the hook to run, if one is configured.
 pub fn record(settings: &Settings, report: &Report, rt: &Runtime<'_>) -> Option<hooks::HookEvent> {
-    let state_dir = &settings.agent.state_dir;
-    let mut st = status::load(state_dir, &report.account);
-    warn_untested_codex(&report.account, st.codex_version.as_deref(), report.codex_version.as_deref());
-    st.update(report, rt.clock.now());
-    if let Err(e) = status::save(state_dir, &st) {
-        tracing::warn!(account = %report.account, "could not save status: {e}");
-    }
+    // A fresh check changes nothing worth an fsync; every other outcome is kept durably.
+    let durable = !matches!(report.outcome, Outcome::Fresh | Outcome::Inert);
+    let now = rt.clock.now();
+    rt.mem.statuses.update(&settings.agent.state_dir, &report.account, durable, |st| {
+        warn_untested_codex(&report.account, st.codex_version.as_deref(), report.codex_version.as_deref());
+        st.update(report, now)
+    });
     logging::log_report(report);
-    after_outcome(settings, hooks::HookEvent::from_report(report))
+    after_outcome(settings, rt, hooks::HookEvent::from_report(report))
 }
 
 /// What every recorded outcome triggers once status.json holds it: the metrics textfile
 /// is rewritten now; the account's hook, if the outcome calls for one, is returned for
 /// [`run_hook`]. Neither can change the outcome.
-fn after_outcome(settings: &Settings, event: hooks::HookEvent) -> Option<hooks::HookEvent> {
-    metrics::update(settings);
+fn after_outcome(settings: &Settings, rt: &Runtime<'_>, event: hooks::HookEvent) -> Option<hooks::HookEvent> {
+    metrics::update(settings, rt.mem);
     let acct = settings.accounts.get(&event.account)?;
     hooks::command_for(acct, &event).map(|_| event)
 }

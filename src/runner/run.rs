@@ -40,9 +40,9 @@ pub fn preflight_deferred(
 /// else), and preflight only once it is in auth.json.
 fn preflight_with(settings: &Settings, acct: &AccountSettings, id: &Identity, rt: &Runtime<'_>) -> PreflightReport {
     let state_dir = &settings.agent.state_dir;
-    if pending::current(state_dir, &acct.name).is_some() {
+    if pending::current(state_dir, &rt.mem.held, &acct.name).is_some() {
         let r = refresh(settings, acct, RefreshOptions::default(), rt);
-        if pending::current(state_dir, &acct.name).is_some() {
+        if pending::current(state_dir, &rt.mem.held, &acct.name).is_some() {
             return PreflightReport::failed(
                 &acct.name,
                 Failure::transient(format!("not run: a new credential is still waiting to be written ({})", r.reason)),
@@ -93,7 +93,7 @@ pub fn refresh_deferred(
                 Ok(id) => id,
                 Err(e) => return (Report::failed(&acct.name, Failure::permanent(e)), None),
             };
-            let job = Job { store, ..account::job_for(settings, acct, &id, opts) };
+            let job = Job { store, ..account::job_for(settings, acct, &id, opts, rt) };
             account::run_job(settings, &id, &job, rt)
         }
     };

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::fmt;
 use std::io::Read;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Largest Vault answer we read (auth.json is far below this).
@@ -47,13 +48,15 @@ pub enum VaultError {
     #[error("check-and-set conflict on {key}: someone else wrote it since we read it")]
     CasMismatch { key: String },
     #[error(
-        "Vault denied access to {path} (HTTP 403): the token lacks the \"{capability}\" capability on it (or is invalid or expired); grant it in the policy (see docs/fleet-policies/)"
+        "Vault denied access to {path} (HTTP 403): the token lacks the \"{capability}\" capability on it (or is \
+            invalid or expired); grant it in the policy (see docs/fleet-policies/)"
     )]
     Denied { key: String, path: String, capability: &'static str },
     #[error("Vault at {address} is unreachable ({why}); local files keep working; will retry")]
     Unreachable { address: String, why: String },
     #[error(
-        "the TLS certificate of Vault at {address} is not trusted ({why}): {trusted}; set ca_file in [vault] to the PEM file of the CA that signed it; local files keep working; will retry"
+        "the TLS certificate of Vault at {address} is not trusted ({why}): {trusted}; set ca_file in [vault] to \
+            the PEM file of the CA that signed it; local files keep working; will retry"
     )]
     Untrusted { address: String, trusted: String, why: String },
     #[error("Vault login failed: {0}")]
@@ -62,16 +65,22 @@ pub enum VaultError {
     Invalid { key: String, why: String },
 }
 
-impl VaultError {
-    /// Retrying later can help (Vault down, overloaded, or answering oddly).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            VaultError::Unreachable { .. }
-                | VaultError::Untrusted { .. }
-                | VaultError::Invalid { .. }
-                | VaultError::CasMismatch { .. }
-        )
+/// One client per Vault config for the life of the process, so the daemon keeps its
+/// AppRole login across runs instead of logging in for each.
+#[derive(Default)]
+pub struct Clients(Mutex<Option<(VaultSettings, Arc<Vault>)>>);
+
+impl Clients {
+    pub fn get(&self, settings: &VaultSettings) -> Result<Arc<Vault>, VaultError> {
+        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((s, v)) = c.as_ref() {
+            if s == settings {
+                return Ok(v.clone());
+            }
+        }
+        let v = Arc::new(Vault::new(settings)?);
+        *c = Some((settings.clone(), v.clone()));
+        Ok(v)
     }
 }
 
@@ -115,40 +124,11 @@ impl fmt::Debug for Vault {
     }
 }
 
-/// TLS roots: the system's, plus `ca_file` when set.
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().unwrap_or_default() {
-        let _ = roots.add(cert);
-    }
-    if let Some(ca) = ca_file {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("ca_file {} is not PEM: {e}", ca.display()))?;
-        if certs.is_empty() {
-            return Err(format!("ca_file {} holds no certificate", ca.display()));
-        }
-        for c in certs {
-            roots.add(c).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
-}
-
 impl Vault {
     pub fn new(settings: &VaultSettings) -> Result<Vault, VaultError> {
         let mut b = ureq::AgentBuilder::new().timeout(settings.request_timeout).redirects(0);
         if settings.address.starts_with("https://") {
-            b = b.tls_config(tls_config(settings.ca_file.as_deref()).map_err(VaultError::Login)?);
+            b = b.tls_config(crate::sys::tls::client_config(settings.ca_file.as_deref()).map_err(VaultError::Login)?);
         }
         Ok(Vault { agent: b.build(), settings: settings.clone(), token: Mutex::new(None) })
     }
@@ -189,6 +169,9 @@ impl Vault {
             VaultAuth::AppRole { approle_role_id_file, approle_secret_id_file } => {
                 self.approle_login(&read_secret(approle_role_id_file)?, &read_secret(approle_secret_id_file)?, now)?
             }
+            VaultAuth::Kubernetes { kubernetes_role, kubernetes_mount, kubernetes_token_file } => {
+                self.kubernetes_login(kubernetes_role, kubernetes_mount, kubernetes_token_file, now)?
+            }
         };
         *cached = Some(t.clone());
         Ok(t.value)
@@ -200,21 +183,44 @@ impl Vault {
     }
 
     fn approle_login(&self, role_id: &str, secret_id: &str, now: DateTime<Utc>) -> Result<Token, VaultError> {
-        let url = format!("{}/v1/auth/approle/login", self.settings.address);
         let body = json!({"role_id": role_id, "secret_id": secret_id});
+        let fix = "check approle_role_id_file and approle_secret_id_file and that the approle auth method is enabled";
+        self.login("approle", "AppRole", body, fix, now)
+    }
+
+    /// `POST /v1/auth/<mount>/login {role, jwt}`: Vault's `kubernetes` and `jwt` methods
+    /// take the same request. The token file is read at every login: the kubelet rotates it.
+    fn kubernetes_login(
+        &self,
+        role: &str,
+        mount: &str,
+        token_file: &Path,
+        now: DateTime<Utc>,
+    ) -> Result<Token, VaultError> {
+        let jwt = read_secret(token_file)?;
+        let body = json!({"role": role, "jwt": jwt});
+        let fix = format!(
+            "check that auth/{mount} is a kubernetes (or jwt) auth method whose role {role} is bound to this \
+                pod's service account and namespace (kubernetes_token_file {})",
+            token_file.display()
+        );
+        self.login(mount, "Kubernetes", body, &fix, now)
+    }
+
+    /// One login request; the answer's client token and when it stops working.
+    fn login(&self, mount: &str, what: &str, body: Value, fix: &str, now: DateTime<Utc>) -> Result<Token, VaultError> {
+        let url = format!("{}/v1/auth/{mount}/login", self.settings.address);
         let v = match self.agent.post(&url).send_json(body) {
             Ok(resp) => read_json(resp).map_err(|why| VaultError::Login(format!("unreadable answer: {why}")))?,
             Err(ureq::Error::Status(code, _)) if code < 500 && code != 429 => {
-                return Err(VaultError::Login(format!(
-                    "AppRole login refused (HTTP {code}); check approle_role_id_file and approle_secret_id_file and that the approle auth method is enabled"
-                )));
+                return Err(VaultError::Login(format!("{what} login refused (HTTP {code}); {fix}")));
             }
-            Err(ureq::Error::Status(code, _)) => return Err(self.unreachable(format!("HTTP {code} on AppRole login"))),
+            Err(ureq::Error::Status(code, _)) => return Err(self.unreachable(format!("HTTP {code} on {what} login"))),
             Err(ureq::Error::Transport(t)) => return Err(self.transport(&t)),
         };
         let auth = &v["auth"];
         let Some(token) = auth["client_token"].as_str().filter(|t| !t.is_empty()) else {
-            return Err(VaultError::Login("the AppRole login answer holds no client_token".into()));
+            return Err(VaultError::Login(format!("the {what} login answer holds no client_token")));
         };
         let expires_at = lease_expiry(now, auth["lease_duration"].as_i64());
         Ok(Token { value: token.to_string(), obtained: now, expires_at })
@@ -244,7 +250,7 @@ impl Vault {
             return match result {
                 Ok(resp) => read_json(resp).map_err(|why| VaultError::Invalid { key: key.to_string(), why }),
                 Err(ureq::Error::Status(403, _))
-                    if !relogged && matches!(self.settings.auth, VaultAuth::AppRole { .. }) =>
+                    if !relogged && !matches!(self.settings.auth, VaultAuth::Token { .. }) =>
                 {
                     self.forget_token();
                     relogged = true;
@@ -330,8 +336,8 @@ fn read_json(resp: ureq::Response) -> Result<Value, String> {
     serde_json::from_slice(&buf).map_err(|_| "not JSON".to_string())
 }
 
-/// A one-line secret from a root-only file (checked by the config too), trimmed.
-fn read_secret(path: &std::path::Path) -> Result<String, VaultError> {
+/// A one-line secret from a file (root-only ones are checked by the config too), trimmed.
+fn read_secret(path: &Path) -> Result<String, VaultError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| VaultError::Login(format!("cannot read {}: {e}", path.display())))?;
     let t = text.trim();
@@ -374,6 +380,79 @@ mod tests {
         assert_eq!(lease_expiry(now, Some(3600)), Some(now + chrono::Duration::seconds(3600)));
         assert_eq!(lease_expiry(now, Some(i64::MAX)), Some(DateTime::<Utc>::MAX_UTC));
         assert_eq!(lease_expiry(now, None), None);
+    }
+
+    /// A Vault that answers `n` logins with a 1 s token and tells what each one sent.
+    fn fake_login_server(n: usize) -> (String, std::thread::JoinHandle<Vec<Value>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..n {
+                let (stream, _) = listener.accept().unwrap();
+                let mut r = BufReader::new(stream.try_clone().unwrap());
+                let (mut line, mut len, mut path) = (String::new(), 0usize, String::new());
+                r.read_line(&mut path).unwrap();
+                while r.read_line(&mut line).unwrap() > 2 {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; len];
+                std::io::Read::read_exact(&mut r, &mut body).unwrap();
+                let mut v: Value = serde_json::from_slice(&body).unwrap();
+                v["path"] = json!(path.split_whitespace().nth(1));
+                seen.push(v);
+                let answer = r#"{"auth":{"client_token":"s.fake","lease_duration":1}}"#;
+                let mut s = stream;
+                write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                    answer.len()
+                )
+                .unwrap();
+            }
+            seen
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn kubernetes_login_reads_the_token_file_again_at_each_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "jwt-one\n").unwrap();
+        let (address, server) = fake_login_server(2);
+        let v = Vault::new(&VaultSettings {
+            address,
+            mount: "secret".into(),
+            auth: VaultAuth::Kubernetes {
+                kubernetes_role: "codex-auth-refresher-team".into(),
+                kubernetes_mount: "k8s/prod".into(),
+                kubernetes_token_file: file.clone(),
+            },
+            ca_file: None,
+            request_timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        assert_eq!(v.token(t(0)).unwrap(), "s.fake");
+        // The kubelet rotated the projected token; the 1 s Vault token has run out.
+        std::fs::write(&file, "jwt-two").unwrap();
+        assert_eq!(v.token(t(10)).unwrap(), "s.fake");
+        let seen = server.join().unwrap();
+        let sent: Vec<(&str, &str, &str)> = seen
+            .iter()
+            .map(|b| (b["path"].as_str().unwrap(), b["role"].as_str().unwrap(), b["jwt"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("/v1/auth/k8s/prod/login", "codex-auth-refresher-team", "jwt-one"),
+                ("/v1/auth/k8s/prod/login", "codex-auth-refresher-team", "jwt-two")
+            ]
+        );
     }
 
     #[test]

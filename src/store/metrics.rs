@@ -7,7 +7,8 @@
 use crate::config::Settings;
 use crate::core::outcome::Outcome;
 use crate::core::outcome::RunnerState;
-use crate::store::status::{self, AccountStatus};
+use crate::store::Memory;
+use crate::store::status::AccountStatus;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -97,15 +98,16 @@ pub fn render(statuses: &[AccountStatus]) -> String {
 
 /// Serializes writers within this process (the daemon records accounts in parallel), so
 /// the last rename always carries the newest statuses.
-static WRITE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+#[derive(Default)]
+pub struct Writer(std::sync::Mutex<()>);
 
 /// Re-render every configured account into `[agent] metrics_textfile`, if set. Never fails
 /// the caller: a problem is logged as a warning.
-pub fn update(settings: &Settings) {
+pub fn update(settings: &Settings, mem: &Memory) {
     let Some(path) = &settings.agent.metrics_textfile else { return };
-    let _guard = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let statuses: Vec<AccountStatus> =
-        settings.accounts.keys().map(|name| status::load(&settings.agent.state_dir, name)).collect();
+    let _guard = mem.metrics.0.lock().unwrap_or_else(|e| e.into_inner());
+    let state_dir = &settings.agent.state_dir;
+    let statuses: Vec<AccountStatus> = settings.accounts.keys().map(|name| mem.statuses.get(state_dir, name)).collect();
     if let Err(e) = write_atomic(path, render(&statuses).as_bytes()) {
         tracing::warn!("could not write the metrics textfile {}: {e}", path.display());
     }

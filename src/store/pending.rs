@@ -55,22 +55,26 @@ pub fn clear(state_dir: &Path, account: &str) {
 
 /// This process's memory of kept credentials: the daemon lives on between runs, so a
 /// credential it received survives here even when pending.json could not be written.
-static HELD: Mutex<BTreeMap<String, PendingCredential>> = Mutex::new(BTreeMap::new());
+#[derive(Default)]
+pub struct Held(Mutex<BTreeMap<String, PendingCredential>>);
+
+impl Held {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PendingCredential>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// The kept credential of `account`: the durable copy, else this process's memory.
 /// An unreadable copy counts as none here; `Keeper::reserve` refuses to spend a token
 /// while it exists.
-pub fn current(state_dir: &Path, account: &str) -> Option<PendingCredential> {
-    load(state_dir, account)
-        .ok()
-        .flatten()
-        .or_else(|| HELD.lock().unwrap_or_else(PoisonError::into_inner).get(account).cloned())
+pub fn current(state_dir: &Path, held: &Held, account: &str) -> Option<PendingCredential> {
+    load(state_dir, account).ok().flatten().or_else(|| held.map().get(account).cloned())
 }
 
 /// After a run whose worker said what is left (`pending_left`): drop both copies once
 /// auth.json holds the credential; keep the one in memory while it does not.
-pub fn settle(state_dir: &Path, account: &str, keeper: &Keeper, pending_left: Option<bool>) {
-    let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
+pub fn settle(state_dir: &Path, held: &Held, account: &str, keeper: &Keeper, pending_left: Option<bool>) {
+    let mut held = held.map();
     match pending_left {
         Some(false) => {
             held.remove(account);
@@ -83,7 +87,8 @@ pub fn settle(state_dir: &Path, account: &str, keeper: &Keeper, pending_left: Op
             if held.contains_key(account) && !path(state_dir, account).exists() {
                 tracing::error!(
                     account = %account,
-                    "a new credential could not be written to auth.json nor kept in {}; only this process's memory holds it: if the agent stops before the next run writes it, a new login is needed (codex login --device-auth)",
+                    "a new credential could not be written to auth.json nor kept in {}; only this process's \
+                        memory holds it: if the agent stops before the next run writes it, a new login is needed (codex login --device-auth)",
                     status::account_dir(state_dir, account).display()
                 );
             }

@@ -142,11 +142,57 @@ pub fn load(state_dir: &Path, account: &str) -> AccountStatus {
         .unwrap_or_else(|| AccountStatus { account: account.to_string(), ..Default::default() })
 }
 
+/// The statuses this process last read or wrote, so a run reads its account's status.json
+/// once and the textfile is rendered without reading every account's file again.
+#[derive(Default)]
+pub struct Cache(std::sync::Mutex<std::collections::BTreeMap<String, AccountStatus>>);
+
+impl Cache {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, AccountStatus>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Read `account`'s status.json again: a run starts from the file, which another
+    /// process (a one-shot command beside the daemon) may have written.
+    pub fn reload(&self, state_dir: &Path, account: &str) -> AccountStatus {
+        let st = load(state_dir, account);
+        self.map().insert(account.to_string(), st.clone());
+        st
+    }
+
+    /// The status this process holds for `account`, read once if it holds none.
+    pub fn get(&self, state_dir: &Path, account: &str) -> AccountStatus {
+        if let Some(st) = self.map().get(account) {
+            return st.clone();
+        }
+        self.reload(state_dir, account)
+    }
+
+    /// Change `account`'s status with `f` and save it; returns the new status. `durable`:
+    /// fsync it (an outcome worth keeping through a power cut); else only replace it
+    /// atomically (a fresh check: losing it costs nothing).
+    pub fn update(
+        &self,
+        state_dir: &Path,
+        account: &str,
+        durable: bool,
+        f: impl FnOnce(&mut AccountStatus),
+    ) -> AccountStatus {
+        let mut st = self.get(state_dir, account);
+        f(&mut st);
+        if let Err(e) = save(state_dir, &st, durable) {
+            tracing::warn!(account = %account, "could not save status: {e}");
+        }
+        self.map().insert(account.to_string(), st.clone());
+        st
+    }
+}
+
 /// Write status.json (0600, atomic) under state_dir/accounts/<name>/ (dirs 0700).
-pub fn save(state_dir: &Path, status: &AccountStatus) -> Result<(), DirError> {
+pub fn save(state_dir: &Path, status: &AccountStatus, durable: bool) -> Result<(), DirError> {
     let dir = SafeDir::create_private(&account_dir(state_dir, &status.account))?;
     let bytes = serde_json::to_vec_pretty(status).unwrap_or_default();
-    dir.write_atomic(STATUS_FILE, &bytes)
+    if durable { dir.write_atomic(STATUS_FILE, &bytes) } else { dir.replace_quietly(STATUS_FILE, &bytes) }
 }
 
 #[cfg(test)]
@@ -210,7 +256,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let mut s = AccountStatus { account: "a".into(), ..Default::default() };
         s.seed_sha256 = Some("h".into());
-        save(t.path(), &s).unwrap();
+        save(t.path(), &s, true).unwrap();
         assert_eq!(load(t.path(), "a"), s);
         let f = account_dir(t.path(), "a").join(STATUS_FILE);
         assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);

@@ -1,9 +1,9 @@
-//! Test hook, inert in production: `CODEX_AUTH_AGENT_FAULT=<step>` makes the process
-//! abort (SIGABRT, no core file) when a cycle reaches that step, so the crash-consistency
-//! suite (tests/crash.rs) can prove what a kill at each point leaves on disk. The variable
-//! is read once; unset or unknown, every [`point`] is a no-op.
-
-use std::sync::OnceLock;
+//! Test hook, compiled only with the cargo feature `fault-injection` (tests/run-all.sh
+//! turns it on; the shipped binary has none, and [`point`] is an empty inline function):
+//! `CODEX_AUTH_AGENT_FAULT=<step>` makes the process abort (SIGABRT, no core file) when a
+//! cycle reaches that step, so the crash-consistency suite (tests/crash.rs) can prove what a
+//! kill at each point leaves on disk. The variable is read once; unset or unknown, every
+//! [`point`] is a no-op.
 
 /// Where a cycle can be made to crash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +21,7 @@ pub enum Step {
 }
 
 impl Step {
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     fn parse(s: &str) -> Option<Step> {
         Some(match s {
             "after_lock" => Step::AfterLock,
@@ -33,18 +34,25 @@ impl Step {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 fn armed() -> Option<Step> {
-    static ARMED: OnceLock<Option<Step>> = OnceLock::new();
+    static ARMED: std::sync::OnceLock<Option<Step>> = std::sync::OnceLock::new();
     *ARMED.get_or_init(|| std::env::var("CODEX_AUTH_AGENT_FAULT").ok().as_deref().and_then(Step::parse))
 }
 
 /// Abort here when the hook is armed for `step`.
+#[cfg(feature = "fault-injection")]
 pub fn point(step: Step) {
     if armed() == Some(step) {
         crate::sys::process::harden_process(); // no core file from a deliberate crash
         std::process::abort();
     }
 }
+
+/// Without the feature a fault point is nothing at all.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn point(_step: Step) {}
 
 #[cfg(test)]
 mod tests {

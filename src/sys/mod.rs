@@ -8,4 +8,5 @@ pub mod journal;
 pub mod logging;
 pub mod process;
 pub mod safedir;
+pub mod tls;
 pub mod user;

@@ -37,17 +37,10 @@ impl DirError {
 }
 
 /// Identity of a file on disk (tests use it to prove a file was not replaced).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileId {
-    pub dev: u64,
-    pub ino: u64,
-}
-
-/// Bytes of a file read safely, with its identity.
+/// Bytes of a file read safely.
 #[derive(Clone, PartialEq, Eq)]
 pub struct FileRead {
     pub bytes: Vec<u8>,
-    pub id: FileId,
 }
 
 /// A held flock; released on drop.
@@ -196,7 +189,7 @@ impl SafeDir {
                 "replace it with a real Codex auth.json",
             ));
         }
-        Ok(Some(FileRead { bytes, id: FileId { dev: st.st_dev, ino: st.st_ino } }))
+        Ok(Some(FileRead { bytes }))
     }
 
     /// Take an exclusive flock on `name` (created 0600 if missing). With `wait` None a
@@ -257,6 +250,13 @@ impl SafeDir {
     /// (the account's user). On any error the old file is untouched and the temp removed.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), DirError> {
         self.reserve(name, 0)?.replace(bytes)
+    }
+
+    /// Like [`SafeDir::write_atomic`] without the two fsyncs: readers see the old file or
+    /// the new one, never a torn one, but a power cut may bring back the old one. For files
+    /// whose newest version is worth nothing after a crash (a fresh check's status).
+    pub fn replace_quietly(&self, name: &str, bytes: &[u8]) -> Result<(), DirError> {
+        self.reserve(name, 0)?.put(bytes, false)
     }
 
     /// Set aside room for a later [`Reserved::replace`] of `name`: an O_EXCL temp file
@@ -355,12 +355,16 @@ pub struct Reserved {
 impl Reserved {
     /// Write `bytes` into the reserved temp (0600), fsync, rename it over the target and
     /// fsync the directory. On error the target is untouched and the temp removed.
-    pub fn replace(mut self, bytes: &[u8]) -> Result<(), DirError> {
+    pub fn replace(self, bytes: &[u8]) -> Result<(), DirError> {
+        self.put(bytes, true)
+    }
+
+    fn put(mut self, bytes: &[u8], durable: bool) -> Result<(), DirError> {
         let fd = self.fd.take().expect("a reservation is replaced once");
         let dirfd = self.dirfd.as_raw_fd();
         let target = self.dir.join(&self.target);
         let is_auth = self.target == crate::core::contract::AUTH_FILE;
-        write_sync(fd, bytes)
+        write_fd(fd, bytes, durable)
             .and_then(|()| {
                 if is_auth {
                     crate::sys::fault::point(crate::sys::fault::Step::AfterTempWrite);
@@ -374,7 +378,7 @@ impl Reserved {
             crate::sys::fault::point(crate::sys::fault::Step::AfterRename);
         }
         // The rename is durable only once the directory entry is on disk.
-        fsync(dirfd).map_err(|e| DirError::io(self.dir.clone(), e))
+        if durable { fsync(dirfd).map_err(|e| DirError::io(self.dir.clone(), e)) } else { Ok(()) }
     }
 }
 
@@ -387,6 +391,10 @@ impl Drop for Reserved {
 }
 
 fn write_sync(fd: OwnedFd, bytes: &[u8]) -> io::Result<()> {
+    write_fd(fd, bytes, true)
+}
+
+fn write_fd(fd: OwnedFd, bytes: &[u8], durable: bool) -> io::Result<()> {
     use std::io::Seek;
     // The umask may have narrowed or (via ACL defaults) widened the create mode.
     fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(0o600))?;
@@ -396,7 +404,7 @@ fn write_sync(fd: OwnedFd, bytes: &[u8]) -> io::Result<()> {
     f.seek(io::SeekFrom::Start(0))?;
     f.write_all(bytes)?;
     f.set_len(bytes.len() as u64)?;
-    f.sync_all()
+    if durable { f.sync_all() } else { Ok(()) }
 }
 
 #[cfg(test)]

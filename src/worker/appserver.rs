@@ -47,7 +47,8 @@ pub fn precheck(auth: &AuthFile) -> Result<(), Failure> {
     match auth.stored_account_id() {
         Some(_) => Ok(()),
         None => Err(Failure::permanent(format!(
-            "auth.json has no tokens.account_id, without which Codex's app-server never refreshes; set refresh_method = \"oauth\" for this account or {RELOGIN}"
+            "auth.json has no tokens.account_id, without which Codex's app-server never refreshes; set \
+                refresh_method = \"oauth\" for this account or {RELOGIN}"
         ))),
     }
 }

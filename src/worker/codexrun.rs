@@ -161,7 +161,8 @@ pub fn resolve_bin(bin: &str, path_env: Option<&std::ffi::OsStr>) -> Result<Path
     };
     found.map(|p| native_of_npm_launcher(&p).unwrap_or(p)).ok_or_else(|| {
         Failure::transient(format!(
-            "the Codex CLI `{bin}` (agent.codex_bin) was not found or is not executable; install @openai/codex or set agent.codex_bin to its path"
+            "the Codex CLI `{bin}` (agent.codex_bin) was not found or is not executable; install @openai/codex \
+                or set agent.codex_bin to its path"
         ))
     })
 }

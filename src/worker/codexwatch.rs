@@ -227,7 +227,8 @@ fn pid_list(procs: &[CodexProc]) -> String {
 pub fn explain_first_post(mut f: Failure, racing: &[CodexProc]) -> Failure {
     if !racing.is_empty() && is_reuse(&f) {
         f.reason = format!(
-            "refresh collided with a running Codex of this account (pid {}) that sent the same refresh token at the same moment: {}",
+            "refresh collided with a running Codex of this account (pid {}) that sent the same refresh token at \
+                the same moment: {}",
             pid_list(racing),
             f.reason
         );
@@ -241,11 +242,13 @@ pub fn verification_failure(f: Failure, racing: &[CodexProc]) -> Failure {
     let pids = pid_list(racing);
     let reason = match f.class {
         FailureClass::Permanent => format!(
-            "refresh collided with a running Codex of this account (pid {pids}) that sent the same refresh token (refresh_token_reused): the token endpoint revoked the login, and the new refresh token was refused when we verified it: {}",
+            "refresh collided with a running Codex of this account (pid {pids}) that sent the same refresh \
+                token (refresh_token_reused): the token endpoint revoked the login, and the new refresh token was refused when we verified it: {}",
             f.reason
         ),
         _ => format!(
-            "refreshed, but a Codex of this account (pid {pids}) ran during the refresh and the check that the login survived it failed (if that check reached the endpoint, its answer is lost and the login is spent): {}",
+            "refreshed, but a Codex of this account (pid {pids}) ran during the refresh and the check that the \
+                login survived it failed (if that check reached the endpoint, its answer is lost and the login is spent): {}",
             f.reason
         ),
     };
@@ -447,7 +450,8 @@ pub fn before_post<'a>(ctx: Ctx<'a>, bytes: &[u8], auth: &AuthFile) -> Before<'a
     let limit = ctx.request_timeout;
     tracing::info!(
         account = %ctx.account,
-        "the credential is inside Codex's own refresh window and Codex (pid {}) runs with this CODEX_HOME: waiting up to {}s for it to refresh",
+        "the credential is inside Codex's own refresh window and Codex (pid {}) runs with this CODEX_HOME: \
+            waiting up to {}s for it to refresh",
         pid_list(&watch.racing),
         limit.as_secs_f32()
     );
@@ -485,7 +489,8 @@ pub fn before_post<'a>(ctx: Ctx<'a>, bytes: &[u8], auth: &AuthFile) -> Before<'a
                 return Before::Done(Report::failed(
                     ctx.account,
                     Failure::transient(format!(
-                        "auth.json changed while we waited for the running Codex of this account (pid {}) to refresh it, and is not a valid auth.json now; will retry",
+                        "auth.json changed while we waited for the running Codex of this account (pid {}) to \
+                            refresh it, and is not a valid auth.json now; will retry",
                         pid_list(&watch.racing)
                     )),
                 ));
@@ -508,7 +513,8 @@ impl Watch<'_> {
             self.ctx.account,
             Outcome::Fresh,
             format!(
-                "the credential was inside Codex's own refresh window and a Codex of this account (pid {}) was running, so we let it refresh: auth.json changed after {:.1}s; kept the on-disk credential",
+                "the credential was inside Codex's own refresh window and a Codex of this account (pid {}) was \
+                    running, so we let it refresh: auth.json changed after {:.1}s; kept the on-disk credential",
                 pid_list(&self.racing),
                 waited.as_secs_f32()
             ),
@@ -584,7 +590,8 @@ impl Watch<'_> {
                 self.ctx.account,
                 Outcome::Fresh,
                 format!(
-                    "refreshed while a Codex of this account (pid {pids}) was running, then auth.json changed before we could verify the new login; kept the on-disk credential"
+                    "refreshed while a Codex of this account (pid {pids}) was running, then auth.json changed \
+                        before we could verify the new login; kept the on-disk credential"
                 ),
             );
             r.events.push(Event::Adopted);
@@ -592,7 +599,8 @@ impl Watch<'_> {
         }
         tracing::info!(
             account = %self.ctx.account,
-            "a Codex of this account (pid {pids}) ran during our refresh: verifying the new login with a second refresh after {settled:.1}s"
+            "a Codex of this account (pid {pids}) ran during our refresh: verifying the new login with a second \
+                refresh after {settled:.1}s"
         );
         let yielded = self.yielded.map(|y| format!("; {y}")).unwrap_or_default();
         match refresh(&file.bytes, &auth) {
@@ -600,7 +608,8 @@ impl Watch<'_> {
                 let mut r = save(file.bytes, auth, &tokens);
                 if r.outcome == Outcome::Refreshed {
                     r.reason = format!(
-                        "{}{yielded}; verified: a Codex of this account (pid {pids}) ran during the refresh, so once its attempt was over ({settled:.1}s later) the new login was refreshed once more and is alive",
+                        "{}{yielded}; verified: a Codex of this account (pid {pids}) ran during the refresh, so \
+                            once its attempt was over ({settled:.1}s later) the new login was refreshed once more and is alive",
                         r.reason
                     );
                 }

@@ -81,6 +81,19 @@ pub(crate) fn dir_failure(e: DirError) -> Failure {
 pub fn run(job: &Job, clock: &dyn Clock, sup: &dyn Supervisor) -> Report {
     let home = match SafeDir::open(&job.codex_home, job.owner_uid) {
         Ok(h) => h,
+        // Fleet mode brings the credential from Vault, so a fresh machine or a pod's
+        // emptyDir may lack CODEX_HOME: make it (0700, as the user; its parent must exist).
+        Err(DirError::Missing { .. }) if job.materialize && !job.dry_run => {
+            use std::os::unix::fs::DirBuilderExt;
+            // A failure shows in the open below (parent missing, raced, not ours).
+            if std::fs::DirBuilder::new().mode(0o700).create(&job.codex_home).is_ok() {
+                tracing::info!(account = %job.account, "created codex_home {}", job.codex_home.display());
+            }
+            match SafeDir::open(&job.codex_home, job.owner_uid) {
+                Ok(h) => h,
+                Err(e) => return Report::failed(&job.account, dir_failure(e)),
+            }
+        }
         Err(e) => return Report::failed(&job.account, dir_failure(e)),
     };
     let cycle = Cycle { job, home: &home, clock, sup, pending_open: Cell::new(job.pending.is_some()) };
@@ -90,7 +103,7 @@ pub fn run(job: &Job, clock: &dyn Clock, sup: &dyn Supervisor) -> Report {
         report.codex_version = codexwatch::codex_bin_version(&job.codex_bin).map(|v| v.to_string());
     }
     if !job.dry_run && report.class() != Some(crate::core::outcome::FailureClass::Unsafe) {
-        if let Err(e) = home.write_atomic(SIDECAR_FILE, &sidecar_bytes(&report, clock.now())) {
+        if let Err(e) = home.replace_quietly(SIDECAR_FILE, &sidecar_bytes(&report, clock.now())) {
             tracing::warn!(account = %job.account, "could not write the status sidecar: {e}");
         }
     }
@@ -142,7 +155,8 @@ impl Cycle<'_> {
                 self.account(),
                 Outcome::Inert,
                 format!(
-                    "Codex keeps this login in the {store} store (cli_auth_credentials_store), not in auth.json; set it to \"file\" to have it refreshed"
+                    "Codex keeps this login in the {store} store (cli_auth_credentials_store), not in \
+                        auth.json; set it to \"file\" to have it refreshed"
                 ),
             );
         }
@@ -212,7 +226,8 @@ impl Cycle<'_> {
         let still_pending = |f: Failure| {
             let mut f = f;
             f.reason = format!(
-                "a new credential received at {since} is not yet written to {}: {}; it is kept in the agent's state and will be written by the next run (the old refresh token is not sent again)",
+                "a new credential received at {since} is not yet written to {}: {}; it is kept in the agent's \
+                    state and will be written by the next run (the old refresh token is not sent again)",
                 self.auth_path().display(),
                 f.reason
             );
@@ -230,7 +245,8 @@ impl Cycle<'_> {
             (None, None) => true,
         };
         if !replaces {
-            tracing::warn!(account = %self.account(), "a new login replaced the credential kept since {since} (never written); dropped it");
+            tracing::warn!(account = %self.account(), "a new login replaced the credential kept since {since} \
+                (never written); dropped it");
             self.pending_open.set(false);
             return None;
         }
@@ -300,7 +316,8 @@ impl Cycle<'_> {
             seed::Plan::NoCredential => Err(match parsed {
                 Some(Err(invalid)) => Failure::permanent(format!("invalid auth.json: {invalid}")),
                 _ if self.job.seed.is_some() => Failure::permanent(format!(
-                    "{} is missing and the seed was already applied (its refresh token is spent); log in again (codex login --device-auth) or install a new seed",
+                    "{} is missing and the seed was already applied (its refresh token is spent); log in again \
+                        (codex login --device-auth) or install a new seed",
                     self.auth_path().display()
                 )),
                 _ => Failure::permanent(format!(
@@ -359,7 +376,8 @@ impl Cycle<'_> {
         let unsent = |f: Failure| self.describe(self.failed(f), &snap.bytes, &snap.auth);
         if !self.job.force && self.job.quarantined.as_deref() == Some(sha256_hex(&snap.bytes).as_str()) {
             return unsent(Failure::permanent(
-                "the last refresh of this auth.json failed permanently, so its refresh token is not sent again; log in again (codex login --device-auth), or --force to try anyway",
+                "the last refresh of this auth.json failed permanently, so its refresh token is not sent again; \
+                    log in again (codex login --device-auth), or --force to try anyway",
             ));
         }
         let ctx = codexwatch::Ctx {
@@ -504,15 +522,18 @@ impl Cycle<'_> {
                 self.pending_open.set(true);
                 let kept = match kept {
                     Ok(path) => format!(
-                        "it is kept in {} and the next run writes it once that is fixed; the old refresh token is not sent again, so do not log in again",
+                        "it is kept in {} and the next run writes it once that is fixed; the old refresh token \
+                            is not sent again, so do not log in again",
                         path.display()
                     ),
                     Err(e) => format!(
-                        "keeping a copy in the agent's state failed too ({e}), so only this process holds it; if it ends before the fix, log in again (codex login --device-auth)"
+                        "keeping a copy in the agent's state failed too ({e}), so only this process holds it; \
+                            if it ends before the fix, log in again (codex login --device-auth)"
                     ),
                 };
                 f.reason = format!(
-                    "the refresh succeeded (the refresh token read from auth.json is now spent) but the new credential could not be written to {}: {}; {kept}",
+                    "the refresh succeeded (the refresh token read from auth.json is now spent) but the new \
+                        credential could not be written to {}: {}; {kept}",
                     self.auth_path().display(),
                     f.reason
                 );

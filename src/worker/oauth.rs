@@ -97,7 +97,10 @@ pub fn refresh_reason(reason: &RefreshReason) -> &'static str {
 /// POST the refresh grant to `url`. Never follows redirects (a token must not be
 /// replayed to another host).
 pub fn refresh(url: &str, refresh_token: &str, timeout: Duration, shape: &RequestShape) -> Result<NewTokens, Failure> {
-    let agent = ureq::AgentBuilder::new().timeout(timeout).redirects(0).user_agent(&shape.user_agent).build();
+    let tls = crate::sys::tls::for_url(url)
+        .map_err(|e| Failure::transient(format!("cannot set up TLS for the token endpoint: {e}; will retry")))?;
+    let agent =
+        ureq::AgentBuilder::new().timeout(timeout).redirects(0).user_agent(&shape.user_agent).tls_config(tls).build();
     let mut body = serde_json::json!({
         "client_id": shape.client_id,
         "grant_type": "refresh_token",

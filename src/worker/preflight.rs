@@ -190,7 +190,8 @@ impl Probe<'_> {
             // and written by the next refresh run.
             Adoption::Failed(f) => (
                 Err(Failure::transient(format!(
-                    "Codex refreshed the token during the preflight but writing it to auth.json failed ({}); the new credential is kept in the agent's state and the next refresh writes it (the old token is not sent again)",
+                    "Codex refreshed the token during the preflight but writing it to auth.json failed ({}); \
+                        the new credential is kept in the agent's state and the next refresh writes it (the old token is not sent again)",
                     f.reason
                 ))),
                 None,

@@ -158,7 +158,8 @@ impl World {
         let alice_home = home_for(&self.scratch, &alice, Some(auth_a));
         let bob_home = home_for(&self.scratch, &bob, Some(auth_b));
         let accounts = format!(
-            "[accounts.alice]\nuser = \"caa-alice\"\ncodex_home = \"{}\"\n\n[accounts.bob]\nuser = \"caa-bob\"\ncodex_home = \"{}\"\n",
+            "[accounts.alice]\nuser = \"caa-alice\"\ncodex_home = \"{}\"\n\n[accounts.bob]\nuser = \
+                \"caa-bob\"\ncodex_home = \"{}\"\n",
             alice_home.display(),
             bob_home.display()
         );

@@ -244,10 +244,10 @@ pub async fn wait_state(conn: &Connection, name: &str, state: &str) -> AccountVi
     let t0 = Instant::now();
     loop {
         let v = view(conn, name).await;
-        if v.state == state {
+        if v.state.as_str() == state {
             return v;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "{name} stayed {} (wanted {state}): {v:?}", v.state);
+        assert!(t0.elapsed() < Duration::from_secs(20), "{name} stayed {} (wanted {state}): {v:?}", v.state.as_str());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

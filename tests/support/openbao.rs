@@ -148,14 +148,16 @@ impl Bao {
         let data = home.path().join("data");
         std::fs::create_dir(&data).unwrap();
         let mut listeners = format!(
-            "listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\n"
+            "listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \
+                \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\n"
         );
         let (mut tls_addr, mut ca_file) = (None, None);
         if tls {
             let tls_port = free_port();
             let (ca, cert, key) = make_tls(home.path());
             listeners += &format!(
-                "listener \"tcp\" {{\n  address = \"127.0.0.1:{tls_port}\"\n  tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n}}\n",
+                "listener \"tcp\" {{\n  address = \"127.0.0.1:{tls_port}\"\n  tls_cert_file = \"{}\"\n  \
+                    tls_key_file = \"{}\"\n}}\n",
                 cert.display(),
                 key.display()
             );

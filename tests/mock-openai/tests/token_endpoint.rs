@@ -61,7 +61,8 @@ fn reuse_revokes_the_family() {
     assert_eq!(
         r.json().unwrap(),
         json!({"error": {
-            "message": "Your refresh token has already been used to generate a new access token. Please try signing in again.",
+            "message": "Your refresh token has already been used to generate a new access token. Please try \
+                signing in again.",
             "type": "invalid_request_error",
             "param": null,
             "code": "refresh_token_reused",
