@@ -16,6 +16,7 @@ use crate::config::{self, AccountSettings, Env, Settings};
 use crate::core::clock::SystemClock;
 use crate::core::outcome::exit;
 use crate::core::task::Identity;
+use crate::sys::args::say;
 use crate::sys::logging;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -57,6 +58,9 @@ pub enum Command {
     /// Internal: one account's job as its user (job on stdin, report on stdout)
     #[command(hide = true)]
     Worker,
+    /// Internal: the systemd generator (opens the configured Codex homes in the sandbox)
+    #[command(hide = true)]
+    SystemdGenerator { dirs: Vec<PathBuf> },
 }
 
 /// Which accounts a one-shot command works on.
@@ -106,11 +110,12 @@ pub fn main() -> i32 {
         Err(code) => return code,
     };
     crate::sys::process::harden_process();
-    logging::init(cli.verbose);
+    logging::init(cli.verbose, matches!(cli.command, Command::Refresh(_) | Command::Preflight(_)));
     let clock = SystemClock;
     let (mem, vault) = (Memory::default(), Clients::default());
     match cli.command {
         Command::Worker => crate::worker::child::main(&clock),
+        Command::SystemdGenerator { dirs } => systemd_generator(&dirs),
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Daemon { bus } => crate::daemon::main(cli.config.as_deref(), bus),
         Command::Refresh(args) => {
@@ -124,14 +129,47 @@ pub fn main() -> i32 {
     }
 }
 
+/// The systemd generator: `codex-auth-agent systemd-generator NORMAL_DIR [EARLY LATE]`
+/// writes the sandbox drop-in for the configured homes (core::sandbox). Never fails the
+/// boot: a config that does not load writes nothing (the service then fails to start with
+/// the config error, which is where the operator looks).
+fn systemd_generator(dirs: &[PathBuf]) -> i32 {
+    use crate::core::sandbox::{DROPIN, UNIT, dropin};
+    let Some(normal) = dirs.first() else {
+        eprintln!("usage: codex-auth-agent systemd-generator NORMAL_DIR [EARLY_DIR LATE_DIR]");
+        return exit::USAGE;
+    };
+    let path = config::config_path(None);
+    let settings = match config::load(&path, &Env::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("codex-auth-agent-generator: no sandbox drop-in: {e}");
+            return exit::OK;
+        }
+    };
+    let homes = settings.accounts.values().map(|a| (a.name.as_str(), a.codex_home.as_path()));
+    let Some(text) = dropin(homes, &path) else { return exit::OK };
+    let dir = normal.join(format!("{UNIT}.d"));
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(DROPIN), text)) {
+        eprintln!("codex-auth-agent-generator: cannot write {}: {e}", dir.join(DROPIN).display());
+    }
+    exit::OK
+}
+
 fn check_config(flag: Option<&Path>) -> i32 {
     let path = config::config_path(flag);
     match config::load(&path, &Env::from_process()) {
+        Ok(s) if !s.home_problems.is_empty() => {
+            for e in &s.home_problems {
+                eprintln!("{e}");
+            }
+            exit::CONFIG
+        }
         Ok(s) => {
             for w in &s.warnings {
                 eprintln!("warning: {w}");
             }
-            print!("{}", s.render());
+            say(&s.render());
             exit::OK
         }
         Err(e) => {
@@ -173,6 +211,9 @@ fn select(flag: Option<&Path>, target: &Target) -> Result<(Settings, Vec<String>
     for w in &settings.warnings {
         eprintln!("warning: {w}");
     }
+    for e in &settings.home_problems {
+        eprintln!("warning: {e}");
+    }
     let names: Vec<String> = match &target.account {
         Some(name) if settings.accounts.contains_key(name) => vec![name.clone()],
         Some(name) => {
@@ -209,7 +250,7 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, rt: &Runtime<'_>) -> i32 {
     });
     let mut code = exit::OK;
     for r in &reports {
-        println!("{}", if args.json { r.json_line() } else { r.human_line() });
+        say(&format!("{}\n", if args.json { r.json_line() } else { r.human_line() }));
         code = exit::worst(code, r.exit_code());
     }
     code
@@ -236,7 +277,7 @@ fn preflight(flag: Option<&Path>, args: &PreflightArgs, rt: &Runtime<'_>) -> i32
     let reports = run_parallel(&settings, &names, settings.agent.max_parallel, |a| run::preflight(&settings, a, rt));
     let mut code = exit::OK;
     for r in &reports {
-        println!("{}", if args.json { r.json_line() } else { r.human_line() });
+        say(&format!("{}\n", if args.json { r.json_line() } else { r.human_line() }));
         code = exit::worst(code, r.exit_code());
     }
     code

@@ -7,6 +7,7 @@ use crate::api::view::AccountView;
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::outcome::exit;
 use crate::core::schedule::State;
+use crate::sys::args::say;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use std::collections::HashMap;
@@ -232,6 +233,7 @@ pub fn table(views: &[AccountView], now: DateTime<Utc>) -> String {
 }
 
 async fn run(cli: Cli) -> Result<i32, Fail> {
+    let system_bus = matches!(cli.bus.choice(), BusChoice::System);
     let conn = cli
         .bus
         .choice()
@@ -257,13 +259,13 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             }
             if json {
                 for v in &views {
-                    println!("{}", serde_json::to_string(v).unwrap_or_default());
+                    say(&format!("{}\n", serde_json::to_string(v).unwrap_or_default()));
                 }
             } else {
                 let m = proxy(&conn, MANAGER_PATH.into(), MANAGER_IFACE).await?;
                 let summary: String = m.get_property("Summary").await.map_err(|e| classify(e, "status"))?;
-                println!("{summary}\n");
-                print!("{}", table(&views, SystemClock.now()));
+                say(&format!("{summary}\n\n"));
+                say(&table(&views, SystemClock.now()));
             }
             Ok(exit::OK)
         }
@@ -271,7 +273,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             let p = proxy(&conn, account_path(&a), ACCOUNT_IFACE).await?;
             let (outcome, reason): (String, String) =
                 p.call("Refresh", &(force,)).await.map_err(|e| classify(e, &a))?;
-            println!("{a}: {outcome}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+            say(&result_line(&a, &outcome, &reason));
             finish(&conn, &[(a, outcome)]).await
         }
         CtlCommand::Refresh { account: None, force, .. } => {
@@ -279,7 +281,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             let results: Vec<(String, String, String)> =
                 m.call("RefreshAll", &(force,)).await.map_err(|e| classify(e, "refresh --all"))?;
             for (a, o, r) in &results {
-                println!("{a}: {o}{}", if r.is_empty() { String::new() } else { format!(": {r}") });
+                say(&result_line(a, o, r));
             }
             finish(&conn, &results.into_iter().map(|(a, o, _)| (a, o)).collect::<Vec<_>>()).await
         }
@@ -287,7 +289,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
         CtlCommand::Preflight { account: Some(a), .. } => {
             let p = proxy(&conn, account_path(&a), ACCOUNT_IFACE).await?;
             let (outcome, reason): (String, String) = p.call("Preflight", &()).await.map_err(|e| classify(e, &a))?;
-            println!("{a}: {outcome}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+            say(&result_line(&a, &outcome, &reason));
             Ok(if outcome == "preflight_ok" { exit::OK } else { exit::TRANSIENT })
         }
         CtlCommand::Preflight { account: None, .. } => {
@@ -295,7 +297,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             let results: Vec<(String, String, String)> =
                 m.call("PreflightAll", &()).await.map_err(|e| classify(e, "preflight --all"))?;
             for (a, o, r) in &results {
-                println!("{a}: {o}{}", if r.is_empty() { String::new() } else { format!(": {r}") });
+                say(&result_line(a, o, r));
             }
             let failed = results.iter().any(|(_, o, _)| o != "preflight_ok");
             Ok(if failed { exit::TRANSIENT } else { exit::OK })
@@ -303,12 +305,68 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
         CtlCommand::Store { account } => pass_fd(&conn, &account, "Store").await,
         CtlCommand::Seed { account } => pass_fd(&conn, &account, "Seed").await,
         CtlCommand::Reload => {
+            if system_bus {
+                match resync_sandbox() {
+                    Some(Ok(said)) => {
+                        say(&format!("{said}\n"));
+                        return Ok(exit::OK);
+                    }
+                    Some(Err(e)) => return Err(Fail(1, e)),
+                    None => {}
+                }
+            }
             let m = proxy(&conn, MANAGER_PATH.into(), MANAGER_IFACE).await?;
             m.call::<_, _, ()>("Reload", &()).await.map_err(|e| classify(e, "reload"))?;
-            println!("reloaded");
+            say("reloaded\n");
             Ok(exit::OK)
         }
     }
+}
+
+/// `reload` as root on a systemd host: `systemctl daemon-reload` re-runs the generator
+/// (the sandbox drop-in for the configured homes); when the running daemon's mount
+/// namespace lacks a path the new drop-in opens, a SIGHUP cannot add it: restart the
+/// service. Returns what was done when it restarted, None when a plain Reload is enough.
+fn resync_sandbox() -> Option<Result<String, String>> {
+    use crate::core::sandbox::{DROPIN, GENERATOR_DIR, UNIT, mount_points, opened_paths};
+    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/run/systemd/system").exists() {
+        return None;
+    }
+    let systemctl = |args: &[&str]| std::process::Command::new("systemctl").args(args).output();
+    match systemctl(&["daemon-reload"]) {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!("codex-authctl: systemctl daemon-reload failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+            return None;
+        }
+        Err(e) => {
+            eprintln!("codex-authctl: cannot run systemctl daemon-reload: {e}");
+            return None;
+        }
+    }
+    let pid = systemctl(&["show", "-P", "MainPID", UNIT]).ok()?;
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().parse::<u32>().ok().filter(|p| *p != 0)?;
+    let dropin = std::fs::read_to_string(format!("{GENERATOR_DIR}/{UNIT}.d/{DROPIN}")).unwrap_or_default();
+    let mounts = mount_points(&std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?);
+    let missing: Vec<String> = opened_paths(&dropin)
+        .into_iter()
+        .filter(|p| p.is_dir() && !mounts.contains(p))
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    match systemctl(&["restart", UNIT]) {
+        Ok(o) if o.status.success() => {
+            Some(Ok(format!("reloaded: restarted {UNIT} so that its sandbox opens {}", missing.join(", "))))
+        }
+        _ => Some(Err(format!("systemctl restart {UNIT} failed; see systemctl status {UNIT}"))),
+    }
+}
+
+/// `ACCOUNT: OUTCOME[: REASON]` and a newline.
+fn result_line(account: &str, outcome: &str, reason: &str) -> String {
+    if reason.is_empty() { format!("{account}: {outcome}\n") } else { format!("{account}: {outcome}: {reason}\n") }
 }
 
 /// Worst exit code of a batch of (account, outcome); failed ones are judged by State.
@@ -334,7 +392,7 @@ async fn pass_fd(conn: &Connection, account: &str, method: &str) -> Result<i32, 
     let p = proxy(conn, account_path(account), ACCOUNT_IFACE).await?;
     let fd = Fd::from(stdin.as_fd());
     let (outcome, reason): (String, String) = p.call(method, &(fd,)).await.map_err(|e| classify(e, account))?;
-    println!("{account}: {outcome}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+    say(&result_line(account, &outcome, &reason));
     finish(conn, &[(account.to_string(), outcome)]).await
 }
 

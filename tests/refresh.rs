@@ -481,6 +481,47 @@ fn check_config_prints_or_names_the_bad_key() {
     assert_eq!(run(cmd).code, 78);
 }
 
+/// A relative `--config` is taken against the current directory once: config.d/ and the
+/// default seed path come out absolute, not relative to whatever directory a worker has.
+#[test]
+fn a_relative_config_path_gives_absolute_derived_paths() {
+    let (m, s) = (mock(), Scratch::new());
+    let home = s.codex_home("codex", None);
+    config_for(&s, &home, "");
+    std::fs::create_dir_all(s.path().join("etc/config.d")).unwrap();
+    std::fs::write(s.path().join("etc/config.d/50-x.toml"), "[defaults]\nmax_age = \"3d\"\n").unwrap();
+    let mut cmd = agent(&s, &m);
+    cmd.current_dir(s.path()).args(["--config", "etc/config.toml", "check-config"]);
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let seed = s.path().join("etc/seeds/me.json");
+    assert!(r.stdout.contains(&format!("seed = \"{}\"", seed.display())), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("# read: {}", s.path().join("etc/config.d/50-x.toml").display())),
+        "{}",
+        r.stdout
+    );
+}
+
+/// On a terminal (stdout and stderr both a pty, through script(1)) each outcome is printed
+/// once: the command's own line, not also the log entry on stderr.
+#[test]
+fn on_a_terminal_each_outcome_is_printed_once() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("acct");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    let cfg = config_for(&s, &home, "");
+    // The agent's own clean environment (logs to stderr), run inside script's pty.
+    let a = agent(&s, &m);
+    let mut script = std::process::Command::new("script");
+    script.env_clear().envs(a.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    script.args(["-qec", &format!("{BIN} --config {} refresh --all", cfg.display()), "/dev/null"]);
+    let r = run(script);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let n = r.stdout.lines().filter(|l| l.contains("me: refreshed")).count();
+    assert_eq!(n, 1, "printed {n} times:\n{}", r.stdout);
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let (m, s) = (mock(), Scratch::new());

@@ -77,6 +77,9 @@ pub struct VaultFragment {
     pub kubernetes_token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
     pub request_timeout: Option<String>,
+    /// How long a refresher keeps retrying the write of a credential it just received when
+    /// Vault does not answer (within its lease).
+    pub publish_retry: Option<String>,
 }
 
 /// One config file as written.

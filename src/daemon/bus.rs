@@ -68,8 +68,55 @@ async fn authorize(conn: &Connection, hdr: &Header<'_>, need: Need, what: &str) 
         Need::Operator => format!("root or membership in group {OPERATOR_GROUP}"),
         Need::Root => "root".to_string(),
     };
-    tracing::warn!(caller_uid = uid, method = what, "access denied: {what} needs {needs}");
+    // A caller looping on a denied call must not flood the journal (journald's rate limit
+    // would then drop the daemon's own entries too): a few per minute, then a count.
+    static DENIALS: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(5, DENIAL_WINDOW));
+    let (log, dropped) = DENIALS.lock().unwrap_or_else(|p| p.into_inner()).admit(std::time::Instant::now());
+    if dropped > 0 {
+        tracing::warn!(
+            "access denied to {dropped} more calls in the last {}s (not logged one by one)",
+            DENIAL_WINDOW.as_secs()
+        );
+    }
+    if log {
+        tracing::warn!(caller_uid = uid, method = what, "access denied: {what} needs {needs}");
+    }
     Err(fdo::Error::AccessDenied(format!("{what} needs {needs}")))
+}
+
+const DENIAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// At most `per_window` admitted events per `window`; the rest are counted.
+struct RateLimit {
+    per_window: u32,
+    window: std::time::Duration,
+    start: Option<std::time::Instant>,
+    used: u32,
+    dropped: u64,
+}
+
+impl RateLimit {
+    const fn new(per_window: u32, window: std::time::Duration) -> RateLimit {
+        RateLimit { per_window, window, start: None, used: 0, dropped: 0 }
+    }
+
+    /// Whether to log the event at `now`, and how many were dropped in the window that
+    /// just ended (reported once, with the first event of the next window).
+    fn admit(&mut self, now: std::time::Instant) -> (bool, u64) {
+        let mut ended = 0;
+        if self.start.is_none_or(|s| now.duration_since(s) >= self.window) {
+            ended = std::mem::take(&mut self.dropped);
+            self.start = Some(now);
+            self.used = 0;
+        }
+        if self.used < self.per_window {
+            self.used += 1;
+            (true, ended)
+        } else {
+            self.dropped += 1;
+            (false, ended)
+        }
+    }
 }
 
 fn pair(r: Report) -> (String, String) {
@@ -462,6 +509,17 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn denials_are_rate_limited_and_counted() {
+        let t0 = std::time::Instant::now();
+        let mut r = RateLimit::new(5, DENIAL_WINDOW);
+        let logged = (0..10_000).filter(|_| r.admit(t0).0).count();
+        assert_eq!(logged, 5);
+        // The next window: logged again, with the count of the ones dropped before.
+        assert_eq!(r.admit(t0 + DENIAL_WINDOW), (true, 9_995));
+        assert_eq!(r.admit(t0 + DENIAL_WINDOW), (true, 0));
+    }
 
     #[test]
     fn access_rules() {

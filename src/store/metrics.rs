@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 /// Outcomes a status can record (a dry run records nothing), one series each.
 const OUTCOMES: &[Outcome] = &[Outcome::Refreshed, Outcome::Fresh, Outcome::Inert, Outcome::Failed];
@@ -121,6 +122,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), fastrand::u64(..)));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        remove_old_temps(dir, &format!(".{name}.tmp-"), f.metadata()?.modified()?);
         // The daemon's umask is 0077: set the mode explicitly so node_exporter can read it.
         f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         f.write_all(bytes)?;
@@ -131,6 +133,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Remove temps (`prefix`…) a killed write left, once a minute older than `now` (the mtime
+/// of our own new temp; a younger one may be another write in flight).
+fn remove_old_temps(dir: &Path, prefix: &str, now: std::time::SystemTime) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t + Duration::from_secs(60) < now);
+        if old && e.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -208,5 +222,16 @@ codex_auth_agent_codex_info{account=\"bob\",codex_version=\"0.130.0\"} 1
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "no temp file left");
         assert!(write_atomic(&t.path().join("missing/x.prom"), b"x").is_err());
+        // A killed write's temp goes at the next write once a minute old; others' files stay.
+        let stale = t.path().join(".codex_auth_agent.prom.tmp-1-2");
+        let other = t.path().join(".node.prom.tmp-1-2");
+        for f in [&stale, &other] {
+            std::fs::File::create(f)
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000))
+                .unwrap();
+        }
+        write_atomic(&p, b"newer\n").unwrap();
+        assert!(!stale.exists() && other.exists());
     }
 }

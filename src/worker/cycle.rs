@@ -15,6 +15,7 @@ use crate::sys::safedir::{DirError, FileRead, Reserved, SafeDir};
 use crate::worker::codexrun::CodexSetup;
 use crate::worker::codexwatch;
 use crate::worker::{appserver, oauth};
+use nix::errno::Errno;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,11 +70,29 @@ pub(crate) fn dir_failure(e: DirError) -> Failure {
     match e {
         DirError::Unsafe { .. } => Failure::unsafe_file(format!("refused: {e}")),
         DirError::Missing { path } => Failure::permanent(format!(
-            "{} does not exist; log in as the account's user (codex login --device-auth) or fix codex_home",
-            path.display()
+            "{} does not exist; log in as the account's user (codex login --device-auth) or fix codex_home{}",
+            path.display(),
+            // Outside /home the service's sandbox opens the home only if it existed at start.
+            if crate::core::sandbox::access(&path) == crate::core::sandbox::Access::Home {
+                ""
+            } else {
+                "; if it does exist, the service started before it did: run `sudo codex-authctl reload`"
+            }
         )),
         DirError::Busy { .. } => Failure::transient(format!("{e}; will retry")),
-        DirError::Io { .. } => Failure::transient(format!("{e}; will retry")),
+        // Retrying cannot help until someone changes the file system: say what to change.
+        DirError::Io { ref path, ref source } => match source.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::EACCES | Errno::EPERM) => Failure::permanent(format!(
+                "{e}: the account's user cannot use {0}; fix: as its owner, chmod u+rwx {0} (the user must also \
+                 be able to enter every directory above it)",
+                path.display()
+            )),
+            Some(Errno::EROFS) => Failure::permanent(format!(
+                "{e}: the codex_home is read-only here; under the packaged service a codex_home outside /home is \
+                 opened by its generator: run `sudo codex-authctl reload` (or remount the file system read-write)"
+            )),
+            _ => Failure::transient(format!("{e}; will retry")),
+        },
     }
 }
 
