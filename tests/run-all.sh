@@ -54,24 +54,20 @@ CODEX_AUTH_AGENT_LOG=stderr target/debug/codex-auth-agent --config packaging/con
 # deploy/kubernetes against the Kubernetes and external-secrets schemas, offline.
 bash tests/k8s/validate.sh
 # The real Codex CLI for the preflight and app-server tests (tests/support/codex.rs),
-# installed once: as root where the throwaway test users can reach it, else in target/.
-codex_version=0.169.0
-if [ "$(id -u)" = 0 ]; then
-  codex_dir=/var/cache/codex-auth-agent-test/codex-$codex_version
-else
-  codex_dir=$PWD/target/codex-$codex_version
-fi
-codex_native=node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex
-if [ ! -x "$codex_dir/$codex_native" ]; then
-  install -d -m 0755 "$(dirname "$codex_dir")" "$codex_dir"
-  (cd "$codex_dir" && npm install --no-audit --no-fund --loglevel=error "@openai/codex@$codex_version")
-fi
-export CODEX_AUTH_AGENT_TEST_CODEX="$codex_dir/$codex_native"
+# installed once with npm: as root where the throwaway test users can reach it
+# (/var/cache/codex-auth-agent-test), else in target/. 0.169.0 runs the whole suite; the
+# other releases of the matrix run the Codex-facing tests below (tests/codex-compat.sh).
+CODEX_AUTH_AGENT_TEST_CODEX=$(bash tests/codex-compat.sh install 0.169.0)
+export CODEX_AUTH_AGENT_TEST_CODEX
 # Tests that cannot run here (not root, no tmpfs) list themselves in this file.
 skipped_list=target/tmp/skipped-tests.txt
 rm -f "$skipped_list"
 # The fault hook of the crash suite exists only in this test build (src/sys/fault.rs).
 cargo test --locked --workspace --features codex-auth-agent/fault-injection --no-fail-fast
+# The compatibility matrix: the Codex-facing tests again with the oldest supported and the
+# newest tested Codex (docs/CODEX-COMPAT.md); about a minute per version. The same features
+# as above, so the test binaries are not built again.
+CODEX_COMPAT_CARGO_FLAGS="--features codex-auth-agent/fault-injection" bash tests/codex-compat.sh
 if [ -s "$skipped_list" ]; then
   echo "== $(wc -l < "$skipped_list") test(s) SKIPPED:"
   sed 's/^/   /' "$skipped_list"

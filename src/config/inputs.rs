@@ -42,6 +42,7 @@ overridable! {
     preflight: bool,
     preflight_timeout: String,
     codex_base_url: String,
+    login_client_id: String,
     on_success: String,
     on_failure: String,
     hook_timeout: String,

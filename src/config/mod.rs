@@ -75,6 +75,9 @@ pub struct RefreshSettings {
     #[serde(with = "humantime_serde_compat")]
     pub preflight_timeout: Duration,
     pub codex_base_url: String,
+    /// The `CODEX_APP_SERVER_LOGIN_CLIENT_ID` this account's Codex runs with (None: Codex's
+    /// own client id): our refresh sends it, and the Codex we start gets it.
+    pub login_client_id: Option<String>,
 }
 
 impl RefreshSettings {
@@ -380,6 +383,16 @@ impl Validator<'_> {
         let (k, codex_base_url) = self.string(account, "codex_base_url", "");
         self.url(&k, &codex_base_url, true)?;
         let preflight = self.lookup(account, "preflight").and_then(|(_, v)| v.as_bool()).unwrap_or(true);
+        let (k, login_client_id) = self.string(account, "login_client_id", "");
+        // A client id is an OAuth identifier (`app_…`): nothing that could smuggle a header.
+        if !login_client_id.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            || login_client_id.len() > 128
+        {
+            return Err(self.err(
+                &k,
+                "must be an OAuth client id (letters, digits, `_`, `-`, `.`), as in CODEX_APP_SERVER_LOGIN_CLIENT_ID",
+            ));
+        }
         Ok(RefreshSettings {
             refresh_method,
             token_url,
@@ -389,6 +402,7 @@ impl Validator<'_> {
             preflight,
             preflight_timeout: self.duration(account, "preflight_timeout", "120s")?,
             codex_base_url,
+            login_client_id: Some(login_client_id).filter(|s| !s.is_empty()),
         })
     }
 

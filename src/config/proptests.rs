@@ -36,6 +36,7 @@ const OVERRIDABLE_KINDS: &[(&str, Kind)] = &[
     ("preflight", Kind::Bool),
     ("preflight_timeout", Kind::Dur),
     ("codex_base_url", Kind::Str),
+    ("login_client_id", Kind::Str),
     ("on_success", Kind::Str),
     ("on_failure", Kind::Str),
     ("hook_timeout", Kind::Dur),

@@ -298,6 +298,10 @@ impl Account {
     fn runner_last_reason(&self) -> String {
         self.v().runner_last_reason
     }
+    #[zbus(property)]
+    fn codex_version(&self) -> String {
+        self.v().codex_version
+    }
 
     async fn refresh(
         &self,

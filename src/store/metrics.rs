@@ -114,6 +114,17 @@ pub fn render(accounts: &[(AccountStatus, AccountFacts)], now: i64) -> String {
             })
             .collect(),
     );
+    family(
+        "codex_auth_agent_codex_info",
+        "1, labelled with the Codex CLI version the account's last preflight ran; absent when not known.",
+        statuses
+            .iter()
+            .filter_map(|s| {
+                let v = s.codex_version.as_deref()?;
+                Some((format!("{},codex_version=\"{}\"", acct(s), escape_label(v)), "1".to_string()))
+            })
+            .collect(),
+    );
     let _ = writeln!(
         out,
         "# HELP codex_auth_agent_textfile_timestamp_seconds When the agent wrote this file (Unix time).\n\
@@ -211,6 +222,7 @@ mod tests {
             runner_state: RunnerState::Ok,
             class: Some(FailureClass::Transient),
             store_version: Some(9),
+            codex_version: Some("0.130.0".into()),
             ..Default::default()
         };
         let day = std::time::Duration::from_secs(86_400);
@@ -250,13 +262,16 @@ codex_auth_agent_refresh_before_expiry_seconds{account=\"bob\"} 43200
 # HELP codex_auth_agent_fleet_version Fleet mode: the rotating key's version installed here (label role: refresher or follower).
 # TYPE codex_auth_agent_fleet_version gauge
 codex_auth_agent_fleet_version{account=\"alice\",role=\"follower\"} 7
+# HELP codex_auth_agent_codex_info 1, labelled with the Codex CLI version the account's last preflight ran; absent when not known.
+# TYPE codex_auth_agent_codex_info gauge
+codex_auth_agent_codex_info{account=\"bob\",codex_version=\"0.130.0\"} 1
 # HELP codex_auth_agent_textfile_timestamp_seconds When the agent wrote this file (Unix time).
 # TYPE codex_auth_agent_textfile_timestamp_seconds gauge
 codex_auth_agent_textfile_timestamp_seconds 1799500000
 ";
         assert_eq!(text, expected);
         assert!(!text.contains("fp-not-a-metric"));
-        assert_eq!(render(&[], 0).lines().count(), 19, "HELP and TYPE even with no accounts");
+        assert_eq!(render(&[], 0).lines().count(), 21, "HELP and TYPE even with no accounts");
     }
 
     #[test]

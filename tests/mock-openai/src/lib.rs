@@ -25,7 +25,7 @@ mod state;
 pub use fault::{Fault, FaultRepr};
 pub use jwt::{decode_jwt_payload, make_jwt};
 pub use server::{MockConfig, MockServer};
-pub use state::{CLIENT_ID, Credentials, RequestLogEntry, Stats};
+pub use state::{CLIENT_ID, Credentials, RequestLogEntry, Stats, TokenRequestShape};
 
 /// Request bodies above this many bytes are refused with 413.
 pub const MAX_REQUEST_BODY: usize = http::MAX_BODY;

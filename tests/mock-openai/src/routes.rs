@@ -153,7 +153,7 @@ fn usage(_account: &str, _reply_text: &str) -> Response {
 
 /// `POST /oauth/token`: faults first, then the real rotation logic.
 fn oauth_token(shared: &Shared, req: &Request) -> Routed {
-    let plan = lock(&shared.state).begin_token_request(&req.body);
+    let plan = lock(&shared.state).begin_token_request(&req.headers, &req.body);
     let fault_kind = plan.fault.as_ref().map(Fault::kind);
     let done = |reply| Routed { reply, account: plan.account.clone(), fault: fault_kind, log: true };
     if !plan.latency.is_zero() && !shared.stop.sleep(plan.latency) {

@@ -331,6 +331,16 @@ impl MockServer {
         self.state().requests_log()
     }
 
+    /// What each token request since the last reset looked like (no token values).
+    pub fn token_request_shapes(&self) -> Vec<crate::state::TokenRequestShape> {
+        self.state().token_request_shapes()
+    }
+
+    /// Accept `id` as a client id too (Codex's own is always accepted).
+    pub fn accept_client_id(&self, id: &str) {
+        self.state().accept_client_id(id);
+    }
+
     /// Zeroes the counters and clears the log (families and faults stay).
     pub fn reset_counters(&self) {
         self.state().reset_counters();
