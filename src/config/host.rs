@@ -107,7 +107,11 @@ pub fn home_problem(home: &Path, user: &str, agent_dirs: &[PathBuf], service: bo
                 "{} is in the system directory {d}; a Codex home belongs to its user: use e.g. ~{user}/.codex or \
                  /srv/{user}/.codex{}",
                 p.display(),
-                if TMP_DIRS.contains(d) { " (the service has a private one: it would never see this one)" } else { "" }
+                if TMP_DIRS.contains(d) {
+                    format!(" (the service has a private {d}: it would never see this one)")
+                } else {
+                    String::new()
+                }
             ));
         }
         if let Some(d) = agent_dirs.iter().find(|d| p.starts_with(d) || d.starts_with(p)) {
