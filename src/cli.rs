@@ -1,6 +1,6 @@
-//! The `codex-auth-agent` command line: argument parsing, the one-shot commands, and
-//! the mapping of results to the contract's exit codes. The daemon arrives in a later
-//! issue and plugs in here as one more subcommand.
+//! The `codex-auth-agent` command line: argument parsing, the one-shot commands (each with
+//! the executor and process memory it injects into the runner), the daemon and the internal
+//! worker as subcommands, and the mapping of results to the contract's exit codes.
 
 use crate::runner::account::Runtime;
 use crate::runner::privsep::Workers;
@@ -16,6 +16,7 @@ use crate::config::{self, AccountSettings, Env, Settings};
 use crate::core::clock::SystemClock;
 use crate::core::outcome::exit;
 use crate::core::task::Identity;
+use crate::sys::args::say;
 use crate::sys::logging;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -54,9 +55,26 @@ pub enum Command {
         #[arg(long, value_name = "BUS", default_value = "system")]
         bus: crate::api::names::BusChoice,
     },
+    /// Log an account in again with Codex's device-code login, run as its user in a
+    /// throwaway home; Codex's instructions go to stderr, the new auth.json to stdout (a
+    /// pipe, e.g. into `codex-authctl store NAME`; `codex-authctl login NAME` does both)
+    Login {
+        /// The configured account
+        #[arg(long, value_name = "NAME")]
+        account: String,
+        /// Give up (and print nothing) when the code is not approved within this
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Refuse unless the account runs as this Unix user (codex-authctl passes the daemon's)
+        #[arg(long, value_name = "USER")]
+        expect_user: Option<String>,
+    },
     /// Internal: one account's job as its user (job on stdin, report on stdout)
     #[command(hide = true)]
     Worker,
+    /// Internal: the systemd generator (opens the configured Codex homes in the sandbox)
+    #[command(hide = true)]
+    SystemdGenerator { dirs: Vec<PathBuf> },
 }
 
 /// Which accounts a one-shot command works on.
@@ -106,11 +124,12 @@ pub fn main() -> i32 {
         Err(code) => return code,
     };
     crate::sys::process::harden_process();
-    logging::init(cli.verbose);
+    logging::init(cli.verbose, matches!(cli.command, Command::Refresh(_) | Command::Preflight(_)));
     let clock = SystemClock;
     let (mem, vault) = (Memory::default(), Clients::default());
     match cli.command {
         Command::Worker => crate::worker::child::main(&clock),
+        Command::SystemdGenerator { dirs } => systemd_generator(&dirs),
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Daemon { bus } => crate::daemon::main(cli.config.as_deref(), bus),
         Command::Refresh(args) => {
@@ -121,17 +140,128 @@ pub fn main() -> i32 {
             &args,
             &Runtime { clock: &clock, exec: &WORKERS, mem: &mem, vault: &vault },
         ),
+        Command::Login { account, timeout, expect_user } => {
+            login(cli.config.as_deref(), &account, timeout, expect_user.as_deref())
+        }
     }
+}
+
+/// Set by SIGINT/SIGTERM/SIGHUP during `login`: the login is cancelled cleanly.
+static LOGIN_CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn cancel_login(_: libc::c_int) {
+    LOGIN_CANCELLED.store(true, Ordering::SeqCst);
+}
+
+fn login(flag: Option<&Path>, account: &str, timeout: std::time::Duration, expect_user: Option<&str>) -> i32 {
+    use crate::worker::login::{LoginError, device_login};
+    use std::io::{IsTerminal, Write};
+    if std::io::stdout().is_terminal() {
+        eprintln!(
+            "codex-auth-agent login writes the new auth.json to stdout: pipe it, e.g. \
+             codex-auth-agent login --account {account} | codex-authctl store {account} \
+             (codex-authctl login {account} does this)"
+        );
+        return exit::USAGE;
+    }
+    let path = config::config_path(flag);
+    let settings = match config::load(&path, &Env::from_process()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let Some(acct) = settings.accounts.get(account) else {
+        eprintln!("{account}: no such account in {}", path.display());
+        return exit::USAGE;
+    };
+    if let Some(u) = expect_user.filter(|u| *u != acct.user) {
+        eprintln!(
+            "{account}: the daemon runs it as user {u} but {} says {}: pass the daemon's config with --config",
+            path.display(),
+            acct.user
+        );
+        return exit::USAGE;
+    }
+    let me = nix::unistd::geteuid();
+    if !me.is_root() && Identity::current().map(|i| i.user) != Ok(acct.user.clone()) {
+        eprintln!("{account}: run this as root or as user {} (Codex runs as the account's user)", acct.user);
+        return 77;
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, cancel_login as *const () as libc::sighandler_t) };
+    }
+    eprintln!(
+        "codex-auth-agent: logging in account {account} as user {} \
+         (Codex device-code login; waits up to {}; Ctrl-C cancels)",
+        acct.user,
+        humantime::format_duration(timeout)
+    );
+    match device_login(&settings, acct, timeout, &LOGIN_CANCELLED) {
+        Ok(bytes) => {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&bytes).and_then(|_| out.flush()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("{account}: cannot write the login to stdout: {e}");
+                    exit::TRANSIENT
+                }
+            }
+        }
+        Err(LoginError::Cancelled) => {
+            eprintln!("{account}: login cancelled: nothing was installed");
+            130
+        }
+        Err(e) => {
+            eprintln!("{account}: {e}");
+            exit::TRANSIENT
+        }
+    }
+}
+
+/// The systemd generator: `codex-auth-agent systemd-generator NORMAL_DIR [EARLY LATE]`
+/// writes the sandbox drop-in for the configured homes (core::sandbox). Never fails the
+/// boot: a config that does not load writes nothing (the service then fails to start with
+/// the config error, which is where the operator looks).
+fn systemd_generator(dirs: &[PathBuf]) -> i32 {
+    use crate::core::sandbox::{DROPIN, UNIT, dropin};
+    let Some(normal) = dirs.first() else {
+        eprintln!("usage: codex-auth-agent systemd-generator NORMAL_DIR [EARLY_DIR LATE_DIR]");
+        return exit::USAGE;
+    };
+    let path = config::config_path(None);
+    let settings = match config::load(&path, &Env::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("codex-auth-agent-generator: no sandbox drop-in: {e}");
+            return exit::OK;
+        }
+    };
+    let homes = settings.accounts.values().map(|a| (a.name.as_str(), a.codex_home.as_path()));
+    let Some(text) = dropin(homes, &path) else { return exit::OK };
+    let dir = normal.join(format!("{UNIT}.d"));
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(DROPIN), text)) {
+        eprintln!("codex-auth-agent-generator: cannot write {}: {e}", dir.join(DROPIN).display());
+    }
+    exit::OK
 }
 
 fn check_config(flag: Option<&Path>) -> i32 {
     let path = config::config_path(flag);
     match config::load(&path, &Env::from_process()) {
+        Ok(s) if !s.home_problems.is_empty() => {
+            for e in &s.home_problems {
+                eprintln!("{e}");
+            }
+            exit::CONFIG
+        }
         Ok(s) => {
             for w in &s.warnings {
                 eprintln!("warning: {w}");
             }
-            print!("{}", s.render());
+            say(&s.render());
             exit::OK
         }
         Err(e) => {
@@ -173,6 +303,9 @@ fn select(flag: Option<&Path>, target: &Target) -> Result<(Settings, Vec<String>
     for w in &settings.warnings {
         eprintln!("warning: {w}");
     }
+    for e in &settings.home_problems {
+        eprintln!("warning: {e}");
+    }
     let names: Vec<String> = match &target.account {
         Some(name) if settings.accounts.contains_key(name) => vec![name.clone()],
         Some(name) => {
@@ -209,7 +342,7 @@ fn refresh(flag: Option<&Path>, args: &RefreshArgs, rt: &Runtime<'_>) -> i32 {
     });
     let mut code = exit::OK;
     for r in &reports {
-        println!("{}", if args.json { r.json_line() } else { r.human_line() });
+        say(&format!("{}\n", if args.json { r.json_line() } else { r.human_line() }));
         code = exit::worst(code, r.exit_code());
     }
     code
@@ -236,7 +369,7 @@ fn preflight(flag: Option<&Path>, args: &PreflightArgs, rt: &Runtime<'_>) -> i32
     let reports = run_parallel(&settings, &names, settings.agent.max_parallel, |a| run::preflight(&settings, a, rt));
     let mut code = exit::OK;
     for r in &reports {
-        println!("{}", if args.json { r.json_line() } else { r.human_line() });
+        say(&format!("{}\n", if args.json { r.json_line() } else { r.human_line() }));
         code = exit::worst(code, r.exit_code());
     }
     code

@@ -7,6 +7,7 @@ use crate::api::view::AccountView;
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::outcome::exit;
 use crate::core::schedule::State;
+use crate::sys::args::say;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ pub const DENIED: i32 = 77;
 #[command(
     name = "codex-authctl",
     version,
-    about = "Talk to codex-auth-agent over D-Bus: status, refresh, preflight, store, seed, reload"
+    about = "Talk to codex-auth-agent over D-Bus: status, refresh, preflight, store, seed, login, reload"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -99,6 +100,19 @@ pub enum CtlCommand {
     Store {
         /// The account whose auth.json is replaced
         account: String,
+    },
+    /// Log the account in again (root): Codex's device-code login as the account's user —
+    /// open the URL it prints, enter the code — then install it like `store` (fleet: a
+    /// refresher publishes it to Vault)
+    Login {
+        /// The account to log in
+        account: String,
+        /// The daemon's config file (for the account's user, codex_bin and issuer)
+        #[arg(long, value_name = "PATH")]
+        config: Option<std::path::PathBuf>,
+        /// Give up (and install nothing) when the code is not approved within this
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Make the auth.json given on stdin the account's seed and install it (no preflight)
     Seed {
@@ -232,6 +246,7 @@ pub fn table(views: &[AccountView], now: DateTime<Utc>) -> String {
 }
 
 async fn run(cli: Cli) -> Result<i32, Fail> {
+    let system_bus = matches!(cli.bus.choice(), BusChoice::System);
     let conn = cli
         .bus
         .choice()
@@ -257,13 +272,13 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             }
             if json {
                 for v in &views {
-                    println!("{}", serde_json::to_string(v).unwrap_or_default());
+                    say(&format!("{}\n", serde_json::to_string(v).unwrap_or_default()));
                 }
             } else {
                 let m = proxy(&conn, MANAGER_PATH.into(), MANAGER_IFACE).await?;
                 let summary: String = m.get_property("Summary").await.map_err(|e| classify(e, "status"))?;
-                println!("{summary}\n");
-                print!("{}", table(&views, SystemClock.now()));
+                say(&format!("{summary}\n\n"));
+                say(&table(&views, SystemClock.now()));
             }
             Ok(exit::OK)
         }
@@ -271,7 +286,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             let p = proxy(&conn, account_path(&a), ACCOUNT_IFACE).await?;
             let (outcome, reason): (String, String) =
                 p.call("Refresh", &(force,)).await.map_err(|e| classify(e, &a))?;
-            println!("{a}: {outcome}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+            say(&result_line(&a, &outcome, &reason));
             finish(&conn, &[(a, outcome)]).await
         }
         CtlCommand::Refresh { account: None, force, .. } => {
@@ -279,7 +294,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             let results: Vec<(String, String, String)> =
                 m.call("RefreshAll", &(force,)).await.map_err(|e| classify(e, "refresh --all"))?;
             for (a, o, r) in &results {
-                println!("{a}: {o}{}", if r.is_empty() { String::new() } else { format!(": {r}") });
+                say(&result_line(a, o, r));
             }
             finish(&conn, &results.into_iter().map(|(a, o, _)| (a, o)).collect::<Vec<_>>()).await
         }
@@ -287,7 +302,7 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
         CtlCommand::Preflight { account: Some(a), .. } => {
             let p = proxy(&conn, account_path(&a), ACCOUNT_IFACE).await?;
             let (outcome, reason): (String, String) = p.call("Preflight", &()).await.map_err(|e| classify(e, &a))?;
-            println!("{a}: {outcome}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+            say(&result_line(&a, &outcome, &reason));
             Ok(if outcome == "preflight_ok" { exit::OK } else { exit::TRANSIENT })
         }
         CtlCommand::Preflight { account: None, .. } => {
@@ -295,20 +310,77 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             let results: Vec<(String, String, String)> =
                 m.call("PreflightAll", &()).await.map_err(|e| classify(e, "preflight --all"))?;
             for (a, o, r) in &results {
-                println!("{a}: {o}{}", if r.is_empty() { String::new() } else { format!(": {r}") });
+                say(&result_line(a, o, r));
             }
             let failed = results.iter().any(|(_, o, _)| o != "preflight_ok");
             Ok(if failed { exit::TRANSIENT } else { exit::OK })
         }
         CtlCommand::Store { account } => pass_fd(&conn, &account, "Store").await,
+        CtlCommand::Login { account, config, timeout } => login(&conn, &account, config.as_deref(), timeout).await,
         CtlCommand::Seed { account } => pass_fd(&conn, &account, "Seed").await,
         CtlCommand::Reload => {
+            if system_bus {
+                match resync_sandbox() {
+                    Some(Ok(said)) => {
+                        say(&format!("{said}\n"));
+                        return Ok(exit::OK);
+                    }
+                    Some(Err(e)) => return Err(Fail(1, e)),
+                    None => {}
+                }
+            }
             let m = proxy(&conn, MANAGER_PATH.into(), MANAGER_IFACE).await?;
             m.call::<_, _, ()>("Reload", &()).await.map_err(|e| classify(e, "reload"))?;
-            println!("reloaded");
+            say("reloaded\n");
             Ok(exit::OK)
         }
     }
+}
+
+/// `reload` as root on a systemd host: `systemctl daemon-reload` re-runs the generator
+/// (the sandbox drop-in for the configured homes); when the running daemon's mount
+/// namespace lacks a path the new drop-in opens, a SIGHUP cannot add it: restart the
+/// service. Returns what was done when it restarted, None when a plain Reload is enough.
+fn resync_sandbox() -> Option<Result<String, String>> {
+    use crate::core::sandbox::{DROPIN, GENERATOR_DIR, UNIT, mount_points, opened_paths};
+    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/run/systemd/system").exists() {
+        return None;
+    }
+    let systemctl = |args: &[&str]| std::process::Command::new("systemctl").args(args).output();
+    match systemctl(&["daemon-reload"]) {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!("codex-authctl: systemctl daemon-reload failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+            return None;
+        }
+        Err(e) => {
+            eprintln!("codex-authctl: cannot run systemctl daemon-reload: {e}");
+            return None;
+        }
+    }
+    let pid = systemctl(&["show", "-P", "MainPID", UNIT]).ok()?;
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().parse::<u32>().ok().filter(|p| *p != 0)?;
+    let dropin = std::fs::read_to_string(format!("{GENERATOR_DIR}/{UNIT}.d/{DROPIN}")).unwrap_or_default();
+    let mounts = mount_points(&std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?);
+    let missing: Vec<String> = opened_paths(&dropin)
+        .into_iter()
+        .filter(|p| p.is_dir() && !mounts.contains(p))
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    match systemctl(&["restart", UNIT]) {
+        Ok(o) if o.status.success() => {
+            Some(Ok(format!("reloaded: restarted {UNIT} so that its sandbox opens {}", missing.join(", "))))
+        }
+        _ => Some(Err(format!("systemctl restart {UNIT} failed; see systemctl status {UNIT}"))),
+    }
+}
+
+/// `ACCOUNT: OUTCOME[: REASON]` and a newline.
+fn result_line(account: &str, outcome: &str, reason: &str) -> String {
+    if reason.is_empty() { format!("{account}: {outcome}\n") } else { format!("{account}: {outcome}: {reason}\n") }
 }
 
 /// Worst exit code of a batch of (account, outcome); failed ones are judged by State.
@@ -334,7 +406,100 @@ async fn pass_fd(conn: &Connection, account: &str, method: &str) -> Result<i32, 
     let p = proxy(conn, account_path(account), ACCOUNT_IFACE).await?;
     let fd = Fd::from(stdin.as_fd());
     let (outcome, reason): (String, String) = p.call(method, &(fd,)).await.map_err(|e| classify(e, account))?;
-    println!("{account}: {outcome}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+    say(&result_line(account, &outcome, &reason));
+    finish(conn, &[(account.to_string(), outcome)]).await
+}
+
+/// The `codex-auth-agent` binary beside this one (the package installs both in /usr/bin).
+fn agent_binary() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("codex-auth-agent")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| std::path::PathBuf::from("/usr/bin/codex-auth-agent"))
+}
+
+/// A memfd holding `bytes`, rewound: what Store reads (no file on disk, nothing in argv).
+fn memfd_with(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain syscall with a constant name; the fd it returns is ours alone.
+    let fd = unsafe { libc::memfd_create(c"codex-authctl-login".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, open descriptor nobody else owns.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(bytes)?;
+    f.rewind()?;
+    Ok(f)
+}
+
+/// `login`: `codex-auth-agent login` (Codex's device login as the account's user, in this
+/// terminal: worker/login.rs says why not in the daemon) hands us the new auth.json on a
+/// pipe; it goes to the daemon's Store like `store` does.
+async fn login(
+    conn: &Connection,
+    account: &str,
+    config: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> Result<i32, Fail> {
+    use std::io::Read;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Fail(DENIED, "login must run as root: it runs Codex as the account's user, then stores".into()));
+    }
+    let v = view(conn, account).await?;
+    let mut cmd = std::process::Command::new(agent_binary());
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.args(["login", "--account", account, "--expect-user", &v.user, "--timeout"])
+        .arg(humantime::format_duration(timeout).to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut child =
+        cmd.spawn().map_err(|e| Fail(exit::TRANSIENT, format!("cannot start codex-auth-agent login: {e}")))?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut task = tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        let read = (&mut stdout).take(1 << 20).read_to_end(&mut bytes);
+        (read.map(|_| bytes), child.wait())
+    });
+    let (bytes, status) = loop {
+        tokio::select! {
+            r = &mut task => break r.map_err(|e| Fail(exit::TRANSIENT, format!("{account}: {e}")))?,
+            // A terminal's Ctrl-C reaches both of us; a signal to us alone is passed on.
+            _ = tokio::signal::ctrl_c() => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            }
+        }
+    };
+    let status = status.map_err(|e| Fail(exit::TRANSIENT, format!("{account}: {e}")))?;
+    match status.code() {
+        Some(0) => {}
+        // It said why on stderr (the terminal) already.
+        Some(code) => return Ok(code),
+        None => return Err(Fail(exit::TRANSIENT, format!("{account}: codex-auth-agent login was killed ({status})"))),
+    }
+    let bytes = bytes.map_err(|e| Fail(exit::TRANSIENT, format!("{account}: reading the login: {e}")))?;
+    let file = memfd_with(&bytes).map_err(|e| Fail(exit::TRANSIENT, format!("memfd: {e}")))?;
+    drop(bytes);
+    let p = proxy(conn, account_path(account), ACCOUNT_IFACE).await?;
+    let fd = Fd::from(file.as_fd());
+    let (outcome, reason): (String, String) = p.call("Store", &(fd,)).await.map_err(|e| classify(e, account))?;
+    println!(
+        "{account}: logged in; installed: {outcome}{}",
+        if reason.is_empty() { String::new() } else { format!(": {reason}") }
+    );
+    if v.fleet_role == "follower" {
+        println!(
+            "{account}: this host is a fleet follower: the login is installed here only and Vault still holds the old \
+             one; the other hosts get it when it is published: run codex-authctl login {account} on the \
+             refresher instead, \
+             or put this login in the seed key (README: Fleet mode, Re-login)"
+        );
+    }
     finish(conn, &[(account.to_string(), outcome)]).await
 }
 

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::sim::{Acct, SimClock};
 use support::*;
 
 /// The daemon's longest wait between looks at the schedule (daemon::MAX_SLEEP).
@@ -34,21 +35,6 @@ const TIMER: Span = Span::hours(6);
 const LIFETIME: Span = Span::days(5);
 /// The step of every case.
 const STEP: Span = Span::days(30);
-
-/// The daemon's wall clock, which the test sets.
-struct SimClock(Mutex<DateTime<Utc>>);
-
-impl Clock for SimClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap()
-    }
-}
-
-struct Acct {
-    name: String,
-    id: String,
-    home: PathBuf,
-}
 
 struct Sim {
     mock: MockServer,
@@ -133,7 +119,7 @@ impl Sim {
     }
 
     fn counts(&self) -> BTreeMap<String, u64> {
-        self.accounts.iter().map(|a| (a.id.clone(), self.mock.token_requests_for(&a.id))).collect()
+        support::sim::counts(&self.mock, &self.accounts)
     }
 
     fn record(&mut self, before: &BTreeMap<String, u64>) {
@@ -145,11 +131,7 @@ impl Sim {
     }
 
     async fn kick_and_settle(&self, names: Vec<String>) {
-        self.core.kick(names);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        while self.core.busy() > 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        support::sim::kick_and_settle(&self.core, names).await
     }
 
     /// The daemon starting: every account not checked yet.

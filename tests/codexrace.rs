@@ -12,11 +12,8 @@
 
 mod support;
 
-use mock_openai::{Credentials, make_jwt};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use support::codex::*;
 use support::*;
@@ -25,66 +22,6 @@ const SLOW: Duration = Duration::from_millis(300);
 
 fn rounds() -> usize {
     std::env::var("CODEXRACE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10)
-}
-
-#[allow(clippy::disallowed_methods)] // fixtures are built relative to the real clock
-fn unix_now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// A new login of `account` whose access token expires `exp_in` seconds from now
-/// (negative: expired that long ago). The refresh token is live.
-fn login(w: &World, account: &str, exp_in: i64) -> Credentials {
-    let mut c = w.mock.issue_family(account);
-    let mut claims = mock_openai::decode_jwt_payload(&c.access_token).unwrap();
-    claims["exp"] = json!(unix_now() + exp_in);
-    claims["iat"] = json!(unix_now() - 3600);
-    c.access_token = make_jwt(&claims);
-    c
-}
-
-/// The account's real CODEX_HOME, with a config that points Codex at the mock.
-fn account_home(w: &World, name: &str, c: &Credentials) -> PathBuf {
-    let home = w.scratch.codex_home(name, Some(&auth_json(c, &recent())));
-    std::fs::write(home.join("config.toml"), codex_auth_agent::worker::codexrun::offline_config(&w.mock.url()))
-        .unwrap();
-    home
-}
-
-/// Codex as the user would run it against `home` (argv `args`).
-fn codex(w: &World, home: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(codex_bin());
-    c.args(args)
-        .env_clear()
-        .env("HOME", w.scratch.path())
-        .env("CODEX_HOME", home)
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", w.mock.token_url())
-        .current_dir(w.scratch.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-fn codex_exec(w: &World, home: &Path) -> Command {
-    codex(w, home, &codex_auth_agent::core::contract::EXEC_ARGS)
-}
-
-/// `codex-auth-agent refresh --codex-home HOME --json`.
-fn agent_refresh(w: &World, home: &Path) -> Command {
-    let mut c = w.agent();
-    c.args(["refresh", "--json", "--codex-home"]).arg(home).stdout(Stdio::piped()).stderr(Stdio::piped());
-    c
-}
-
-fn finish(child: Child) -> Run {
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// What one round ended with.
@@ -259,75 +196,6 @@ fn without_a_running_codex_the_agent_refreshes_at_once() {
     let reason = r.agent["reason"].as_str().unwrap();
     assert!(!reason.contains("Codex"), "nothing about Codex: {reason}");
     assert!(took < SLOW + Duration::from_millis(1500), "no wait: {took:?}");
-}
-
-/// `codex app-server` on `home`, initialized, waiting for requests.
-struct AppServer {
-    child: Child,
-    stdin: std::process::ChildStdin,
-    out: BufReader<std::process::ChildStdout>,
-    next: u64,
-}
-
-impl AppServer {
-    /// Started, not yet initialized. With an expired token Codex refreshes at once, before
-    /// any request (seen here: the POST comes before `initialize` is answered).
-    fn spawn(w: &World, home: &Path) -> AppServer {
-        let mut cmd = codex(w, home, &["app-server"]);
-        cmd.stdin(Stdio::piped()).stderr(Stdio::null());
-        let mut child = cmd.spawn().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        AppServer { child, stdin, out, next: 1 }
-    }
-
-    fn initialize(&mut self) {
-        self.call("initialize", json!({"clientInfo": {"name": "codexrace", "version": "0.1.0"}}));
-        self.send(&json!({"method": "initialized"}));
-    }
-
-    fn start(w: &World, home: &Path) -> AppServer {
-        let mut a = AppServer::spawn(w, home);
-        a.initialize();
-        a
-    }
-
-    fn send(&mut self, v: &Value) {
-        writeln!(self.stdin, "{v}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Send a request now; read its answer with [`Self::answer`].
-    fn request(&mut self, method: &str, params: Value) -> u64 {
-        let id = self.next;
-        self.next += 1;
-        self.send(&json!({"id": id, "method": method, "params": params}));
-        id
-    }
-
-    fn answer(&mut self, id: u64) -> Value {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(self.out.read_line(&mut line).unwrap() > 0, "app-server closed its output");
-            let v: Value = serde_json::from_str(&line).unwrap();
-            if v["id"] == id && v.get("method").is_none() {
-                return v;
-            }
-        }
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        let id = self.request(method, params);
-        self.answer(id)
-    }
-}
-
-impl Drop for AppServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

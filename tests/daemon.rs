@@ -184,7 +184,7 @@ async fn transient_failures_back_off_and_permanent_ones_quarantine() {
     for _ in 0..3 {
         let (o, reason): (String, String) = p.call("Refresh", &(true,)).await.unwrap();
         assert_eq!(o, "failed");
-        assert!(reason.contains("quarantined") && reason.contains("codex-authctl store paul"), "{reason}");
+        assert!(reason.contains("quarantined") && reason.contains("codex-authctl login paul"), "{reason}");
     }
     let m = manager(&conn).await;
     let _: Vec<(String, String, String)> = m.call("RefreshAll", &(true,)).await.unwrap();
@@ -320,6 +320,27 @@ async fn ctl_status_table_and_json_agree_with_the_bus() {
     assert_eq!(r.code, 3, "permanent failure exits 3: {}", r.stdout);
 }
 
+/// `codex-authctl status | head -1`: a reader that closes the pipe early is not an error.
+#[tokio::test]
+async fn ctl_status_into_a_closed_pipe_exits_cleanly() {
+    let w = world();
+    let _d = w.daemon(
+        &w.config(&account_cfg(&w.s.codex_home("a", Some(&auth_json(&w.m.issue_family("acct"), OLD))), "alice")),
+    );
+    wait_state(&w.conn().await, "alice", "ok").await;
+    for args in [&["status"][..], &["status", "--json"], &["refresh", "alice"]] {
+        // The read end is closed before the child writes: its first write gets EPIPE.
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        drop(reader);
+        let mut cmd = ctl(&w.bus);
+        cmd.args(args).stdout(std::process::Stdio::from(writer)).stderr(std::process::Stdio::piped());
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {:?} {stderr}", out.status);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
+
 /// Run codex-authctl as `user` (its binary copied where that user can execute it).
 fn ctl_as(w: &World, user: &nix::unistd::User, args: &[&str]) -> Run {
     let bin = w.s.path().join("codex-authctl");
@@ -334,11 +355,8 @@ fn ctl_as(w: &World, user: &nix::unistd::User, args: &[&str]) -> Run {
     run(cmd)
 }
 
-#[tokio::test]
-async fn non_root_callers_may_read_but_not_act() {
-    if !require_root("non_root_callers_may_read_but_not_act") {
-        return;
-    }
+/// A daemon serving alice (fresh), and caa-bob outside the codex-auth group.
+fn daemon_and_outsider() -> (nix::unistd::User, World, AgentDaemon) {
     let bob = ensure_user("caa-bob");
     let w = world();
     let c = w.m.issue_family("acct");
@@ -346,6 +364,15 @@ async fn non_root_callers_may_read_but_not_act() {
     let cfg = w.config(&account_cfg(&home, "alice"));
     let d = w.daemon(&cfg);
     let _ = Command::new("gpasswd").args(["-d", "caa-bob", "codex-auth"]).output();
+    (bob, w, d)
+}
+
+#[tokio::test]
+async fn non_root_callers_may_read_but_not_act() {
+    if !require_root("non_root_callers_may_read_but_not_act") {
+        return;
+    }
+    let (bob, w, d) = daemon_and_outsider();
     let r = ctl_as(&w, &bob, &["status", "--json"]);
     assert_eq!(r.code, 0, "reads are open: {}", r.stderr);
     for args in [
@@ -370,6 +397,20 @@ async fn non_root_callers_may_read_but_not_act() {
     let r = ctl_as(&w, &bob, &["store", "alice"]);
     assert_eq!(r.code, 77, "{}", r.stderr);
     let _ = Command::new("gpasswd").args(["-d", "caa-bob", "codex-auth"]).output();
+}
+
+/// A caller looping on a denied call: a few WARN lines and a count, not one line per call.
+#[tokio::test]
+async fn denied_calls_are_logged_with_a_rate_limit() {
+    if !require_root("denied_calls_are_logged_with_a_rate_limit") {
+        return;
+    }
+    let (bob, w, d) = daemon_and_outsider();
+    for _ in 0..30 {
+        assert_eq!(ctl_as(&w, &bob, &["refresh", "alice"]).code, 77);
+    }
+    let n = d.log_text().lines().filter(|l| l.contains("access denied: Refresh")).count();
+    assert!((1..=5).contains(&n), "{n} denial lines for 30 denied calls:\n{}", d.log_text());
 }
 
 #[tokio::test]

@@ -16,9 +16,8 @@ use codex_auth_agent::core::schedule::{BACKOFF_CAP, QUARANTINE_PROBE, State};
 use codex_auth_agent::daemon::core::{Core, Event};
 use mock_openai::{Credentials, Fault, MockConfig, MockServer};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use support::sim::{Acct, SimClock};
 use support::*;
 
 /// The daemon's longest sleep between looks at the schedule (daemon::MAX_SLEEP).
@@ -27,22 +26,6 @@ const MAX_SLEEP: Span = Span::hours(1);
 const TIMER: Span = Span::hours(6);
 /// The ceiling under a persistent endpoint fault.
 const MAX_PER_HOUR: usize = 12;
-
-/// A clock the test moves.
-struct SimClock(Mutex<DateTime<Utc>>);
-
-impl Clock for SimClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap()
-    }
-}
-
-/// One account: its name, the mock account id, and its CODEX_HOME.
-struct Acct {
-    name: String,
-    id: String,
-    home: PathBuf,
-}
 
 struct Sim {
     mock: MockServer,
@@ -100,18 +83,11 @@ impl Sim {
     }
 
     fn counts(&self) -> BTreeMap<String, u64> {
-        self.accounts.iter().map(|a| (a.id.clone(), self.mock.token_requests_for(&a.id))).collect()
+        support::sim::counts(&self.mock, &self.accounts)
     }
 
-    /// Kick `names` and wait until no run is in flight (the daemon does not wait; the
-    /// simulation must, or its clock would jump past runs still going).
     async fn kick_and_settle(&self, names: Vec<String>) {
-        self.core.kick(names);
-        // Let the kicked tasks register as in flight before looking.
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        while self.core.busy() > 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        support::sim::kick_and_settle(&self.core, names).await
     }
 
     /// The daemon starting: every account not checked yet.

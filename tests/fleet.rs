@@ -210,6 +210,38 @@ fn wait_token_requests(mock: &MockServer, n: u64) {
     }
 }
 
+/// A refresher whose write of the credential it just received finds Vault down keeps
+/// trying within `vault.publish_retry` (and its lease): a pod has no next run that could
+/// upload its local copy, so a Vault back within the window must get it in the same run.
+#[test]
+fn openbao_back_within_the_publish_retry_gets_the_new_credential_in_the_same_run() {
+    let test = "openbao_back_within_the_publish_retry_gets_the_new_credential_in_the_same_run";
+    let Some(mut bao) = Bao::start_persistent(test, false) else { return };
+    let mock = MockServer::start(MockConfig::default());
+    let _c = seeded(&bao, &mock);
+    install_policies(&bao);
+    let rt = bao.token(&["fleet-refresher"]);
+    let refresher = Host::new(&bao, "vm-0", "refresher", Login::Token(&rt));
+    assert_eq!(refresher.refresh(&mock, &[]).code, 0);
+    let before = mock.token_requests();
+    // Vault stops while the token endpoint is answering, and is back a few seconds after the
+    // answer: inside the default publish_retry (30s).
+    mock.set_latency(Duration::from_secs(3));
+    let child = refresher.cmd(&mock, &["--force"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    wait_token_requests(&mock, before + 1);
+    bao.stop(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(6));
+    bao.restart();
+    let out = child.wait_with_output().unwrap();
+    mock.set_latency(Duration::ZERO);
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "refreshed and published in one run: {line}");
+    let (rotated, version) = bao.get(ROTATING).unwrap();
+    assert_eq!(rotated, refresher.auth(), "Vault holds the credential this run received");
+    assert!(line.contains(&format!("version {version}")), "{line}");
+    assert!(mock.is_live_refresh_token(&refresh_token(&rotated)), "and it is the live one");
+}
+
 #[test]
 fn openbao_stopped_mid_refresh_and_restarted_loses_nothing_and_catches_up() {
     let test = "openbao_stopped_mid_refresh_and_restarted_loses_nothing_and_catches_up";

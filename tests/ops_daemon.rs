@@ -239,3 +239,31 @@ async fn a_hook_hanging_until_its_timeout_stalls_neither_the_daemon_nor_other_ac
     assert!(!alive(), "the hook's sleeper {pid} survived");
     assert_eq!(view(&conn, "slow").await.last_outcome, "refreshed");
 }
+
+/// With nothing to record the daemon still rewrites the textfile every metrics_interval,
+/// so `codex_auth_agent_textfile_timestamp_seconds` going stale means the daemon stopped
+/// (the CodexAuthAgentDown alert); the account's status is not touched by it.
+#[test]
+fn the_daemon_rewrites_the_textfile_every_metrics_interval_with_nothing_to_record() {
+    let w = World::new();
+    let c = w.m.issue_family("acct-idle");
+    let home = w.s.codex_home("idle", Some(&auth_json(&c, &recent())));
+    let cfg = w.s.config(&format!(
+        "metrics_textfile = \"{}\"\nmetrics_interval = \"1s\"\n{}",
+        w.prom.display(),
+        account_cfg("idle", &me(), &home, "preflight = false\n")
+    ));
+    let mut d = AgentDaemon::start(&w.s, &w.m, &cfg, &w.bus);
+    let stamp = |text: &str| parse_prom(text).get("codex_auth_agent_textfile_timestamp_seconds").copied();
+    let first = stamp(&wait_for_text(&w.prom, |t| stamp(t).is_some())).unwrap();
+    let status = w.s.state_dir().join("accounts/idle/status.json");
+    let attempt = wait_for_text(&status, |t| t.contains("\"last_attempt\""));
+    let later = stamp(&wait_for_text(&w.prom, |t| stamp(t).is_some_and(|s| s >= first + 2.0))).unwrap();
+    assert!(later >= first + 2.0);
+    assert_eq!(std::fs::read_to_string(&status).unwrap(), attempt, "a heartbeat records no outcome");
+    assert_eq!(w.m.token_requests(), 0, "fresh: no token request");
+    assert_eq!(d.stop(), 0);
+    let stopped = stamp(&std::fs::read_to_string(&w.prom).unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(stamp(&std::fs::read_to_string(&w.prom).unwrap()), Some(stopped), "a stopped daemon writes nothing");
+}

@@ -1,4 +1,5 @@
-//! `codex-auth-agent preflight` end to end with the real Codex CLI 0.169 against the mock:
+//! `codex-auth-agent preflight` end to end with the real Codex CLI (0.169, and each version
+//! of the matrix in tests/codex-compat.sh) against the mock:
 //! a working login passes, an expired access token is refreshed by Codex inside the
 //! throwaway home and adopted, a dead refresh token fails permanently without touching
 //! auth.json, a hung backend is killed at preflight_timeout, nothing is left in TMPDIR,

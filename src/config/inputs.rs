@@ -42,6 +42,7 @@ overridable! {
     preflight: bool,
     preflight_timeout: String,
     codex_base_url: String,
+    login_client_id: String,
     on_success: String,
     on_failure: String,
     hook_timeout: String,
@@ -58,6 +59,8 @@ pub struct AgentFragment {
     pub lease_ttl: Option<String>,
     /// Prometheus textfile-collector output; absent = off.
     pub metrics_textfile: Option<PathBuf>,
+    /// How often the daemon rewrites the textfile with no outcome to record (heartbeat).
+    pub metrics_interval: Option<String>,
 }
 
 /// `[vault]`: the KV v2 store shared by a fleet of agents.
@@ -76,6 +79,9 @@ pub struct VaultFragment {
     pub kubernetes_token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
     pub request_timeout: Option<String>,
+    /// How long a refresher keeps retrying the write of a credential it just received when
+    /// Vault does not answer (within its lease).
+    pub publish_retry: Option<String>,
 }
 
 /// One config file as written.

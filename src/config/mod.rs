@@ -2,6 +2,7 @@
 //! map where later files win per key → validated [`Settings`] with typed fields. Invalid
 //! values are fatal with a message naming the file and the key; nothing falls back.
 
+pub mod host;
 pub mod inputs;
 
 use crate::core::contract::{DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
@@ -21,7 +22,12 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/codex-auth-agent";
 /// refresh_before_expiry is shorter than two of these.
 /// How long a refresher's fleet lease lasts unless renewed.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+/// The daemon's textfile heartbeat (`agent.metrics_interval`); the shipped stale alert
+/// fires when the file is 30 min old.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `vault.publish_retry` when unset.
+pub const DEFAULT_PUBLISH_RETRY: Duration = Duration::from_secs(30);
 /// Seed document 002 key names: seed `codex-auth-json-b64[-<account>]`, rotating
 /// `codex-auth-json-b64-rotating-<account>`.
 pub const SEED_KEY_PREFIX: &str = "codex-auth-json-b64";
@@ -69,6 +75,9 @@ pub struct RefreshSettings {
     #[serde(with = "humantime_serde_compat")]
     pub preflight_timeout: Duration,
     pub codex_base_url: String,
+    /// The `CODEX_APP_SERVER_LOGIN_CLIENT_ID` this account's Codex runs with (None: Codex's
+    /// own client id): our refresh sends it, and the Codex we start gets it.
+    pub login_client_id: Option<String>,
 }
 
 impl RefreshSettings {
@@ -174,6 +183,11 @@ pub struct VaultSettings {
     pub ca_file: Option<PathBuf>,
     #[serde(with = "humantime_serde_compat")]
     pub request_timeout: Duration,
+    /// A refresher whose write of a just-received credential finds Vault unreachable keeps
+    /// trying this long (never past its lease) before it leaves the upload to its next run:
+    /// a pod's next run has no local copy to upload.
+    #[serde(with = "humantime_serde_compat")]
+    pub publish_retry: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -191,6 +205,10 @@ pub struct AgentSettings {
     /// Where to write the Prometheus textfile after every recorded outcome; None = off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_textfile: Option<PathBuf>,
+    /// The daemon rewrites the textfile at least this often, so a stale file (its
+    /// `codex_auth_agent_textfile_timestamp_seconds`) means the agent is not running.
+    #[serde(with = "humantime_serde_compat")]
+    pub metrics_interval: Duration,
 }
 
 /// Where `agent.host_id` came from.
@@ -216,6 +234,11 @@ pub struct Settings {
     pub files: Vec<PathBuf>,
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// Codex homes whose owner or mode is wrong today. A user can change those at any
+    /// time, so they do not stop the daemon from serving the other accounts (the worker
+    /// reports them in that account's state); `check-config` refuses them.
+    #[serde(skip)]
+    pub home_problems: Vec<ConfigError>,
 }
 
 /// What the environment contributes (passed in so tests need not touch the process env).
@@ -231,16 +254,21 @@ impl Env {
 }
 
 /// The main config path: `--config`, else `$CODEX_AUTH_AGENT_CONFIG`, else the default.
+/// A relative path is taken against the current directory here, once, so that nothing
+/// derived from it (config.d/, the default seeds/) depends on a later working directory.
 pub fn config_path(flag: Option<&Path>) -> PathBuf {
-    flag.map(Path::to_path_buf)
+    let p = flag
+        .map(Path::to_path_buf)
         .or_else(|| std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    std::path::absolute(&p).unwrap_or(p)
 }
 
 /// Load, merge and validate `main` and its drop-ins.
 pub fn load(main: &Path, env: &Env) -> Result<Settings, ConfigError> {
-    let merged = inputs::load_merged(main)?;
-    validate(&merged, main, env)
+    let main = std::path::absolute(main).unwrap_or_else(|_| main.to_path_buf());
+    let merged = inputs::load_merged(&main)?;
+    validate(&merged, &main, env)
 }
 
 /// Settings for single-user mode: built-in defaults, one account "default".
@@ -267,11 +295,13 @@ pub fn single_user(codex_home: &Path, user: &str, state_dir: PathBuf, env: &Env)
             host_id_source: HostIdSource::default(),
             lease_ttl: DEFAULT_LEASE_TTL,
             metrics_textfile: None,
+            metrics_interval: DEFAULT_METRICS_INTERVAL,
         },
         vault: None,
         accounts: BTreeMap::from([("default".to_string(), account)]),
         files: Vec::new(),
         warnings: Vec::new(),
+        home_problems: Vec::new(),
     })
 }
 
@@ -353,6 +383,16 @@ impl Validator<'_> {
         let (k, codex_base_url) = self.string(account, "codex_base_url", "");
         self.url(&k, &codex_base_url, true)?;
         let preflight = self.lookup(account, "preflight").and_then(|(_, v)| v.as_bool()).unwrap_or(true);
+        let (k, login_client_id) = self.string(account, "login_client_id", "");
+        // A client id is an OAuth identifier (`app_…`): nothing that could smuggle a header.
+        if !login_client_id.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            || login_client_id.len() > 128
+        {
+            return Err(self.err(
+                &k,
+                "must be an OAuth client id (letters, digits, `_`, `-`, `.`), as in CODEX_APP_SERVER_LOGIN_CLIENT_ID",
+            ));
+        }
         Ok(RefreshSettings {
             refresh_method,
             token_url,
@@ -362,6 +402,7 @@ impl Validator<'_> {
             preflight,
             preflight_timeout: self.duration(account, "preflight_timeout", "120s")?,
             codex_base_url,
+            login_client_id: Some(login_client_id).filter(|s| !s.is_empty()),
         })
     }
 
@@ -381,7 +422,10 @@ impl Validator<'_> {
                         \"/usr/local/bin/page-oncall --account\""
                     ),
                 )),
-                Some(_) => Ok(Some(words)),
+                Some(prog) => match host::hook_problem(Path::new(prog), nix::unistd::geteuid().as_raw()) {
+                    Some(problem) => Err(self.err(&k, problem)),
+                    None => Ok(Some(words)),
+                },
             }
         };
         Ok(HookSettings {
@@ -424,6 +468,10 @@ impl Validator<'_> {
             Some(_) => self.duration(None, "__agent.lease_ttl", "")?,
             None => DEFAULT_LEASE_TTL,
         };
+        let metrics_interval = match self.merged.get("agent.metrics_interval") {
+            Some(_) => self.duration(None, "__agent.metrics_interval", "")?,
+            None => DEFAULT_METRICS_INTERVAL,
+        };
         let metrics_textfile = match self.merged.get("agent.metrics_textfile") {
             Some((v, _)) => {
                 let p = PathBuf::from(v.as_str().unwrap_or_default());
@@ -448,6 +496,7 @@ impl Validator<'_> {
             host_id_source,
             lease_ttl,
             metrics_textfile,
+            metrics_interval,
         })
     }
 
@@ -501,12 +550,17 @@ impl Validator<'_> {
             Some(_) => self.duration(None, "__vault.request_timeout", "")?,
             None => DEFAULT_VAULT_TIMEOUT,
         };
+        let publish_retry = match self.merged.get("vault.publish_retry") {
+            Some(_) => self.duration(None, "__vault.publish_retry", "")?,
+            None => DEFAULT_PUBLISH_RETRY,
+        };
         Ok(Some(VaultSettings {
             address: address.trim_end_matches('/').to_string(),
             mount,
             auth,
             ca_file,
             request_timeout,
+            publish_retry,
         }))
     }
 
@@ -794,6 +848,63 @@ fn check_lease_ttl(
     })
 }
 
+/// Each codex_home lies outside system and agent directories and has one account; each
+/// Vault rotating key has one account too (two writers of one auth.json or one rotating
+/// key spend each other's refresh tokens). Returns the homes whose owner or mode is wrong
+/// (see `Settings::home_problems`).
+fn check_homes(
+    merged: &Merged,
+    agent: &AgentSettings,
+    config_dir: &Path,
+    accounts: &BTreeMap<String, AccountSettings>,
+) -> Result<Vec<ConfigError>, ConfigError> {
+    let err = |name: &str, k: &str, message: String| {
+        let key = format!("accounts.{name}.{k}");
+        let file = merged.get(&key).map(|(_, f)| f.to_path_buf()).or_else(|| merged.accounts.get(name).cloned());
+        ConfigError { file, key: Some(key), message }
+    };
+    let agent_dirs = [agent.state_dir.clone(), config_dir.to_path_buf()];
+    let service = agent.state_dir == Path::new(DEFAULT_STATE_DIR);
+    let mut homes: BTreeMap<PathBuf, &str> = BTreeMap::new();
+    let mut rotating: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for a in accounts.values() {
+        if let Some(problem) = host::home_problem(&a.codex_home, &a.user, &agent_dirs, service) {
+            return Err(err(&a.name, "codex_home", problem));
+        }
+        let uid = nix::unistd::User::from_name(&a.user).ok().flatten().map(|u| u.uid.as_raw()).unwrap_or(u32::MAX);
+        if let Some(problem) = host::home_owner_problem(&a.codex_home, &a.user, uid) {
+            problems.push(err(&a.name, "codex_home", problem));
+        }
+        let real = std::fs::canonicalize(&a.codex_home).unwrap_or_else(|_| a.codex_home.clone());
+        if let Some(other) = homes.insert(real.clone(), &a.name) {
+            return Err(err(
+                &a.name,
+                "codex_home",
+                format!(
+                    "{} is also the codex_home of account {other}: two writers of one auth.json spend each other's \
+                     refresh tokens; give each account its own codex_home (or remove one account)",
+                    real.display()
+                ),
+            ));
+        }
+        if let Some(f) = &a.fleet {
+            if let Some(other) = rotating.insert(&f.vault_rotating_key, &a.name) {
+                return Err(err(
+                    &a.name,
+                    "vault_rotating_key",
+                    format!(
+                        "{:?} is also the rotating key of account {other}: both would write it and spend each \
+                         other's refresh tokens; give each account its own vault_rotating_key",
+                        f.vault_rotating_key
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
 /// `[a-z0-9][a-z0-9-]{0,62}`
 pub fn valid_account_name(name: &str) -> bool {
     let b = name.as_bytes();
@@ -815,6 +926,7 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
         accounts.insert(name.clone(), v.account(name, config_dir, vault.as_ref())?);
     }
     check_lease_ttl(merged, &agent, vault.as_ref(), &accounts)?;
+    let home_problems = check_homes(merged, &agent, config_dir, &accounts)?;
     let mut warnings = Vec::new();
     for a in accounts.values() {
         if a.refresh.refresh_before_expiry < 2 * REFRESH_TIMER_PERIOD {
@@ -827,7 +939,7 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
             ));
         }
     }
-    Ok(Settings { agent, vault, accounts, files: merged.files.clone(), warnings })
+    Ok(Settings { agent, vault, accounts, files: merged.files.clone(), warnings, home_problems })
 }
 
 impl Settings {

@@ -25,6 +25,7 @@ const AGENT: &[(&str, Kind)] = &[
     ("host_id", Kind::Str),
     ("lease_ttl", Kind::Dur),
     ("metrics_textfile", Kind::Path),
+    ("metrics_interval", Kind::Dur),
 ];
 const OVERRIDABLE_KINDS: &[(&str, Kind)] = &[
     ("refresh_method", Kind::Str),
@@ -35,6 +36,7 @@ const OVERRIDABLE_KINDS: &[(&str, Kind)] = &[
     ("preflight", Kind::Bool),
     ("preflight_timeout", Kind::Dur),
     ("codex_base_url", Kind::Str),
+    ("login_client_id", Kind::Str),
     ("on_success", Kind::Str),
     ("on_failure", Kind::Str),
     ("hook_timeout", Kind::Dur),
@@ -176,7 +178,7 @@ fn bad_values() -> impl Strategy<Value = Mistake> {
         .iter()
         .filter(|(_, k)| *k == Kind::Dur)
         .flat_map(|(k, _)| [("defaults", *k), ("accounts.a", *k)])
-        .chain([("agent", "lease_ttl")])
+        .chain([("agent", "lease_ttl"), ("agent", "metrics_interval")])
         .collect();
     let durations = (prop::sample::select(dur_keys), bad_duration())
         .prop_map(|((s, k), v)| (s.to_string(), k.to_string(), T::String(v)));

@@ -165,9 +165,9 @@ fn fleet_keys_default_from_the_account_name() {
         "config.toml",
         &format!(
             "[agent]\nhost_id = \"vm-1\"\n[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"{}\"\n\
-             [accounts.team]\nuser = \"root\"\nfleet_role = \"refresher\"\n\
+             [accounts.team]\nuser = \"root\"\ncodex_home = \"/srv/team/.codex\"\nfleet_role = \"refresher\"\n\
              [accounts.default]\nuser = \"root\"\nfleet_role = \"follower\"\nvault_rotating_key = \"x/rot\"\n\
-             [accounts.solo]\nuser = \"root\"\n",
+             [accounts.solo]\nuser = \"root\"\ncodex_home = \"/srv/solo/.codex\"\n",
             tok.display()
         ),
     );
@@ -314,12 +314,13 @@ fn hooks_are_split_without_a_shell_and_metrics_are_optional() {
 [agent]
 metrics_textfile = "/var/lib/prometheus/node-exporter/codex_auth_agent.prom"
 [defaults]
-on_failure = "/usr/local/bin/page-oncall --severity 'high prio' $HOME"
+on_failure = "/bin/echo --severity 'high prio' $HOME"
 [accounts.a]
 user = "root"
 hook_timeout = "5s"
 [accounts.b]
 user = "root"
+codex_home = "/srv/b/.codex"
 on_success = "/bin/true"
 on_failure = "/bin/false"
 "#,
@@ -330,7 +331,7 @@ on_failure = "/bin/false"
         Some(Path::new("/var/lib/prometheus/node-exporter/codex_auth_agent.prom"))
     );
     let a = &s.accounts["a"].hooks;
-    assert_eq!(a.on_failure.as_ref().unwrap(), &["/usr/local/bin/page-oncall", "--severity", "high prio", "$HOME"]);
+    assert_eq!(a.on_failure.as_ref().unwrap(), &["/bin/echo", "--severity", "high prio", "$HOME"]);
     assert_eq!((a.on_success.as_ref(), a.hook_timeout), (None, Duration::from_secs(5)));
     let b = &s.accounts["b"].hooks;
     assert_eq!(b.on_failure.as_ref().unwrap(), &["/bin/false"]);
@@ -425,4 +426,137 @@ fn host_id_remembers_where_it_came_from() {
     let s = load_text("").unwrap();
     assert_eq!((s.agent.host_id.clone(), s.agent.host_id_source.clone()), default_host_id_and_source());
     assert!(!s.render().contains("host_id_source"), "not a config key");
+}
+
+/// A private directory tree for hook and home checks: root-owned, 0755 (tempdir is 0700).
+fn tree() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    t
+}
+
+fn exe(dir: &Path, name: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = write(dir, name, "#!/bin/sh\nexit 0\n");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+fn hook_error(hook: &Path) -> ConfigError {
+    let t = tempfile::tempdir().unwrap();
+    let main = write(t.path(), "config.toml", "");
+    let drop_in = write(
+        t.path(),
+        "config.d/80-hook.toml",
+        &format!("[accounts.a]\nuser = \"root\"\non_failure = \"{} --page\"\n", hook.display()),
+    );
+    let e = load(&main, &Env::default()).unwrap_err();
+    assert_eq!((e.file.as_deref(), e.key.as_deref()), (Some(drop_in.as_path()), Some("accounts.a.on_failure")), "{e}");
+    e
+}
+
+#[test]
+fn unsafe_or_missing_hooks_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tree();
+    let good = exe(t.path(), "bin/good", 0o755);
+    std::fs::set_permissions(t.path().join("bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = format!("[accounts.a]\nuser = \"root\"\non_success = \"{}\"\n", good.display());
+    assert!(load_text(&cfg).is_ok(), "{:?}", load_text(&cfg));
+    let open = exe(t.path(), "bin/open", 0o777);
+    assert!(hook_error(&open).message.contains(&format!("chmod go-w {}", open.display())), "{}", hook_error(&open));
+    let plain = exe(t.path(), "bin/plain", 0o644);
+    assert!(hook_error(&plain).message.contains("chmod 755"), "{}", hook_error(&plain));
+    let missing = t.path().join("bin/missing");
+    assert!(hook_error(&missing).message.contains("does not exist"), "{}", hook_error(&missing));
+    // A directory others can write: they could rename the hook away and put theirs there.
+    let shared = t.path().join("shared");
+    let in_shared = exe(&shared, "hook", 0o755);
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = hook_error(&in_shared);
+    assert!(e.message.contains(&format!("is in {}", shared.display())) && e.message.contains("chmod go-w"), "{e}");
+    // A symlink is judged by what it points at.
+    let link = t.path().join("bin/link");
+    std::os::unix::fs::symlink(&open, &link).unwrap();
+    assert!(hook_error(&link).message.contains("writable by group or others"), "{}", hook_error(&link));
+    // Owned by a user (only root can hand a file to another user).
+    if nix::unistd::geteuid().is_root() {
+        let theirs = exe(t.path(), "bin/theirs", 0o755);
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        assert!(hook_error(&theirs).message.contains("chown root:root"), "{}", hook_error(&theirs));
+    }
+}
+
+#[test]
+fn codex_homes_in_system_or_agent_dirs_or_of_another_user_are_refused() {
+    let cases = [
+        ("/etc", "system directory /etc"),
+        ("/etc/codex-auth-agent/x", "system directory /etc"),
+        ("/usr/local/codex", "system directory /usr"),
+        ("/boot/.codex", "system directory /boot"),
+        ("/", "is not a Codex home"),
+        ("/var/lib/codex-auth-agent/alice", "agent's own directory /var/lib/codex-auth-agent"),
+        ("/var/lib", "agent's own directory /var/lib/codex-auth-agent"),
+        ("/tmp/ci/.codex", "private /tmp"),
+        ("/srv/a b/.codex", "whitespace"),
+    ];
+    for (home, want) in cases {
+        let text = format!("[accounts.a]\nuser = \"root\"\ncodex_home = \"{home}\"\n");
+        let e = load_text(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("accounts.a.codex_home"), "{home}: {e}");
+        assert!(e.file.is_some() && e.message.contains(want), "{home}: {e}");
+    }
+    if nix::unistd::geteuid().is_root() {
+        let t = tree();
+        let home = t.path().join("bob/.codex");
+        std::fs::create_dir_all(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(65534), None).unwrap();
+        let text = format!(
+            "[agent]\nstate_dir = \"/x/state\"\n[accounts.a]\nuser = \"root\"\ncodex_home = \"{}\"\n",
+            home.display()
+        );
+        // Owner and mode can change at any time: check-config refuses them, the daemon
+        // keeps serving the other accounts (Settings::home_problems).
+        let s = load_text(&text).unwrap();
+        let e = &s.home_problems[0];
+        assert_eq!(e.key.as_deref(), Some("accounts.a.codex_home"), "{e}");
+        assert!(e.message.contains("not by root") && e.message.contains("chown -R root"), "{e}");
+    }
+    // chmod 000 by its owner.
+    use std::os::unix::fs::PermissionsExt;
+    let t = tree();
+    let home = t.path().join("me/.codex");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap().name;
+    let text = format!(
+        "[agent]\nstate_dir = \"/x/state\"\n[accounts.a]\nuser = \"{me}\"\ncodex_home = \"{}\"\n",
+        home.display()
+    );
+    let s = load_text(&text).unwrap();
+    assert!(
+        s.home_problems[0].message.contains(&format!("fix: chmod 700 {}", home.display())),
+        "{:?}",
+        s.home_problems
+    );
+}
+
+#[test]
+fn two_accounts_may_not_share_a_codex_home_or_a_rotating_key() {
+    let e = load_text("[accounts.a]\nuser = \"root\"\n[accounts.b]\nuser = \"root\"\ncodex_home = \"/root/.codex/\"\n")
+        .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("accounts.b.codex_home"), "{e}");
+    assert!(e.message.contains("also the codex_home of account a"), "{e}");
+    let t = tempfile::tempdir().unwrap();
+    let token_file = secret(t.path(), "vault-token", 0o600);
+    let follower = "fleet_role = \"follower\"\nvault_rotating_key = \"k/rot\"\n";
+    let e = load_text(&format!(
+        "[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"{}\"\n[accounts.a]\nuser = \"root\"\n{follower}\
+         [accounts.b]\nuser = \"root\"\ncodex_home = \"/srv/b/.codex\"\n{follower}",
+        token_file.display()
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("accounts.b.vault_rotating_key"), "{e}");
+    assert!(e.message.contains("also the rotating key of account a"), "{e}");
 }

@@ -1,10 +1,11 @@
 //! Codex 0.169's classification of token-endpoint failures, copied exactly: permanent
 //! means Codex (and we) stop using that credential until a human logs in again.
 
-use crate::core::outcome::Failure;
+use crate::core::outcome::{Failure, FailureClass};
 use serde_json::Value;
 
-pub const RELOGIN: &str = "log in again: codex login --device-auth, then codex-authctl store <account>";
+pub const RELOGIN: &str =
+    "log in again: codex-authctl login <account> (or codex login --device-auth, then codex-authctl store <account>)";
 
 /// The error code of a token-endpoint body, in either shape OpenAI uses:
 /// `{"error":{"code":…}}` or `{"error":"…"}`.
@@ -57,6 +58,23 @@ const CODEX_REFRESH_FAILED: &str = "Failed to refresh token";
 /// [`classify_http`]. None when the log shows no failed refresh. The reason is built
 /// from fixed texts and the parsed status only, never copied from the log.
 pub fn from_codex_log(log: &str) -> Option<Failure> {
+    // Codex 0.130 quotes the status and body but retries every 400 (even invalid_grant):
+    // the server's answer is judged with our table, so a dead login is reported as one.
+    // Codex's own permanent verdict still wins over a transient reading of a quote.
+    let quoted = quoted_refresh_failure(log).map(|(status, code)| {
+        let body = code.map(|c| serde_json::json!({ "error": c }).to_string()).unwrap_or_default();
+        let f = classify_http(status, body.as_bytes());
+        Failure { reason: format!("Codex could not refresh: {}", f.reason), ..f }
+    });
+    match (quoted, from_codex_messages(log)) {
+        (Some(q), _) if q.class == FailureClass::Permanent => Some(q),
+        (_, Some(m)) if m.class == FailureClass::Permanent => Some(m),
+        (q, m) => q.or(m),
+    }
+}
+
+/// [`from_codex_log`] from Codex 0.169's messages and `status=` lines.
+fn from_codex_messages(log: &str) -> Option<Failure> {
     let status = codex_refresh_status(log);
     let with_status = |f: Failure| match status {
         Some(s) => f.with_status(s),
@@ -78,6 +96,24 @@ pub fn from_codex_log(log: &str) -> Option<Failure> {
         })));
     }
     None
+}
+
+/// Error codes the token endpoint's table knows, as they may appear in a quoted body.
+const KNOWN_CODES: &[&str] =
+    &["refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated", "invalid_grant"];
+
+/// Codex 0.130's `Failed to refresh token: 403 Forbidden: {…body…}`: the status of the last
+/// such line and the known error code its quoted body names, if any. Nothing else of the
+/// body is used (it may echo what the server was sent).
+fn quoted_refresh_failure(log: &str) -> Option<(u16, Option<&'static str>)> {
+    let marker = "Failed to refresh token: ";
+    log.lines().rev().find_map(|line| {
+        let rest = &line[line.rfind(marker)? + marker.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let status = digits.parse::<u16>().ok().filter(|_| digits.len() == 3 && rest[3..].starts_with(' '))?;
+        let code = KNOWN_CODES.iter().copied().find(|c| rest.contains(&format!("\"{c}\"")));
+        Some((status, code))
+    })
 }
 
 /// The HTTP status of Codex's last `Failed to refresh token status=NNN` line.
@@ -185,6 +221,38 @@ mod tests {
         assert_eq!((net.class, net.http_status), (Transient, None));
         assert!(!net.reason.contains("127.0.0.1"), "{}", net.reason);
         assert_eq!(from_codex_log("ERROR: Reconnecting... 1/5"), None);
+    }
+
+    #[test]
+    fn codex_0_130_log_lines_are_judged_by_the_status_and_code_they_quote() {
+        // As printed by codex exec / app-server 0.130 (verified against the mock); 0.130
+        // itself retries every 400, so its verdict is not taken.
+        let line =
+            |m: &str| format!("2026-12-01T13:51:13Z ERROR codex_login::auth::manager: Failed to refresh token: {m}\n");
+        let rows = [
+            (r#"400 Bad Request: {"error":"invalid_grant"}"#, Permanent, "invalid_grant"),
+            (
+                r#"403 Forbidden: {"error":{"message":"m","type":"invalid_request_error","code":"refresh_token_reused"}"#,
+                Permanent,
+                "refresh_token_reused",
+            ),
+            (
+                r#"400 Bad Request: {"error":"temporarily_unavailable","error_description":"Please retry."}"#,
+                Transient,
+                "HTTP 400",
+            ),
+            ("401 Unauthorized: ", Permanent, "HTTP 401"),
+            ("500 Internal Server Error: <html>", Transient, "HTTP 500"),
+        ];
+        for (m, class, says) in rows {
+            let log = format!("{}{}", line(m), line(&format!("Failed to refresh token: {m}")));
+            let f = from_codex_log(&log).unwrap();
+            assert_eq!(f.class, class, "{m}");
+            assert!(f.reason.starts_with("Codex could not refresh: ") && f.reason.contains(says), "{m}: {}", f.reason);
+            assert!(!f.reason.contains("Please retry") && !f.reason.contains("<html>"), "{}", f.reason);
+        }
+        let f = from_codex_log(&line(r#"403 Forbidden: {"error":"CANARY-rt_1_1_0123456789abcdef"}"#)).unwrap();
+        assert!(!f.reason.contains("CANARY"), "{}", f.reason);
     }
 
     #[test]

@@ -33,3 +33,34 @@ pub const EXEC_ARGS: [&str; 6] =
 /// Prefix of our throwaway Codex homes (`<prefix><uid>-<random>` in the temp dir); a Codex
 /// running in one is ours, not the account's.
 pub const HOME_PREFIX: &str = "codex-auth-agent-";
+
+/// The Codex CLI releases the test matrix runs (docs/CODEX-COMPAT.md, tests/codex-compat.sh):
+/// from the oldest supported to the newest tested.
+pub const CODEX_TESTED: ((u32, u32, u32), (u32, u32, u32)) = ((0, 130, 0), (0, 171, u32::MAX));
+
+/// The tested range in words, for the journal.
+pub const CODEX_TESTED_RANGE: &str = "0.130.0 to 0.171.x";
+
+/// Is this `x.y.z` Codex version inside [`CODEX_TESTED`]? (pure; unparsable: no)
+pub fn codex_version_tested(version: &str) -> bool {
+    let mut n = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (n.next().flatten(), n.next().flatten(), n.next().flatten()) {
+        (Some(a), Some(b), Some(c)) => (CODEX_TESTED.0..=CODEX_TESTED.1).contains(&(a, b, c)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tested_codex_range() {
+        for v in ["0.130.0", "0.169.0", "0.171.0", "0.171.9"] {
+            assert!(codex_version_tested(v), "{v}");
+        }
+        for v in ["0.129.9", "0.172.0", "1.0.0", "", "0.171", "x.y.z"] {
+            assert!(!codex_version_tested(v), "{v}");
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod outcome;
 pub mod pending;
 pub mod policy;
 pub mod redact;
+pub mod sandbox;
 pub mod schedule;
 pub mod seed;
 pub mod task;

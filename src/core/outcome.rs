@@ -161,6 +161,9 @@ pub struct Report {
     /// (worker killed, never started): nothing is known, so nothing is dropped.
     #[serde(default)]
     pub pending_left: Option<bool>,
+    /// The Codex CLI version an app-server refresh ran (`0.169.0`); None for oauth.
+    #[serde(default)]
+    pub codex_version: Option<String>,
 }
 
 /// A credential in transit from the worker (base64 of auth.json).
@@ -192,6 +195,7 @@ impl Report {
             lease_holder: None,
             auth_b64: None,
             pending_left: None,
+            codex_version: None,
         }
     }
 
@@ -220,6 +224,7 @@ impl Report {
             "expires_at": ts(&self.expires_at),
             "last_refresh": ts(&self.last_refresh),
             "token_fp": self.token_fp,
+            "codex_version": self.codex_version,
         })
         .to_string()
     }
@@ -313,6 +318,9 @@ pub struct PreflightReport {
     /// yet in auth.json (None: unknown, the probe did not run to its end).
     #[serde(default)]
     pub pending_left: Option<bool>,
+    /// The Codex CLI version that ran (`0.169.0`), when known.
+    #[serde(default)]
+    pub codex_version: Option<String>,
 }
 
 impl PreflightReport {
@@ -333,6 +341,7 @@ impl PreflightReport {
             token_fp: None,
             auth_sha256: None,
             pending_left: None,
+            codex_version: None,
         }
     }
 
@@ -368,6 +377,7 @@ impl PreflightReport {
             "adopted": self.adopted,
             "runner_state": self.state.as_str(),
             "duration_ms": self.duration_ms,
+            "codex_version": self.codex_version,
             "expires_at": ts(&self.expires_at),
             "last_refresh": ts(&self.last_refresh),
             "token_fp": self.token_fp,

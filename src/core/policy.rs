@@ -44,11 +44,26 @@ impl std::fmt::Display for RefreshReason {
     }
 }
 
+/// Why a login whose `auth_mode` is not `chatgpt` is left alone, naming what manages it
+/// (the modes Codex 0.130–0.171 know; docs/CODEX-COMPAT.md).
+fn other_mode(mode: &str) -> String {
+    let managed_by = match mode {
+        "chatgptAuthTokens" => "tokens handed to Codex by the application that embeds it, which refreshes them",
+        "agentIdentity" => "an agent identity (auth.json's agent_identity), which Codex manages itself",
+        "personalAccessToken" => "a personal access token (personal_access_token), which does not expire by refresh",
+        "headers" => "HTTP headers configured for Codex, managed by whoever configured them",
+        "bedrockApiKey" | "bedrockAccessKeys" => "AWS Bedrock credentials (bedrock_*), managed through AWS",
+        _ => "a login mode this agent does not know; Codex and whoever set it up manage it",
+    };
+    let mode: String = mode.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(40).collect();
+    format!("auth_mode {mode}: {managed_by}; only ChatGPT logins (auth_mode chatgpt) are refreshed here")
+}
+
 /// What to do with one account now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Not a credential we refresh; the reason says why.
-    Inert(&'static str),
+    Inert(String),
     /// Nothing to do until `due_at`.
     Fresh {
         due_at: DateTime<Utc>,
@@ -62,15 +77,13 @@ fn chrono(d: std::time::Duration) -> Duration {
 
 /// Decide for one account.
 pub fn decide(facts: &AuthFacts, t: &Thresholds, now: DateTime<Utc>, force: bool) -> Decision {
-    match facts.mode {
+    match &facts.mode {
         AuthMode::ChatGpt => {}
-        AuthMode::ApiKey => return Decision::Inert("API-key login: nothing to refresh"),
-        AuthMode::Other(_) => {
-            return Decision::Inert("auth_mode is not chatgpt: managed elsewhere");
-        }
+        AuthMode::ApiKey => return Decision::Inert("API-key login (auth_mode apikey): nothing to refresh".into()),
+        AuthMode::Other(mode) => return Decision::Inert(other_mode(mode)),
     }
     if !facts.has_refresh_token {
-        return Decision::Inert("no refresh token in auth.json");
+        return Decision::Inert("no refresh token in auth.json".into());
     }
     if force {
         return Decision::Refresh(RefreshReason::Forced);
@@ -153,6 +166,22 @@ mod tests {
         let mut no_rt = facts(None, None);
         no_rt.has_refresh_token = false;
         assert!(matches!(decide(&no_rt, &t, at(now), true), Decision::Inert(_)));
+        for (mode, names) in [
+            ("chatgptAuthTokens", "application that embeds it"),
+            ("agentIdentity", "agent_identity"),
+            ("personalAccessToken", "personal_access_token"),
+            ("headers", "HTTP headers"),
+            ("bedrockApiKey", "AWS Bedrock"),
+            ("bedrockAccessKeys", "AWS Bedrock"),
+            ("somethingNew\u{1b}[31m", "does not know"),
+        ] {
+            let mut other = facts(None, None);
+            other.mode = AuthMode::Other(mode.into());
+            let Decision::Inert(why) = decide(&other, &t, at(now), true) else { panic!("{mode} is not ours") };
+            assert!(why.contains(names) && why.contains("only ChatGPT logins"), "{mode}: {why}");
+            assert!(why.starts_with(&format!("auth_mode {}", mode.split('\u{1b}').next().unwrap())), "{why}");
+            assert!(!why.contains('\u{1b}'), "{why}");
+        }
     }
 
     proptest! {

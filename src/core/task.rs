@@ -65,6 +65,9 @@ pub struct Job {
     pub codex_bin: String,
     pub codex_base_url: String,
     pub temp_dir: PathBuf,
+    /// `login_client_id`: the client id our refresh sends instead of Codex's.
+    #[serde(default)]
+    pub login_client_id: Option<String>,
     /// A preflight holds our cycle lock this long at most; a refresh may wait for it.
     pub preflight_timeout: Duration,
     /// Fleet mode: `store` is the fleet's credential from Vault; write it only when

@@ -58,7 +58,10 @@ async fn caller(conn: &Connection, hdr: &Header<'_>) -> fdo::Result<(u32, Vec<u3
     Ok((uid, gids))
 }
 
-async fn authorize(conn: &Connection, hdr: &Header<'_>, need: Need, what: &str) -> fdo::Result<()> {
+/// The daemon's count of denied calls, shared by its objects.
+pub type Denials = Arc<std::sync::Mutex<RateLimit>>;
+
+async fn authorize(conn: &Connection, hdr: &Header<'_>, need: Need, what: &str, denials: &Denials) -> fdo::Result<()> {
     let (uid, gids) = caller(conn, hdr).await?;
     let gid = nix::unistd::Group::from_name(OPERATOR_GROUP).ok().flatten().map(|g| g.gid.as_raw());
     if allowed(need, uid, &gids, gid) {
@@ -68,8 +71,61 @@ async fn authorize(conn: &Connection, hdr: &Header<'_>, need: Need, what: &str) 
         Need::Operator => format!("root or membership in group {OPERATOR_GROUP}"),
         Need::Root => "root".to_string(),
     };
-    tracing::warn!(caller_uid = uid, method = what, "access denied: {what} needs {needs}");
+    // A caller looping on a denied call must not flood the journal (journald's rate limit
+    // would then drop the daemon's own entries too): a few per minute, then a count.
+    let (log, dropped) = denials.lock().unwrap_or_else(|p| p.into_inner()).admit(std::time::Instant::now());
+    if dropped > 0 {
+        tracing::warn!(
+            "access denied to {dropped} more calls in the last {}s (not logged one by one)",
+            DENIAL_WINDOW.as_secs()
+        );
+    }
+    if log {
+        tracing::warn!(caller_uid = uid, method = what, "access denied: {what} needs {needs}");
+    }
     Err(fdo::Error::AccessDenied(format!("{what} needs {needs}")))
+}
+
+const DENIAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// At most `per_window` admitted events per `window`; the rest are counted.
+pub struct RateLimit {
+    per_window: u32,
+    window: std::time::Duration,
+    start: Option<std::time::Instant>,
+    used: u32,
+    dropped: u64,
+}
+
+impl Default for RateLimit {
+    /// The daemon's: a few denied calls a minute are logged one by one, the rest counted.
+    fn default() -> RateLimit {
+        RateLimit::new(5, DENIAL_WINDOW)
+    }
+}
+
+impl RateLimit {
+    const fn new(per_window: u32, window: std::time::Duration) -> RateLimit {
+        RateLimit { per_window, window, start: None, used: 0, dropped: 0 }
+    }
+
+    /// Whether to log the event at `now`, and how many were dropped in the window that
+    /// just ended (reported once, with the first event of the next window).
+    fn admit(&mut self, now: std::time::Instant) -> (bool, u64) {
+        let mut ended = 0;
+        if self.start.is_none_or(|s| now.duration_since(s) >= self.window) {
+            ended = std::mem::take(&mut self.dropped);
+            self.start = Some(now);
+            self.used = 0;
+        }
+        if self.used < self.per_window {
+            self.used += 1;
+            (true, ended)
+        } else {
+            self.dropped += 1;
+            (false, ended)
+        }
+    }
 }
 
 fn pair(r: Report) -> (String, String) {
@@ -78,6 +134,7 @@ fn pair(r: Report) -> (String, String) {
 
 pub struct Manager {
     core: Arc<Core>,
+    denials: Denials,
 }
 
 #[interface(name = "org.codexauth.Agent1.Manager")]
@@ -108,7 +165,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<Vec<(String, String, String)>> {
-        authorize(conn, &hdr, Need::Operator, "RefreshAll").await?;
+        authorize(conn, &hdr, Need::Operator, "RefreshAll", &self.denials).await?;
         Ok(self
             .core
             .refresh_all(force)
@@ -123,7 +180,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<Vec<(String, String, String)>> {
-        authorize(conn, &hdr, Need::Operator, "PreflightAll").await?;
+        authorize(conn, &hdr, Need::Operator, "PreflightAll", &self.denials).await?;
         Ok(self
             .core
             .preflight_all()
@@ -134,7 +191,7 @@ impl Manager {
     }
 
     async fn reload(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> fdo::Result<()> {
-        authorize(conn, &hdr, Need::Operator, "Reload").await?;
+        authorize(conn, &hdr, Need::Operator, "Reload", &self.denials).await?;
         self.core.reload().map_err(|e| fdo::Error::Failed(e.to_string()))
     }
 }
@@ -142,6 +199,7 @@ impl Manager {
 pub struct Account {
     core: Arc<Core>,
     name: String,
+    denials: Denials,
 }
 
 impl Account {
@@ -240,6 +298,10 @@ impl Account {
     fn runner_last_reason(&self) -> String {
         self.v().runner_last_reason
     }
+    #[zbus(property)]
+    fn codex_version(&self) -> String {
+        self.v().codex_version
+    }
 
     async fn refresh(
         &self,
@@ -247,7 +309,7 @@ impl Account {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<(String, String)> {
-        authorize(conn, &hdr, Need::Operator, "Refresh").await?;
+        authorize(conn, &hdr, Need::Operator, "Refresh", &self.denials).await?;
         let req = Request { force, ..Default::default() };
         self.core.refresh(&self.name, req).await.map(pair).ok_or_else(|| gone(&self.name))
     }
@@ -258,7 +320,7 @@ impl Account {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<(String, String)> {
-        authorize(conn, &hdr, Need::Operator, "Preflight").await?;
+        authorize(conn, &hdr, Need::Operator, "Preflight", &self.denials).await?;
         let r = self.core.preflight(&self.name).await.ok_or_else(|| gone(&self.name))?;
         Ok((r.outcome().to_string(), r.reason))
     }
@@ -270,7 +332,7 @@ impl Account {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<(String, String)> {
-        authorize(conn, &hdr, Need::Root, "Store").await?;
+        authorize(conn, &hdr, Need::Root, "Store", &self.denials).await?;
         let input = self.read_credential(fd).await?;
         let req = Request { store: Some(input), skip_gate: true, ..Default::default() };
         let report = self.core.refresh(&self.name, req).await.ok_or_else(|| gone(&self.name))?;
@@ -285,7 +347,7 @@ impl Account {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<(String, String)> {
-        authorize(conn, &hdr, Need::Root, "Seed").await?;
+        authorize(conn, &hdr, Need::Root, "Seed", &self.denials).await?;
         let input = self.read_credential(fd).await?;
         let acct = self.core.account_settings(&self.name).ok_or_else(|| gone(&self.name))?;
         if let Some(fleet) = &acct.fleet {
@@ -360,10 +422,16 @@ pub fn boot_id() -> String {
 }
 
 /// Connect, export the manager and account objects, then own the well-known name.
-pub async fn serve(bus: &BusChoice, core: Arc<Core>) -> zbus::Result<Connection> {
-    let conn = bus.builder()?.serve_at(MANAGER_PATH, Manager { core: core.clone() })?.build().await?;
+pub async fn serve(bus: &BusChoice, core: Arc<Core>, denials: &Denials) -> zbus::Result<Connection> {
+    let conn = bus
+        .builder()?
+        .serve_at(MANAGER_PATH, Manager { core: core.clone(), denials: denials.clone() })?
+        .build()
+        .await?;
     for name in core.names() {
-        conn.object_server().at(account_path(&name), Account { core: core.clone(), name }).await?;
+        conn.object_server()
+            .at(account_path(&name), Account { core: core.clone(), name, denials: denials.clone() })
+            .await?;
     }
     conn.request_name(BUS_NAME).await?;
     Ok(conn)
@@ -378,14 +446,15 @@ pub struct Publisher {
     views: HashMap<String, Published>,
     summary: String,
     exported: HashSet<String>,
+    denials: Denials,
 }
 
 impl Publisher {
-    pub fn new(conn: Connection, core: Arc<Core>) -> Publisher {
+    pub fn new(conn: Connection, core: Arc<Core>, denials: Denials) -> Publisher {
         let exported: HashSet<String> = core.names().into_iter().collect();
         let views = exported.iter().filter_map(|n| core.view(n).map(|v| (n.clone(), v.published()))).collect();
         let summary = core.summary();
-        Publisher { conn, core, views, summary, exported }
+        Publisher { conn, core, views, summary, exported, denials }
     }
 
     async fn emit(&self, path: &str, iface: &'static str, changed: Vec<(&'static str, Value<'static>)>) {
@@ -420,7 +489,7 @@ impl Publisher {
                     self.views.remove(gone);
                 }
                 for new in now.difference(&self.exported) {
-                    let obj = Account { core: self.core.clone(), name: new.clone() };
+                    let obj = Account { core: self.core.clone(), name: new.clone(), denials: self.denials.clone() };
                     if let Err(e) = server.at(account_path(new), obj).await {
                         tracing::error!(account = %new, "cannot export the account object: {e}");
                     }
@@ -458,6 +527,17 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn denials_are_rate_limited_and_counted() {
+        let t0 = std::time::Instant::now();
+        let mut r = RateLimit::new(5, DENIAL_WINDOW);
+        let logged = (0..10_000).filter(|_| r.admit(t0).0).count();
+        assert_eq!(logged, 5);
+        // The next window: logged again, with the count of the ones dropped before.
+        assert_eq!(r.admit(t0 + DENIAL_WINDOW), (true, 9_995));
+        assert_eq!(r.admit(t0 + DENIAL_WINDOW), (true, 0));
+    }
 
     #[test]
     fn access_rules() {

@@ -164,6 +164,11 @@ impl Core {
         self.settings.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Rewrite the metrics textfile now (the heartbeat: nothing to record). Blocking.
+    pub fn write_metrics(&self) {
+        crate::store::metrics::update(&self.settings(), &self.shared.mem);
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         self.shared.clock.now()
     }
@@ -389,7 +394,7 @@ impl Core {
                             name,
                             Failure::permanent(format!(
                                 "quarantined, no token request until auth.json or the seed changes ({last}); \
-                                    log in again: codex login --device-auth, then codex-authctl store {name}"
+                                    log in again: codex-authctl login {name}"
                             )),
                         );
                     }

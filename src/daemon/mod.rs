@@ -65,14 +65,15 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
     let exec = Arc::new(Workers { local: Local, always: true });
     let shared = Shared { clock: Arc::new(SystemClock), exec, mem: Arc::default(), vault: Arc::default() };
     let (core, mut events) = core::Core::with_executor(path.to_path_buf(), settings, shared);
-    let conn = match bus::serve(&bus, core.clone()).await {
+    let denials = bus::Denials::default();
+    let conn = match bus::serve(&bus, core.clone(), &denials).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("cannot serve {} on the {bus:?} bus: {e}", crate::api::names::BUS_NAME);
             return 1;
         }
     };
-    let mut publisher = bus::Publisher::new(conn, core.clone());
+    let mut publisher = bus::Publisher::new(conn, core.clone(), denials);
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
         (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {
@@ -93,6 +94,9 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
     if clock.is_some() {
         notify::watchdog();
     }
+    // The textfile heartbeat: written now and every metrics_interval even with nothing to
+    // record, so its timestamp going stale means the daemon is not running.
+    let mut heartbeat = tokio::time::Instant::now();
     loop {
         let now = core.now();
         let wake = core.next_wakeup().unwrap_or(DateTime::<Utc>::MAX_UTC).min(now + MAX_SLEEP);
@@ -111,6 +115,14 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
                 core.kick(core.due(core.now(), false));
             }
             _ = next_ping(clock.as_ref()) => notify::watchdog(),
+            _ = tokio::time::sleep_until(heartbeat) => {
+                let settings = core.settings();
+                heartbeat = tokio::time::Instant::now() + settings.agent.metrics_interval;
+                if settings.agent.metrics_textfile.is_some() {
+                    let core = core.clone();
+                    tokio::task::spawn_blocking(move || core.write_metrics());
+                }
+            }
         }
     }
     notify::stopping();

@@ -31,6 +31,7 @@ pub fn account_view(acct: &AccountSettings, st: &AccountStatus, sch: &Schedule) 
         runner_last_check: secs(st.runner_last_check),
         runner_boot_id: st.runner_boot_id.clone().unwrap_or_default(),
         runner_last_reason: st.runner_last_reason.clone(),
+        codex_version: st.codex_version.clone().unwrap_or_default(),
         fleet_role: acct.fleet.as_ref().map(|f| f.fleet_role.as_str().to_string()).unwrap_or_default(),
         store_version: st.store_version.unwrap_or_default(),
         lease_holder: st.lease_holder.clone().unwrap_or_default(),

@@ -80,6 +80,7 @@ pub fn job_for(
         codex_bin: settings.agent.codex_bin.clone(),
         codex_base_url: acct.refresh.codex_base_url.clone(),
         temp_dir: std::env::temp_dir(),
+        login_client_id: acct.refresh.login_client_id.clone(),
         preflight_timeout: acct.refresh.preflight_timeout,
         materialize: false,
         follow: false,

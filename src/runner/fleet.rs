@@ -233,7 +233,7 @@ fn with_run(
         Ok(id) => id,
         Err(e) => return Report::failed(&acct.name, Failure::permanent(e)),
     };
-    let run = Run { settings, acct, fleet, opts, rt, id };
+    let run = Run { settings, acct, fleet, opts, rt, id, lease_until: Default::default() };
     let mut st = load_state(settings, &acct.name);
     let mut report = f(&run, rt.vault.get(vs), &mut st);
     save_state(settings, &acct.name, &st);
@@ -260,6 +260,8 @@ struct Run<'a> {
     opts: RefreshOptions,
     rt: &'a Runtime<'a>,
     id: Identity,
+    /// Until when the lease this run wrote keeps other refreshers away (None: not ours).
+    lease_until: std::cell::Cell<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Run<'_> {
@@ -366,6 +368,8 @@ impl Run<'_> {
             let mine = LeaseRecord::new(&me, &nonce, now, self.settings.agent.lease_ttl);
             match v.write(&key, &mine.to_bytes(), cas, now) {
                 Ok(_) => {
+                    let ttl = chrono::Duration::from_std(self.settings.agent.lease_ttl).unwrap_or_default();
+                    self.lease_until.set(Some(now + ttl));
                     st.lease_nonce = Some(nonce.clone());
                     st.lease_nonce_unconfirmed = None;
                     return Ok(Held::Ours(Me { nonces: vec![nonce], ..me }));
@@ -561,7 +565,7 @@ impl Run<'_> {
             Err(r) => return *r,
         };
         let key = &self.fleet.vault_rotating_key;
-        match v.write(key, &bytes, base.version, self.rt.clock.now()) {
+        match self.write_retrying(v, key, &bytes, base.version) {
             Ok(version) => {
                 st.wrote(version, sha);
                 report.reason = format!("{}; wrote {key} version {version}", report.reason);
@@ -595,6 +599,33 @@ impl Run<'_> {
                             current and is uploaded on the next run"
                     ),
                 )
+            }
+        }
+    }
+
+    /// The check-and-set write of a credential this run just received. The refresh token it
+    /// replaces is spent, so while Vault does not answer the write is tried again, for up to
+    /// `vault.publish_retry` and never closer than two requests to the end of our lease
+    /// (after it, another refresher may spend the token Vault still holds): a pod's state dir
+    /// dies with it, and its next run could not upload what this one received.
+    fn write_retrying(&self, v: &Vault, key: &str, bytes: &[u8], cas: u64) -> Result<u64, VaultError> {
+        let clock = self.rt.clock;
+        let vs = self.settings.vault.as_ref();
+        let (retry, timeout) = vs.map_or((Duration::ZERO, Duration::ZERO), |s| (s.publish_retry, s.request_timeout));
+        let as_chrono = |d: Duration| chrono::Duration::from_std(d).unwrap_or_default();
+        let give_up = match self.lease_until.get() {
+            Some(until) => (clock.now() + as_chrono(retry)).min(until - as_chrono(timeout * 2)),
+            None => clock.now(),
+        };
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match v.write(key, bytes, cas, clock.now()) {
+                Err(e @ VaultError::Unreachable { .. }) if clock.now() + as_chrono(pause + timeout) < give_up => {
+                    tracing::warn!(account = %self.name(), "{e}; trying again in {}ms (a new credential waits)", pause.as_millis());
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                r => return r,
             }
         }
     }

@@ -12,11 +12,29 @@ use crate::sys::logging;
 /// metrics textfile; returns the hook to run, if one is configured.
 pub fn record_preflight(settings: &Settings, report: &PreflightReport, rt: &Runtime<'_>) -> Option<hooks::HookEvent> {
     let (now, boot) = (rt.clock.now(), status::boot_id());
-    rt.mem
-        .statuses
-        .update(&settings.agent.state_dir, &report.account, true, |st| st.update_runner(report, now, boot.as_deref()));
+    rt.mem.statuses.update(&settings.agent.state_dir, &report.account, true, |st| {
+        warn_untested_codex(&report.account, st.codex_version.as_deref(), report.codex_version.as_deref());
+        st.update_runner(report, now, boot.as_deref())
+    });
     logging::log_preflight(report);
     after_outcome(settings, rt, hooks::HookEvent::from_preflight(report))
+}
+
+/// One journal warning when an account's Codex becomes a version outside the tested
+/// range: once per version seen (status.json remembers the last), not once per run.
+fn warn_untested_codex(account: &str, before: Option<&str>, now: Option<&str>) {
+    use crate::core::contract::{CODEX_TESTED_RANGE, codex_version_tested};
+    if let Some(v) = now
+        && before != Some(v)
+        && !codex_version_tested(v)
+    {
+        tracing::warn!(
+            account = %account,
+            codex_version = %v,
+            "Codex CLI {v} is outside the versions codex-auth-agent is tested with ({CODEX_TESTED_RANGE}); \
+             it may behave differently: see docs/CODEX-COMPAT.md, or install a tested release"
+        );
+    }
 }
 
 /// Fold a report into status.json, write its journal entry and the metrics textfile;
@@ -25,7 +43,10 @@ pub fn record(settings: &Settings, report: &Report, rt: &Runtime<'_>) -> Option<
     // A fresh check changes nothing worth an fsync; every other outcome is kept durably.
     let durable = !matches!(report.outcome, Outcome::Fresh | Outcome::Inert);
     let now = rt.clock.now();
-    rt.mem.statuses.update(&settings.agent.state_dir, &report.account, durable, |st| st.update(report, now));
+    rt.mem.statuses.update(&settings.agent.state_dir, &report.account, durable, |st| {
+        warn_untested_codex(&report.account, st.codex_version.as_deref(), report.codex_version.as_deref());
+        st.update(report, now)
+    });
     logging::log_report(report);
     after_outcome(settings, rt, hooks::HookEvent::from_report(report))
 }

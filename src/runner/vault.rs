@@ -435,6 +435,7 @@ mod tests {
             },
             ca_file: None,
             request_timeout: Duration::from_secs(5),
+            publish_retry: Duration::from_secs(1),
         })
         .unwrap();
         assert_eq!(v.token(t(0)).unwrap(), "s.fake");
@@ -465,6 +466,7 @@ mod tests {
             auth: VaultAuth::Token { token_file: "/nonexistent".into() },
             ca_file: None,
             request_timeout: Duration::from_secs(1),
+            publish_retry: Duration::from_secs(1),
         })
         .unwrap();
         assert!(format!("{v:?}").contains("127.0.0.1:1"));

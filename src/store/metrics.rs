@@ -4,15 +4,15 @@
 //! directory + rename, mode 0644). Rendering is a pure function of the statuses; the file
 //! holds no token value (status.json has none to give). A failed write is only a warning.
 
-use crate::config::Settings;
-use crate::core::outcome::Outcome;
-use crate::core::outcome::RunnerState;
+use crate::config::{FleetRole, Settings};
+use crate::core::outcome::{FailureClass, Outcome, RunnerState};
 use crate::store::Memory;
 use crate::store::status::AccountStatus;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 /// Outcomes a status can record (a dry run records nothing), one series each.
 const OUTCOMES: &[Outcome] = &[Outcome::Refreshed, Outcome::Fresh, Outcome::Inert, Outcome::Failed];
@@ -31,8 +31,17 @@ pub fn escape_label(v: &str) -> String {
     out
 }
 
-/// The textfile for `statuses` (pure). Series without a known value are left out.
-pub fn render(statuses: &[AccountStatus]) -> String {
+/// What the textfile says about an account besides its status.json: from its config.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccountFacts {
+    pub refresh_before_expiry: std::time::Duration,
+    pub fleet_role: Option<FleetRole>,
+}
+
+/// The textfile for `statuses` with each account's config facts, written at `now` (Unix
+/// seconds) (pure). Series without a known value are left out.
+pub fn render(accounts: &[(AccountStatus, AccountFacts)], now: i64) -> String {
+    let statuses: Vec<&AccountStatus> = accounts.iter().map(|(s, _)| s).collect();
     let mut out = String::new();
     let mut family = |name: &str, help: &str, rows: Vec<(String, String)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -82,6 +91,46 @@ pub fn render(statuses: &[AccountStatus]) -> String {
             })
             .collect(),
     );
+    // The alert rules (packaging/prometheus) read the rest: a login only a human can fix,
+    // the refresh margin, the fleet version installed here, and when this file was written.
+    family(
+        "codex_auth_agent_needs_login",
+        "1 when the last refresh failed permanently: run codex-authctl login <account>.",
+        statuses.iter().map(|s| (acct(s), u8::from(s.class == Some(FailureClass::Permanent)).to_string())).collect(),
+    );
+    family(
+        "codex_auth_agent_refresh_before_expiry_seconds",
+        "The account's refresh_before_expiry: it refreshes when the access token expires within this.",
+        accounts.iter().map(|(s, f)| (acct(s), f.refresh_before_expiry.as_secs().to_string())).collect(),
+    );
+    family(
+        "codex_auth_agent_fleet_version",
+        "Fleet mode: the rotating key's version installed here (label role: refresher or follower).",
+        accounts
+            .iter()
+            .filter_map(|(s, f)| {
+                let labels = format!("{},role=\"{}\"", acct(s), f.fleet_role?.as_str());
+                Some((labels, s.store_version?.to_string()))
+            })
+            .collect(),
+    );
+    family(
+        "codex_auth_agent_codex_info",
+        "1, labelled with the Codex CLI version the account's last preflight ran; absent when not known.",
+        statuses
+            .iter()
+            .filter_map(|s| {
+                let v = s.codex_version.as_deref()?;
+                Some((format!("{},codex_version=\"{}\"", acct(s), escape_label(v)), "1".to_string()))
+            })
+            .collect(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP codex_auth_agent_textfile_timestamp_seconds When the agent wrote this file (Unix time).\n\
+         # TYPE codex_auth_agent_textfile_timestamp_seconds gauge\n\
+         codex_auth_agent_textfile_timestamp_seconds {now}"
+    );
     out
 }
 
@@ -96,8 +145,21 @@ pub fn update(settings: &Settings, mem: &Memory) {
     let Some(path) = &settings.agent.metrics_textfile else { return };
     let _guard = mem.metrics.0.lock().unwrap_or_else(|e| e.into_inner());
     let state_dir = &settings.agent.state_dir;
-    let statuses: Vec<AccountStatus> = settings.accounts.keys().map(|name| mem.statuses.get(state_dir, name)).collect();
-    if let Err(e) = write_atomic(path, render(&statuses).as_bytes()) {
+    let accounts: Vec<(AccountStatus, AccountFacts)> = settings
+        .accounts
+        .iter()
+        .map(|(name, a)| {
+            let facts = AccountFacts {
+                refresh_before_expiry: a.refresh.refresh_before_expiry,
+                fleet_role: a.fleet.as_ref().map(|f| f.fleet_role),
+            };
+            (mem.statuses.get(state_dir, name), facts)
+        })
+        .collect();
+    if let Err(e) = write_atomic(
+        path,
+        render(&accounts, crate::core::clock::Clock::now(&crate::core::clock::SystemClock).timestamp()).as_bytes(),
+    ) {
         tracing::warn!("could not write the metrics textfile {}: {e}", path.display());
     }
 }
@@ -110,6 +172,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), fastrand::u64(..)));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        remove_old_temps(dir, &format!(".{name}.tmp-"), f.metadata()?.modified()?);
         // The daemon's umask is 0077: set the mode explicitly so node_exporter can read it.
         f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         f.write_all(bytes)?;
@@ -120,6 +183,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Remove temps (`prefix`…) a killed write left, once a minute older than `now` (the mtime
+/// of our own new temp; a younger one may be another write in flight).
+fn remove_old_temps(dir: &Path, prefix: &str, now: std::time::SystemTime) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t + Duration::from_secs(60) < now);
+        if old && e.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -136,12 +211,25 @@ mod tests {
             expires_at: t(1_800_000_000),
             last_refresh: t(1_799_000_000),
             consecutive_failures: 3,
+            class: Some(FailureClass::Permanent),
+            store_version: Some(7),
             runner_state: RunnerState::Fail,
             token_fp: Some("fp-not-a-metric".into()),
             ..Default::default()
         };
-        let b = AccountStatus { account: "bob".into(), runner_state: RunnerState::Ok, ..Default::default() };
-        let text = render(&[a, b]);
+        let b = AccountStatus {
+            account: "bob".into(),
+            runner_state: RunnerState::Ok,
+            class: Some(FailureClass::Transient),
+            store_version: Some(9),
+            codex_version: Some("0.130.0".into()),
+            ..Default::default()
+        };
+        let day = std::time::Duration::from_secs(86_400);
+        let fa = AccountFacts { refresh_before_expiry: day, fleet_role: Some(FleetRole::Follower) };
+        // bob's store_version is left from a fleet config since removed: no fleet series.
+        let text =
+            render(&[(a, fa), (b, AccountFacts { refresh_before_expiry: day / 2, fleet_role: None })], 1_799_500_000);
         let expected = "\
 # HELP codex_auth_agent_access_token_expiry_timestamp_seconds When the account's access token expires (Unix time).
 # TYPE codex_auth_agent_access_token_expiry_timestamp_seconds gauge
@@ -163,17 +251,37 @@ codex_auth_agent_consecutive_failures{account=\"bob\"} 0
 # TYPE codex_auth_agent_runner_ok gauge
 codex_auth_agent_runner_ok{account=\"alice\"} 0
 codex_auth_agent_runner_ok{account=\"bob\"} 1
+# HELP codex_auth_agent_needs_login 1 when the last refresh failed permanently: run codex-authctl login <account>.
+# TYPE codex_auth_agent_needs_login gauge
+codex_auth_agent_needs_login{account=\"alice\"} 1
+codex_auth_agent_needs_login{account=\"bob\"} 0
+# HELP codex_auth_agent_refresh_before_expiry_seconds The account's refresh_before_expiry: it refreshes when the access token expires within this.
+# TYPE codex_auth_agent_refresh_before_expiry_seconds gauge
+codex_auth_agent_refresh_before_expiry_seconds{account=\"alice\"} 86400
+codex_auth_agent_refresh_before_expiry_seconds{account=\"bob\"} 43200
+# HELP codex_auth_agent_fleet_version Fleet mode: the rotating key's version installed here (label role: refresher or follower).
+# TYPE codex_auth_agent_fleet_version gauge
+codex_auth_agent_fleet_version{account=\"alice\",role=\"follower\"} 7
+# HELP codex_auth_agent_codex_info 1, labelled with the Codex CLI version the account's last preflight ran; absent when not known.
+# TYPE codex_auth_agent_codex_info gauge
+codex_auth_agent_codex_info{account=\"bob\",codex_version=\"0.130.0\"} 1
+# HELP codex_auth_agent_textfile_timestamp_seconds When the agent wrote this file (Unix time).
+# TYPE codex_auth_agent_textfile_timestamp_seconds gauge
+codex_auth_agent_textfile_timestamp_seconds 1799500000
 ";
         assert_eq!(text, expected);
         assert!(!text.contains("fp-not-a-metric"));
-        assert_eq!(render(&[]).lines().count(), 10, "HELP and TYPE even with no accounts");
+        assert_eq!(render(&[], 0).lines().count(), 21, "HELP and TYPE even with no accounts");
     }
 
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
         let s = AccountStatus { account: "x\"y".into(), ..Default::default() };
-        assert!(render(&[s]).contains("codex_auth_agent_consecutive_failures{account=\"x\\\"y\"} 0\n"));
+        assert!(
+            render(&[(s, AccountFacts::default())], 0)
+                .contains("codex_auth_agent_consecutive_failures{account=\"x\\\"y\"} 0\n")
+        );
     }
 
     #[test]
@@ -189,5 +297,16 @@ codex_auth_agent_runner_ok{account=\"bob\"} 1
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "no temp file left");
         assert!(write_atomic(&t.path().join("missing/x.prom"), b"x").is_err());
+        // A killed write's temp goes at the next write once a minute old; others' files stay.
+        let stale = t.path().join(".codex_auth_agent.prom.tmp-1-2");
+        let other = t.path().join(".node.prom.tmp-1-2");
+        for f in [&stale, &other] {
+            std::fs::File::create(f)
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000))
+                .unwrap();
+        }
+        write_atomic(&p, b"newer\n").unwrap();
+        assert!(!stale.exists() && other.exists());
     }
 }

@@ -38,6 +38,9 @@ pub struct AccountStatus {
     pub runner_last_check: Option<DateTime<Utc>>,
     pub runner_boot_id: Option<String>,
     pub runner_last_reason: String,
+    /// The Codex CLI version the last preflight ran (`0.169.0`), when known.
+    #[serde(default)]
+    pub codex_version: Option<String>,
     /// Fleet mode: the rotating key's version installed here, and the lease holder.
     pub store_version: Option<u64>,
     pub lease_holder: Option<String>,
@@ -87,6 +90,9 @@ impl AccountStatus {
         if r.seed_applied.is_some() {
             self.seed_sha256 = r.seed_applied.clone();
         }
+        if r.codex_version.is_some() {
+            self.codex_version = r.codex_version.clone();
+        }
         self.dead_auth_sha256 = r.auth_sha256.clone().filter(|_| r.class() == Some(FailureClass::Permanent));
     }
 }
@@ -104,6 +110,9 @@ impl AccountStatus {
         }
         self.runner_boot_id = boot_id.map(str::to_string);
         self.runner_last_reason = r.reason.clone();
+        if r.codex_version.is_some() {
+            self.codex_version = r.codex_version.clone();
+        }
         if r.adopted {
             self.expires_at = r.expires_at;
             self.last_refresh = r.last_refresh;

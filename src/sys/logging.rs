@@ -36,8 +36,17 @@ pub fn choose_sinks(override_: Option<&str>, journal_stream: bool, socket_presen
     }
 }
 
-/// Install the global subscriber. Safe to call once per process.
-pub fn init(verbose: bool) {
+/// Whether outcome entries (those with an OUTCOME field) also go to stderr: not when the
+/// command prints each outcome itself (`prints_outcomes`) and both stdout and stderr are a
+/// terminal, where the human can see it once; they still go to the journal.
+pub fn outcomes_on_stderr(prints_outcomes: bool, stdout_tty: bool, stderr_tty: bool) -> bool {
+    !(prints_outcomes && stdout_tty && stderr_tty)
+}
+
+/// Install the global subscriber. Safe to call once per process. `prints_outcomes`: the
+/// command prints a line per outcome on stdout (refresh, preflight).
+pub fn init(verbose: bool, prints_outcomes: bool) {
+    use std::io::IsTerminal;
     let sinks = choose_sinks(
         std::env::var(LOG_ENV).ok().as_deref(),
         std::env::var_os("JOURNAL_STREAM").is_some(),
@@ -51,6 +60,7 @@ pub fn init(verbose: bool) {
         })
         .flatten()
         .map(|l| l.with_filter(level));
+    let outcomes = outcomes_on_stderr(prints_outcomes, io::stdout().is_terminal(), io::stderr().is_terminal());
     // Without a working journal, stderr is the fallback.
     let stderr = (sinks.stderr || journal.is_none()).then(|| {
         tracing_subscriber::fmt::layer()
@@ -58,7 +68,9 @@ pub fn init(verbose: bool) {
             .with_target(false)
             .without_time()
             .with_ansi(false)
-            .with_filter(level)
+            .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+                level >= *m.level() && (outcomes || m.fields().field("outcome").is_none())
+            }))
     });
     let _ = tracing_subscriber::registry().with(journal).with(stderr).try_init();
 }
@@ -191,5 +203,13 @@ mod tests {
         assert_eq!(choose_sinks(None, false, true), Sinks { journal: true, stderr: true });
         assert_eq!(choose_sinks(None, false, false), Sinks { journal: false, stderr: true });
         assert_eq!(choose_sinks(Some("stderr"), true, true), Sinks { journal: false, stderr: true });
+    }
+
+    #[test]
+    fn an_outcome_reaches_a_terminal_once() {
+        assert!(!outcomes_on_stderr(true, true, true), "refresh on a terminal: its own line only");
+        assert!(outcomes_on_stderr(true, false, true), "stdout redirected: the terminal still hears of it");
+        assert!(outcomes_on_stderr(true, true, false), "stderr captured: logs keep everything");
+        assert!(outcomes_on_stderr(false, true, true), "the daemon in a terminal prints no outcome lines itself");
     }
 }

@@ -248,8 +248,38 @@ impl SafeDir {
 
     /// Replace `name` atomically with `bytes`, mode 0600, owned by whoever we run as
     /// (the account's user). On any error the old file is untouched and the temp removed.
+    /// Temps of `name` that a killed writer left behind are removed first (see
+    /// [`SafeDir::remove_old_temps`]): the sidecar, status.json and the rest do not
+    /// accumulate them.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), DirError> {
-        self.reserve(name, 0)?.replace(bytes)
+        let reserved = self.reserve(name, 0)?;
+        if let Some(fd) = reserved.fd.as_ref() {
+            self.remove_old_temps(name, fd);
+        }
+        reserved.replace(bytes)
+    }
+
+    /// Remove temps of `name` last modified more than a minute before `fresh` (our own new
+    /// temp: its mtime is "now" on this file system's clock). A write takes milliseconds,
+    /// so an older temp belongs to a writer that was killed; a younger one may be another
+    /// writer's in flight (these files are not always written under the cycle lock).
+    fn remove_old_temps(&self, name: &str, fresh: &OwnedFd) -> usize {
+        const STALE_AFTER_SECS: i64 = 60;
+        let Ok(now) = fstat(fresh.as_raw_fd()) else { return 0 };
+        let prefix = format!(".{name}{TEMP_MARK}");
+        let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd())) else {
+            return 0;
+        };
+        let dir = Some(self.fd.as_raw_fd());
+        let old = |n: &str| {
+            fstatat(dir, n, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok_and(|st| st.st_mtime < now.st_mtime - STALE_AFTER_SECS)
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&prefix) && old(n))
+            .filter(|n| unlinkat(dir, n.as_str(), UnlinkatFlags::NoRemoveDir).is_ok())
+            .count()
     }
 
     /// Like [`SafeDir::write_atomic`] without the two fsyncs: readers see the old file or
@@ -502,5 +532,35 @@ mod tests {
         std::fs::write(t.path().join(".auth.json.tmp-caa-0000000000000001"), b"x").unwrap();
         assert_eq!(d.remove_stale_temps("auth.json"), 1);
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+    }
+
+    /// A killed writer of the sidecar (or status.json…) leaves a temp: the next write of the
+    /// same file removes it once it is a minute old; a young one may be in flight: kept.
+    #[test]
+    fn write_atomic_removes_old_temps_of_the_same_file_only() {
+        let t = tempfile::tempdir().unwrap();
+        let d = SafeDir::open(t.path(), me()).unwrap();
+        let old_time = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000); // 2001: long stale
+        let temp = |n: &str, old: bool| {
+            let f = std::fs::File::create(t.path().join(n)).unwrap();
+            if old {
+                f.set_modified(old_time).unwrap();
+            }
+        };
+        temp(".auth_refresh_status.json.tmp-caa-0000000000000001", true);
+        temp(".auth_refresh_status.json.tmp-caa-0000000000000002", false);
+        temp(".status.json.tmp-caa-0000000000000003", true);
+        d.write_atomic("auth_refresh_status.json", b"{}").unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".auth_refresh_status.json.tmp-caa-0000000000000002",
+                ".status.json.tmp-caa-0000000000000003",
+                "auth_refresh_status.json"
+            ]
+        );
     }
 }

@@ -33,6 +33,9 @@ pub enum AccountRead {
     Answered { signed_in: bool },
     /// A JSON-RPC error (its code only: messages can quote backend bodies).
     Error(i64),
+    /// -32603 "workspace routing discovery failed" (0.169+): `/wham/accounts/check` was
+    /// unreachable — about the backend, not the credential.
+    RoutingUnavailable,
     /// No answer: why, in our own words.
     NoAnswer(String),
 }
@@ -77,6 +80,12 @@ pub fn judge(change: AuthChange, read: &AccountRead, log: &str) -> Result<NewTok
         },
         AccountRead::Answered { signed_in: true } => logged.unwrap_or_else(|| {
             Failure::transient("Codex app-server did not refresh the token (token endpoint not reachable?); will retry")
+        }),
+        AccountRead::RoutingUnavailable => logged.unwrap_or_else(|| {
+            Failure::transient(
+                "Codex app-server could not reach ChatGPT's workspace routing (/wham/accounts/check, JSON-RPC -32603) \
+                 and did not refresh: not a credential failure; will retry",
+            )
         }),
         AccountRead::Error(code) => logged.unwrap_or_else(|| {
             Failure::transient(format!("Codex app-server failed account/read (JSON-RPC error {code}); will retry"))
@@ -159,6 +168,7 @@ struct Conversation<'a> {
 enum Reply {
     Result(Value),
     Error(i64),
+    RoutingUnavailable,
     NoAnswer(String),
 }
 
@@ -186,10 +196,23 @@ impl Conversation<'_> {
                 // Notifications and requests from the server have a method; ignore them.
                 Ok(m) if m.get("id").and_then(Value::as_u64) == Some(id) && m.get("method").is_none() => {
                     if let Some(e) = m.get("error") {
-                        return Reply::Error(e.get("code").and_then(Value::as_i64).unwrap_or(0));
+                        let code = e.get("code").and_then(Value::as_i64).unwrap_or(0);
+                        // Matched, never repeated: the message is Codex's.
+                        let msg = e.get("message").and_then(Value::as_str).unwrap_or_default();
+                        if code == -32603 && msg.starts_with("workspace routing discovery") {
+                            return Reply::RoutingUnavailable;
+                        }
+                        return Reply::Error(code);
                     }
                     return Reply::Result(m.get("result").cloned().unwrap_or(Value::Null));
                 }
+                // A request from the server (0.169's `currentTime/read`, or one a later Codex
+                // adds) gets "method not found" rather than silence it might wait on.
+                Ok(m) if m.get("method").is_some() && m.get("id").is_some_and(|i| !i.is_null()) => {
+                    let unsupported = json!({"code": -32601, "message": "not supported by codex-auth-agent"});
+                    self.send(&json!({"id": m["id"], "error": unsupported}));
+                }
+                // Notifications, unknown fields and values: ignored.
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => return Reply::NoAnswer(format!("did not answer {method} in time")),
                 Err(RecvTimeoutError::Disconnected) => {
@@ -210,10 +233,12 @@ fn converse(stdin: ChildStdin, lines: &Receiver<Value>, deadline: Instant) -> Ac
             match c.request("account/read", Some(json!({"refreshToken": true}))) {
                 Reply::Result(r) => AccountRead::Answered { signed_in: r.get("account").is_some_and(|a| !a.is_null()) },
                 Reply::Error(code) => AccountRead::Error(code),
+                Reply::RoutingUnavailable => AccountRead::RoutingUnavailable,
                 Reply::NoAnswer(why) => AccountRead::NoAnswer(why),
             }
         }
         Reply::Error(code) => AccountRead::NoAnswer(format!("refused initialize (JSON-RPC error {code})")),
+        Reply::RoutingUnavailable => AccountRead::NoAnswer("refused initialize (JSON-RPC error -32603)".into()),
         Reply::NoAnswer(why) => AccountRead::NoAnswer(why),
     };
     if read == (AccountRead::Answered { signed_in: true }) {
@@ -223,6 +248,9 @@ fn converse(stdin: ChildStdin, lines: &Receiver<Value>, deadline: Instant) -> Ac
             Reply::Result(_) => tracing::debug!("app-server verify (account/rateLimits/read) succeeded"),
             Reply::Error(code) => {
                 tracing::info!("app-server verify (account/rateLimits/read) failed: JSON-RPC error {code}")
+            }
+            Reply::RoutingUnavailable => {
+                tracing::info!("app-server verify (account/rateLimits/read) failed: workspace routing unavailable")
             }
             Reply::NoAnswer(why) => tracing::info!("app-server verify (account/rateLimits/read): Codex {why}"),
         }
@@ -236,6 +264,36 @@ fn converse(stdin: ChildStdin, lines: &Receiver<Value>, deadline: Instant) -> Ac
 mod tests {
     use super::*;
     use std::path::Path;
+
+    /// A stand-in app-server that sends what newer Codex releases may: unknown fields and
+    /// notifications, an unknown enum value, and a request of its own that it waits on.
+    const CHATTY_SERVER: &str = r#"
+read l
+echo '{"method":"some/new/notification","params":{"x":1},"emittedAtMs":1}'
+echo '{"id":1,"result":{"userAgent":"x","newField":true}}'
+read l; read l
+echo '{"id":"srv-1","method":"currentTime/read","params":{}}'
+read answer
+case "$answer" in *srv-1*-32601*|*-32601*srv-1*) ;; *) echo '{"id":2,"result":{"account":null}}'; exit 0;; esac
+echo '{"method":"account/updated","params":{"authMode":"chatgpt","reason":"somethingNew"}}'
+echo '{"id":2,"result":{"account":{"type":"chatgpt","planType":"not-a-plan-yet"},"unknown":1}}'
+read l
+echo '{"id":3,"error":{"code":-32603,"message":"workspace routing discovery failed"}}'
+"#;
+
+    #[test]
+    fn the_conversation_ignores_what_it_does_not_know_and_answers_server_requests() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", CHATTY_SERVER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = read_lines(child.stdout.take().unwrap());
+        let read = converse(child.stdin.take().unwrap(), &lines, Instant::now() + Duration::from_secs(10));
+        assert_eq!(read, AccountRead::Answered { signed_in: true });
+        assert!(child.wait().unwrap().success());
+    }
 
     fn auth(rt: &str) -> AuthFile {
         let id = "eyJhbGciOiJub25lIn0.e30.sig";
@@ -295,5 +353,8 @@ mod tests {
         let f = judge(AuthChange::OtherAccount, &signed_in, "").unwrap_err();
         assert_eq!(f.class, Transient);
         assert_eq!(judge(AuthChange::Unreadable, &AccountRead::Error(-32603), "").unwrap_err().class, Transient);
+        let routing = judge(AuthChange::Unchanged, &AccountRead::RoutingUnavailable, "").unwrap_err();
+        assert_eq!(routing.class, Transient);
+        assert!(routing.reason.contains("not a credential failure"), "{}", routing.reason);
     }
 }

@@ -56,6 +56,12 @@ const POLL: Duration = Duration::from_millis(50);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version(pub u32, pub u32, pub u32);
 
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
 /// `0.169.0`, `0.169.0-linux-x64` or `v0.171.0` → the three numbers.
 pub fn parse_version(s: &str) -> Option<Version> {
     let core = s.trim().trim_start_matches('v').split(['-', '+']).next()?;
@@ -274,6 +280,13 @@ fn stat_of(pid: i32) -> Option<(char, u64)> {
     let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
     let state = fields.next()?.chars().next()?;
     Some((state, fields.nth(18)?.parse().ok()?))
+}
+
+/// The version of the Codex CLI `agent.codex_bin` names, from its npm package files (no
+/// exec: a few small reads, cheap enough for every refresh). None when it is not found.
+pub fn codex_bin_version(bin: &str) -> Option<Version> {
+    let resolved = crate::worker::codexrun::resolve_bin(bin, std::env::var_os("PATH").as_deref()).ok()?;
+    version_near(&std::fs::canonicalize(&resolved).unwrap_or(resolved))
 }
 
 /// The `@openai/codex` package version next to a Codex program (native binary or launcher).

@@ -3,20 +3,22 @@
 //! commit under Codex's lock protocol → sidecar. Every failure leaves auth.json
 //! byte-identical; the report says what happened without any token value.
 
-use crate::core::authfile::{AuthFile, NewTokens, sha256_hex};
+use crate::core::authfile::{AuthFile, InvalidAuth, NewTokens, sha256_hex};
 use crate::core::clock::Clock;
 use crate::core::contract::{AUTH_FILE, CODEX_COMMIT_LOCK, CODEX_LOCK, CODEX_LOCK_WAIT, COMMIT_LOCK_WAIT, CYCLE_LOCK};
 use crate::core::outcome::{AuthBytes, Event, Failure, Outcome, Report, SIDECAR_FILE, sidecar_bytes};
 use crate::core::pending::PendingCredential;
-use crate::core::policy::{self, Decision};
+use crate::core::policy::{self, Decision, RefreshReason};
 use crate::core::seed::{self, SeedInput};
 use crate::core::task::{Job, RefreshMethod, Supervisor};
 use crate::sys::safedir::{DirError, FileRead, Reserved, SafeDir};
 use crate::worker::codexrun::CodexSetup;
 use crate::worker::codexwatch;
 use crate::worker::{appserver, oauth};
+use nix::errno::Errno;
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Room reserved for the new auth.json before a POST: twice today's size and some, so a
 /// longer token still fits.
@@ -24,15 +26,73 @@ fn commit_room(len: usize) -> u64 {
     (len as u64 * 2 + 4096).min(crate::core::authfile::MAX_AUTH_BYTES)
 }
 
+/// How often, and how far apart, an empty or cut-off auth.json is read again before it
+/// is believed: Codex 0.130 truncates and rewrites it in place, which takes milliseconds.
+const TORN_READS: u32 = 10;
+const TORN_PAUSE: Duration = Duration::from_millis(50);
+
+/// auth.json and its parse; an incomplete one is read again for up to ≈0.5 s.
+pub(crate) fn read_auth_settled(home: &SafeDir, path: &Path) -> Result<Option<(FileRead, Parsed)>, Failure> {
+    for _ in 1..TORN_READS {
+        let Some(f) = home.read(AUTH_FILE).map_err(dir_failure)? else { return Ok(None) };
+        match AuthFile::parse(&f.bytes, path) {
+            Err(e) if e.incomplete => std::thread::sleep(TORN_PAUSE),
+            parsed => return Ok(Some((f, parsed))),
+        }
+    }
+    let read = home.read(AUTH_FILE).map_err(dir_failure)?;
+    Ok(read.map(|f| {
+        let parsed = AuthFile::parse(&f.bytes, path);
+        (f, parsed)
+    }))
+}
+
+/// auth.json as [`AuthFile::parse`] left it.
+pub(crate) type Parsed = Result<AuthFile, InvalidAuth>;
+
+/// An auth.json still empty or cut off after [`read_auth_settled`]: retried later, because
+/// it may be a Codex writing it, never "log in again" from what may be one unlucky read.
+pub(crate) fn torn_failure(e: &InvalidAuth) -> Failure {
+    Failure::transient(format!(
+        "{} {} on every read for {} ms: it may be Codex writing it (Codex 0.130 rewrites it in place); \
+         if it stays so, log in again (codex login --device-auth); will retry",
+        e.path.display(),
+        if e.problem == crate::core::authfile::EMPTY {
+            "is empty".to_string()
+        } else {
+            format!("ends mid-way ({})", e.problem)
+        },
+        (TORN_READS - 1) * TORN_PAUSE.as_millis() as u32
+    ))
+}
+
 pub(crate) fn dir_failure(e: DirError) -> Failure {
     match e {
         DirError::Unsafe { .. } => Failure::unsafe_file(format!("refused: {e}")),
         DirError::Missing { path } => Failure::permanent(format!(
-            "{} does not exist; log in as the account's user (codex login --device-auth) or fix codex_home",
-            path.display()
+            "{} does not exist; log in as the account's user (codex login --device-auth) or fix codex_home{}",
+            path.display(),
+            // Outside /home the service's sandbox opens the home only if it existed at start.
+            if crate::core::sandbox::access(&path) == crate::core::sandbox::Access::Home {
+                ""
+            } else {
+                "; if it does exist, the service started before it did: run `sudo codex-authctl reload`"
+            }
         )),
         DirError::Busy { .. } => Failure::transient(format!("{e}; will retry")),
-        DirError::Io { .. } => Failure::transient(format!("{e}; will retry")),
+        // Retrying cannot help until someone changes the file system: say what to change.
+        DirError::Io { ref path, ref source } => match source.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::EACCES | Errno::EPERM) => Failure::permanent(format!(
+                "{e}: the account's user cannot use {0}; fix: as its owner, chmod u+rwx {0} (the user must also \
+                 be able to enter every directory above it)",
+                path.display()
+            )),
+            Some(Errno::EROFS) => Failure::permanent(format!(
+                "{e}: the codex_home is read-only here; under the packaged service a codex_home outside /home is \
+                 opened by its generator: run `sudo codex-authctl reload` (or remount the file system read-write)"
+            )),
+            _ => Failure::transient(format!("{e}; will retry")),
+        },
     }
 }
 
@@ -58,6 +118,9 @@ pub fn run(job: &Job, clock: &dyn Clock, sup: &dyn Supervisor) -> Report {
     let cycle = Cycle { job, home: &home, clock, sup, pending_open: Cell::new(job.pending.is_some()) };
     let mut report = cycle.run();
     report.pending_left = Some(cycle.pending_open.get());
+    if job.refresh_method == RefreshMethod::AppServer {
+        report.codex_version = codexwatch::codex_bin_version(&job.codex_bin).map(|v| v.to_string());
+    }
     if !job.dry_run && report.class() != Some(crate::core::outcome::FailureClass::Unsafe) {
         if let Err(e) = home.replace_quietly(SIDECAR_FILE, &sidecar_bytes(&report, clock.now())) {
             tracing::warn!(account = %job.account, "could not write the status sidecar: {e}");
@@ -231,19 +294,30 @@ impl Cycle<'_> {
         let f = self.home.read("config.toml").ok().flatten()?;
         let v: toml::Value = toml::from_str(std::str::from_utf8(&f.bytes).ok()?).ok()?;
         match v.get("cli_auth_credentials_store")?.as_str()? {
-            // auto falls back to the file when there is no keyring; we can only judge the file.
             s @ ("keyring" | "ephemeral") => Some(s.to_string()),
+            // auto uses the keyring when there is one and the file otherwise: a file present
+            // is the login (ours to refresh); none means the keyring holds it.
+            "auto" if !matches!(self.home.read(AUTH_FILE), Ok(Some(_))) => Some("keyring (auto)".to_string()),
             _ => None,
         }
     }
 
     /// The usable credential, installing the seed when the seed rules say so.
     fn current_credential(&self) -> Result<(Snapshot, bool), Failure> {
-        let read = self.home.read(AUTH_FILE).map_err(dir_failure)?;
         if let Some(stored) = &self.job.store {
+            let read = self.home.read(AUTH_FILE).map_err(dir_failure)?;
             return self.install(stored, read.as_ref(), "stored").map(|s| (s, false));
         }
-        let parsed = read.as_ref().map(|f| AuthFile::parse(&f.bytes, &self.auth_path()));
+        let (read, parsed) = match read_auth_settled(self.home, &self.auth_path())? {
+            Some((f, p)) => (Some(f), Some(p)),
+            None => (None, None),
+        };
+        // Before the seed plan: a seed must never be installed over Codex's half-written file.
+        if let Some(Err(e)) = &parsed
+            && e.incomplete
+        {
+            return Err(torn_failure(e));
+        }
         let current = match &parsed {
             None => seed::Current::Missing,
             Some(Ok(_)) => seed::Current::Usable,
@@ -344,11 +418,12 @@ impl Cycle<'_> {
             }
             Err(f) => return unsent(f),
         };
-        let tokens = match watch.post(|| self.refresh_tokens(&snap)) {
+        let tokens = match watch.post(|| self.refresh_tokens(&snap, &reason)) {
             Ok(t) => t,
             Err(f) => return unsent(f),
         };
         let report = self.save(snap, &tokens, reason.clone(), room);
+        let again = reason.clone();
         // The verification's second refresh takes the same checks and commit as the first.
         let second_room = std::cell::RefCell::new(None);
         watch.verify(
@@ -359,7 +434,7 @@ impl Cycle<'_> {
                     Prepared::Room(r) => *second_room.borrow_mut() = Some(r),
                     Prepared::Changed(_) => return Err(Failure::transient("auth.json changed before the check")),
                 }
-                self.refresh_tokens(&snap)
+                self.refresh_tokens(&snap, &again)
             },
             |bytes, auth, tokens| match second_room.borrow_mut().take() {
                 Some(room) => self.save(Snapshot { bytes, auth }, tokens, reason, room),
@@ -419,13 +494,18 @@ impl Cycle<'_> {
 
     /// The refresh step by `refresh_method`: our own OAuth request, or Codex's app-server
     /// refreshing a throwaway copy. Either way the new tokens then take the same commit.
-    fn refresh_tokens(&self, snap: &Snapshot) -> Result<NewTokens, Failure> {
+    fn refresh_tokens(&self, snap: &Snapshot, reason: &RefreshReason) -> Result<NewTokens, Failure> {
         match self.job.refresh_method {
             RefreshMethod::Oauth => {
                 let Some(refresh_token) = snap.auth.refresh_token() else {
                     unreachable!("decide() refreshes only with a refresh token")
                 };
-                oauth::refresh(&self.job.token_url, refresh_token, self.job.request_timeout)
+                let mut shape =
+                    oauth::RequestShape::for_codex(codexwatch::codex_bin_version(&self.job.codex_bin), reason);
+                if let Some(id) = &self.job.login_client_id {
+                    shape.client_id = id.clone();
+                }
+                oauth::refresh(&self.job.token_url, refresh_token, self.job.request_timeout, &shape)
             }
             RefreshMethod::AppServer => appserver::refresh(
                 &CodexSetup::new(

@@ -8,6 +8,7 @@ pub mod child;
 pub mod codexrun;
 pub mod codexwatch;
 pub mod cycle;
+pub mod login;
 pub mod oauth;
 pub mod preflight;
 #[cfg(test)]

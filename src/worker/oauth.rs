@@ -5,6 +5,8 @@ use crate::core::authfile::{NewTokens, jwt};
 use crate::core::classify::classify_http;
 use crate::core::contract::CLIENT_ID;
 use crate::core::outcome::Failure;
+use crate::core::policy::RefreshReason;
+use crate::worker::codexwatch::Version;
 use serde_json::Value;
 use std::io::Read;
 use std::time::Duration;
@@ -52,29 +54,67 @@ pub(super) fn parse_success(status: u16, body: &[u8]) -> Result<NewTokens, Failu
     Ok(tokens)
 }
 
+/// What Codex's own refresh request carries that depends on the Codex the account uses
+/// (docs/CODEX-COMPAT.md): so the token endpoint sees the same request from us as from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestShape {
+    /// Codex's, or `CODEX_APP_SERVER_LOGIN_CLIENT_ID`'s replacement.
+    pub client_id: String,
+    /// Codex's `refresh_reason` (0.169 and later); None for 0.130 and older.
+    pub refresh_reason: Option<&'static str>,
+    /// `codex_cli_rs/<Codex version> (<os>; <arch>) codex-auth-agent/<ours>`.
+    pub user_agent: String,
+}
+
+impl RequestShape {
+    /// For the Codex `version` found (None: not found, taken as the newest).
+    pub fn for_codex(version: Option<Version>, reason: &RefreshReason) -> RequestShape {
+        let with_reason = version.is_none_or(|v| v >= Version(0, 169, 0));
+        let codex = version.map_or_else(|| "unknown".to_string(), |Version(a, b, c)| format!("{a}.{b}.{c}"));
+        RequestShape {
+            client_id: CLIENT_ID.to_string(),
+            refresh_reason: with_reason.then_some(refresh_reason(reason)),
+            user_agent: format!(
+                "codex_cli_rs/{codex} ({}; {}) codex-auth-agent/{}",
+                std::env::consts::OS,
+                std::env::consts::ARCH,
+                env!("CARGO_PKG_VERSION")
+            ),
+        }
+    }
+}
+
+/// Codex's word for why it refreshes: `forced` on demand, `proactive_expiry` for an
+/// access token about to expire, `scheduled` for one refreshed by age.
+pub fn refresh_reason(reason: &RefreshReason) -> &'static str {
+    match reason {
+        RefreshReason::Forced => "forced",
+        RefreshReason::Expiring { .. } => "proactive_expiry",
+        RefreshReason::TooOld { .. } | RefreshReason::Unknown => "scheduled",
+    }
+}
+
 /// POST the refresh grant to `url`. Never follows redirects (a token must not be
 /// replayed to another host).
-pub fn refresh(url: &str, refresh_token: &str, timeout: Duration) -> Result<NewTokens, Failure> {
+pub fn refresh(url: &str, refresh_token: &str, timeout: Duration, shape: &RequestShape) -> Result<NewTokens, Failure> {
     let tls = crate::sys::tls::for_url(url)
         .map_err(|e| Failure::transient(format!("cannot set up TLS for the token endpoint: {e}; will retry")))?;
-    let agent = ureq::AgentBuilder::new()
-        .timeout(timeout)
-        .redirects(0)
-        .user_agent(concat!("codex-auth-agent/", env!("CARGO_PKG_VERSION")))
-        .tls_config(tls)
-        .build();
-    let body = serde_json::json!({
-        "client_id": CLIENT_ID,
+    let agent =
+        ureq::AgentBuilder::new().timeout(timeout).redirects(0).user_agent(&shape.user_agent).tls_config(tls).build();
+    let mut body = serde_json::json!({
+        "client_id": shape.client_id,
         "grant_type": "refresh_token",
         "refresh_token": refresh_token,
-    })
-    .to_string();
+    });
+    if let Some(r) = shape.refresh_reason {
+        body["refresh_reason"] = r.into();
+    }
     let result = agent
         .post(url)
         .set("content-type", "application/json")
         .set("accept", "*/*")
         .set("originator", "codex_cli_rs")
-        .send_string(&body);
+        .send_string(&body.to_string());
     match result {
         Ok(resp) => {
             let status = resp.status();
@@ -98,6 +138,22 @@ pub fn refresh(url: &str, refresh_token: &str, timeout: Duration) -> Result<NewT
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_request_is_shaped_like_the_codex_found() {
+        let old = RequestShape::for_codex(Some(Version(0, 130, 0)), &RefreshReason::Forced);
+        assert_eq!(old.refresh_reason, None, "0.130 sends no refresh_reason");
+        assert!(old.user_agent.starts_with("codex_cli_rs/0.130.0 (linux; "), "{}", old.user_agent);
+        let new = RequestShape::for_codex(Some(Version(0, 171, 0)), &RefreshReason::Unknown);
+        assert_eq!(new.refresh_reason, Some("scheduled"));
+        assert_eq!(new.client_id, CLIENT_ID);
+        assert!(new.user_agent.ends_with(concat!(" codex-auth-agent/", env!("CARGO_PKG_VERSION"))));
+        let unknown = RequestShape::for_codex(None, &RefreshReason::Forced);
+        assert_eq!(
+            (unknown.refresh_reason, unknown.user_agent.starts_with("codex_cli_rs/unknown ")),
+            (Some("forced"), true)
+        );
+    }
 
     #[test]
     fn success_bodies() {

@@ -16,7 +16,7 @@ use crate::core::pending::PendingCredential;
 use crate::core::task::{PreflightJob, Supervisor};
 use crate::sys::safedir::{DirError, SafeDir};
 use crate::worker::codexrun::{self, AuthChange, CodexSetup, Ended, TempHome};
-use crate::worker::cycle::{self, Committed, dir_failure};
+use crate::worker::cycle::{self, Committed, dir_failure, read_auth_settled, torn_failure};
 use std::time::{Duration, Instant};
 
 /// Judge a finished `codex exec` (pure): ok is exit 0 with "banana" on stdout; failures
@@ -50,6 +50,7 @@ pub fn run(job: &PreflightJob, clock: &dyn Clock, sup: &dyn Supervisor) -> Prefl
         Err(e) => PreflightReport::failed(&job.account, dir_failure(e)),
     };
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    report.codex_version = crate::worker::codexwatch::codex_bin_version(&job.codex_bin).map(|v| v.to_string());
     report
 }
 
@@ -107,14 +108,16 @@ impl Probe<'_> {
     /// The canonical auth.json, read with the same refusals as a refresh.
     fn canonical(&self) -> Result<(Vec<u8>, AuthFile), Failure> {
         let path = self.job.codex_home.join(AUTH_FILE);
-        let Some(f) = self.home.read(AUTH_FILE).map_err(dir_failure)? else {
+        let Some((f, parsed)) = read_auth_settled(self.home, &path)? else {
             return Err(Failure::permanent(format!(
                 "{} is missing; log in as the account's user (codex login --device-auth) or install a seed",
                 path.display()
             )));
         };
-        let auth =
-            AuthFile::parse(&f.bytes, &path).map_err(|e| Failure::permanent(format!("invalid auth.json: {e}")))?;
+        let auth = parsed.map_err(|e| match e.incomplete {
+            true => torn_failure(&e),
+            false => Failure::permanent(format!("invalid auth.json: {e}")),
+        })?;
         Ok((f.bytes, auth))
     }
 

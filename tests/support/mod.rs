@@ -11,6 +11,7 @@ pub mod journal;
 pub mod openbao;
 pub mod ops;
 pub mod procwatch;
+pub mod sim;
 
 use mock_openai::{Credentials, MockServer};
 use serde_json::{Value, json};

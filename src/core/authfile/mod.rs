@@ -25,12 +25,18 @@ pub enum AuthMode {
     Other(String),
 }
 
+/// [`InvalidAuth::problem`] of a file with nothing but whitespace in it.
+pub const EMPTY: &str = "is not valid JSON (it is empty)";
+
 /// auth.json could not be used; says which file and field, and how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidAuth {
     pub path: PathBuf,
     pub field: String,
     pub problem: String,
+    /// Empty or ending mid-document: what a reader sees while Codex 0.130 rewrites the
+    /// file in place (truncate, then write), so not by itself a broken login.
+    pub incomplete: bool,
 }
 
 impl fmt::Display for InvalidAuth {
@@ -97,9 +103,15 @@ impl AuthFile {
             path: path.to_path_buf(),
             field: field.to_string(),
             problem: problem.to_string(),
+            incomplete: false,
         };
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| bad("(file)", &format!("is not valid JSON (line {}, column {})", e.line(), e.column())))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(InvalidAuth { incomplete: true, ..bad("(file)", EMPTY) });
+        }
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            let why = format!("is not valid JSON (line {}, column {})", e.line(), e.column());
+            InvalidAuth { incomplete: e.is_eof(), ..bad("(file)", &why) }
+        })?;
         let Value::Object(doc) = value else {
             return Err(bad("(file)", "is not a JSON object"));
         };
@@ -319,6 +331,19 @@ mod tests {
             let msg = e.to_string();
             assert!(msg.contains("/h/auth.json") && msg.contains(field), "{msg}");
             assert!(!msg.contains("SECRETVALUE"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn an_empty_or_cut_off_file_is_incomplete_and_a_broken_one_is_not() {
+        let full = sample();
+        for text in ["", "  \n", &full[..full.len() / 2], &full[..full.len() - 1], "{"] {
+            let e = AuthFile::parse(text.as_bytes(), Path::new("a")).unwrap_err();
+            assert!(e.incomplete, "{text:?}: {e}");
+        }
+        for text in ["[1]", "{not json", r#"{"tokens":{"refresh_token":"r"}}"#, "{}}"] {
+            let e = AuthFile::parse(text.as_bytes(), Path::new("a")).unwrap_err();
+            assert!(!e.incomplete, "{text:?}: {e}");
         }
     }
 

@@ -62,6 +62,15 @@ struct KeyBody {
     key: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceBody {
+    user_code: String,
+    /// Approve as this ChatGPT account; absent: deny.
+    #[serde(default)]
+    account_id: Option<String>,
+}
+
 fn parse<T: DeserializeOwned>(req: &Request) -> Result<T, Response> {
     serde_json::from_slice(&req.body).map_err(|e| error_json(400, "invalid_request", &format!("Bad admin body: {e}")))
 }
@@ -167,6 +176,11 @@ fn dispatch(shared: &Shared, req: &Request) -> Result<Response, Response> {
         ("POST", "/__admin/revoke") => {
             let b: KeyBody = parse(req)?;
             Response::json(200, &json!({"revoked": state().revoke_family(&b.key)}))
+        }
+        ("GET", "/__admin/device") => Response::json(200, &json!({"pending": state().devices.pending()})),
+        ("POST", "/__admin/device") => {
+            let b: DeviceBody = parse(req)?;
+            Response::json(200, &json!({"decided": state().devices.decide(&b.user_code, b.account_id.as_deref())}))
         }
         _ => error_json(404, "not_found", "No such admin route."),
     })

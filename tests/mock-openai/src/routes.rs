@@ -74,6 +74,12 @@ pub(crate) fn route(shared: &Shared, req: &Request, peer: Option<SocketAddr>) ->
     match (req.method.as_str(), path) {
         ("POST", "/oauth/token") => oauth_token(shared, req),
         (_, "/oauth/token") => Routed::plain(Reply::Respond(error_json(405, "invalid_request", "Use POST."))),
+        ("POST", "/api/accounts/deviceauth/usercode") => {
+            Routed::plain(Reply::Respond(lock(&shared.state).devices.usercode(&req.body)))
+        }
+        ("POST", "/api/accounts/deviceauth/token") => {
+            Routed::plain(Reply::Respond(lock(&shared.state).devices.poll(&req.body)))
+        }
         ("POST", RESPONSES_PATH) => backend_call(shared, req, responses),
         ("GET", ACCOUNTS_CHECK_PATH) => backend_call(shared, req, accounts_check),
         ("GET", USAGE_PATH) => backend_call(shared, req, usage),
@@ -147,7 +153,7 @@ fn usage(_account: &str, _reply_text: &str) -> Response {
 
 /// `POST /oauth/token`: faults first, then the real rotation logic.
 fn oauth_token(shared: &Shared, req: &Request) -> Routed {
-    let plan = lock(&shared.state).begin_token_request(&req.body);
+    let plan = lock(&shared.state).begin_token_request(&req.headers, &req.body);
     let fault_kind = plan.fault.as_ref().map(Fault::kind);
     let done = |reply| Routed { reply, account: plan.account.clone(), fault: fault_kind, log: true };
     if !plan.latency.is_zero() && !shared.stop.sleep(plan.latency) {

@@ -230,6 +230,27 @@ impl MockServer {
     // --- faults --------------------------------------------------------------------
 
     /// Applies to the next token request only (FIFO).
+    /// User codes of device logins (`codex login --device-auth`) awaiting the user.
+    pub fn pending_device_codes(&self) -> Vec<String> {
+        self.state().devices.pending()
+    }
+
+    /// Codex's polls for `user_code` so far.
+    pub fn device_polls(&self, user_code: &str) -> u64 {
+        self.state().devices.polls(user_code)
+    }
+
+    /// The user approves a pending device code, logging in as ChatGPT account `account_id`
+    /// (its earlier families are revoked at the code exchange); false when not pending.
+    pub fn approve_device(&self, user_code: &str, account_id: &str) -> bool {
+        self.state().devices.decide(user_code, Some(account_id))
+    }
+
+    /// The user denies a pending device code: Codex's next poll gets 401 and gives up.
+    pub fn deny_device(&self, user_code: &str) -> bool {
+        self.state().devices.decide(user_code, None)
+    }
+
     pub fn push_fault(&self, f: Fault) {
         self.state().push_fault(f);
     }
@@ -308,6 +329,16 @@ impl MockServer {
     /// Non-admin requests, oldest first (capped at the latest 100 000).
     pub fn requests_log(&self) -> Vec<RequestLogEntry> {
         self.state().requests_log()
+    }
+
+    /// What each token request since the last reset looked like (no token values).
+    pub fn token_request_shapes(&self) -> Vec<crate::state::TokenRequestShape> {
+        self.state().token_request_shapes()
+    }
+
+    /// Accept `id` as a client id too (Codex's own is always accepted).
+    pub fn accept_client_id(&self, id: &str) {
+        self.state().accept_client_id(id);
     }
 
     /// Zeroes the counters and clears the log (families and faults stay).

@@ -42,6 +42,48 @@ pub struct RequestLogEntry {
     pub fault: Option<String>,
 }
 
+/// What a token request looked like, without its token: every header except those that
+/// could carry a secret or only describe the connection, the body's field names, and the
+/// values of its fields that are not secret. Lets tests compare our request with Codex's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequestShape {
+    /// Lower-case names, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body's field names, sorted; empty when it is not a JSON object.
+    pub body_fields: Vec<String>,
+    pub client_id: Option<String>,
+    pub grant_type: Option<String>,
+    pub refresh_reason: Option<String>,
+}
+
+impl TokenRequestShape {
+    /// Headers left out: credentials, and what only the connection decides.
+    pub const OMITTED_HEADERS: &[&str] = &["authorization", "cookie", "host", "content-length", "connection"];
+
+    pub fn of(headers: &[(String, String)], body: &[u8]) -> Self {
+        let headers = headers
+            .iter()
+            .filter(|(k, _)| !Self::OMITTED_HEADERS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let v = serde_json::from_slice::<Value>(body).ok().filter(Value::is_object).unwrap_or_default();
+        let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let mut body_fields: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        body_fields.sort();
+        TokenRequestShape {
+            headers,
+            body_fields,
+            client_id: field("client_id"),
+            grant_type: field("grant_type"),
+            refresh_reason: field("refresh_reason"),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
 /// Counters snapshot (also the body of `GET /__admin/stats`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -161,8 +203,15 @@ pub(crate) struct State {
     /// Faults for `/backend-api/...`, kept apart so a backend fault never hits a refresh.
     backend_faults: Faults,
     reply_text: String,
+    /// Device-code logins (`codex login --device-auth`).
+    pub(crate) devices: crate::device::Devices,
     counters: Counters,
     log: VecDeque<RequestLogEntry>,
+    /// Shapes of the token requests since the last counter reset (capped like the log).
+    shapes: VecDeque<TokenRequestShape>,
+    /// Client ids the token endpoint accepts besides Codex's own [`CLIENT_ID`] (what
+    /// `CODEX_APP_SERVER_LOGIN_CLIENT_ID` may name).
+    extra_client_ids: Vec<String>,
 }
 
 impl State {
@@ -178,8 +227,11 @@ impl State {
             faults: Faults::default(),
             backend_faults: Faults::default(),
             reply_text: crate::backend::DEFAULT_REPLY.to_string(),
+            devices: crate::device::Devices::default(),
             counters: Counters::default(),
             log: VecDeque::new(),
+            shapes: VecDeque::new(),
+            extra_client_ids: Vec::new(),
         }
     }
 
@@ -389,6 +441,7 @@ impl State {
     pub fn reset_counters(&mut self) {
         self.counters = Counters::default();
         self.log.clear();
+        self.shapes.clear();
     }
 
     pub fn requests_log(&self) -> Vec<RequestLogEntry> {
@@ -418,11 +471,23 @@ impl State {
         }
     }
 
+    pub fn token_request_shapes(&self) -> Vec<TokenRequestShape> {
+        self.shapes.iter().cloned().collect()
+    }
+
+    pub fn accept_client_id(&mut self, id: &str) {
+        self.extra_client_ids.push(id.to_string());
+    }
+
     // --- the token endpoint --------------------------------------------------------
 
     /// Counts an arriving `POST /oauth/token` and picks its fault. The body is parsed
     /// leniently here only to learn which account it concerns.
-    pub fn begin_token_request(&mut self, body: &[u8]) -> TokenPlan {
+    pub fn begin_token_request(&mut self, headers: &[(String, String)], body: &[u8]) -> TokenPlan {
+        if self.shapes.len() >= LOG_CAP {
+            self.shapes.pop_front();
+        }
+        self.shapes.push_back(TokenRequestShape::of(headers, body));
         let account = serde_json::from_slice::<Value>(body)
             .ok()
             .and_then(|v| v.get("refresh_token").and_then(Value::as_str).map(str::to_string))
@@ -452,10 +517,14 @@ impl State {
     pub fn refresh(&mut self, body: &[u8]) -> Response {
         let invalid_request =
             |why: &str| Response::json(400, &json!({"error": "invalid_request", "error_description": why}));
+        if let Some(form) = crate::device::parse_form(body) {
+            return self.authorization_code(&form);
+        }
         let Ok(v) = serde_json::from_slice::<Value>(body) else {
             return invalid_request("Request body must be a JSON object.");
         };
-        if v.get("client_id").and_then(Value::as_str) != Some(CLIENT_ID) {
+        let client = v.get("client_id").and_then(Value::as_str);
+        if client != Some(CLIENT_ID) && !client.is_some_and(|c| self.extra_client_ids.iter().any(|e| e == c)) {
             return invalid_request("Unknown or missing client_id.");
         }
         if v.get("grant_type").and_then(Value::as_str) != Some("refresh_token") {
@@ -486,6 +555,10 @@ impl State {
         }
         let creds = self.mint(idx);
         self.counters.successful_refreshes += 1;
+        self.tokens_response(&creds)
+    }
+
+    fn tokens_response(&self, creds: &Credentials) -> Response {
         Response::json(
             200,
             &json!({
@@ -496,6 +569,26 @@ impl State {
                 "expires_in": self.settings.access_lifetime.as_secs(),
             }),
         )
+    }
+
+    /// The device login's code exchange: a new family for the approved account. Like the
+    /// real service since mid-2026, a new login revokes the account's earlier grants.
+    fn authorization_code(&mut self, form: &HashMap<String, String>) -> Response {
+        if form.get("grant_type").map(String::as_str) != Some("authorization_code") {
+            return Response::json(
+                400,
+                &json!({"error": "invalid_request", "error_description": "Unsupported or missing grant_type."}),
+            );
+        }
+        let account_id = match self.devices.exchange(form) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        for fam in self.families.iter_mut().filter(|f| f.account_id == account_id) {
+            fam.revoked = true;
+        }
+        let creds = self.issue_family(&account_id);
+        self.tokens_response(&creds)
     }
 }
 
@@ -590,17 +683,44 @@ mod tests {
     }
 
     #[test]
+    fn an_accepted_client_id_and_the_shape_of_each_request() {
+        let mut s = state();
+        let c = s.issue_family("acct");
+        let other = json!({"client_id": "app_other", "grant_type": "refresh_token", "refresh_token": c.refresh_token,
+            "refresh_reason": "scheduled"});
+        assert_eq!(s.refresh(other.to_string().as_bytes()).status, 400, "only Codex's client id by default");
+        s.accept_client_id("app_other");
+        let headers: Vec<(String, String)> =
+            [("authorization", "Bearer x"), ("originator", "codex_cli_rs"), ("host", "h")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        s.begin_token_request(&headers, other.to_string().as_bytes());
+        assert_eq!(s.refresh(other.to_string().as_bytes()).status, 200);
+        let shape = &s.token_request_shapes()[0];
+        assert_eq!(shape.headers, vec![("originator".to_string(), "codex_cli_rs".to_string())], "no secret, no host");
+        assert_eq!(shape.body_fields, ["client_id", "grant_type", "refresh_reason", "refresh_token"]);
+        assert_eq!(
+            (shape.client_id.as_deref(), shape.refresh_reason.as_deref(), shape.header("originator")),
+            (Some("app_other"), Some("scheduled"), Some("codex_cli_rs"))
+        );
+        assert!(!format!("{shape:?}").contains(&c.refresh_token), "the token is never kept");
+        s.reset_counters();
+        assert!(s.token_request_shapes().is_empty());
+    }
+
+    #[test]
     fn fault_priority() {
         let mut s = state();
         let a = s.issue_family("a");
         s.push_fault(Fault::Reset);
         s.push_fault_for("a", Fault::Garbage);
         s.set_sticky_fault(Some(Fault::Hang));
-        assert_eq!(s.begin_token_request(&body(&a.refresh_token)).fault, Some(Fault::Garbage));
-        assert_eq!(s.begin_token_request(&body(&a.refresh_token)).fault, Some(Fault::Reset));
-        assert_eq!(s.begin_token_request(b"junk").fault, Some(Fault::Hang));
+        assert_eq!(s.begin_token_request(&[], &body(&a.refresh_token)).fault, Some(Fault::Garbage));
+        assert_eq!(s.begin_token_request(&[], &body(&a.refresh_token)).fault, Some(Fault::Reset));
+        assert_eq!(s.begin_token_request(&[], b"junk").fault, Some(Fault::Hang));
         s.set_sticky_fault(None);
-        let plan = s.begin_token_request(&body(&a.refresh_token));
+        let plan = s.begin_token_request(&[], &body(&a.refresh_token));
         assert_eq!(plan.fault, None);
         assert_eq!(plan.account.as_deref(), Some("a"));
         assert_eq!(s.token_requests(), 4);

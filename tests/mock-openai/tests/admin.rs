@@ -168,3 +168,34 @@ fn binary_rejects_bad_arguments() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
 }
+
+/// `/__admin/device` lists pending device codes and approves or denies them (what the
+/// nspawn e2e test does for `codex-authctl login`), driving the same endpoints Codex polls.
+#[test]
+fn admin_device_approves_and_denies_pending_codes() {
+    let m = MockServer::start(MockConfig::default().with_admin());
+    let addr = m.addr();
+    let start = || {
+        let r =
+            client::post_json(addr, "/api/accounts/deviceauth/usercode", &json!({"client_id": mock_openai::CLIENT_ID}))
+                .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json().unwrap()
+    };
+    let poll = |d: &Value| {
+        let body = json!({"device_auth_id": d["device_auth_id"], "user_code": d["user_code"]});
+        client::post_json(addr, "/api/accounts/deviceauth/token", &body).unwrap().status
+    };
+    let (a, b) = (start(), start());
+    let pending = client::get(addr, "/__admin/device").unwrap().json().unwrap();
+    assert_eq!(pending["pending"], json!([a["user_code"], b["user_code"]]));
+    assert_eq!(poll(&a), 403);
+    assert_eq!(
+        admin(addr, "/__admin/device", json!({"user_code": a["user_code"], "account_id": "a1"}))["decided"],
+        true
+    );
+    assert_eq!(admin(addr, "/__admin/device", json!({"user_code": b["user_code"]}))["decided"], true);
+    assert_eq!(admin(addr, "/__admin/device", json!({"user_code": b["user_code"]}))["decided"], false);
+    assert_eq!((poll(&a), poll(&b)), (200, 401));
+    assert_eq!(client::get(addr, "/__admin/device").unwrap().json().unwrap()["pending"], json!([]));
+}
