@@ -69,10 +69,12 @@ pub fn thread_switches(pid: u32) -> Vec<ThreadSwitches> {
 
 /// Wall time from spawn to reaping, and the peak RSS wait4 reports: the largest of the
 /// process and every descendant it waited for (the kernel keeps the maximum, not a sum).
+/// `cpu` is user + system time of the process and its reaped descendants (wait4's rusage).
 pub struct Measured {
     pub wall: Duration,
     pub maxrss_kib: u64,
     pub code: i32,
+    pub cpu: Duration,
 }
 
 /// Reap `child` (spawned at `started`) with wait4 for its rusage.
@@ -87,7 +89,8 @@ pub fn reap(child: Child, started: Instant) -> Measured {
     let ru = unsafe { ru.assume_init() };
     drop(child); // closes its pipes; dropping a Child never waits
     let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
-    Measured { wall, maxrss_kib: ru.ru_maxrss as u64, code }
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    Measured { wall, maxrss_kib: ru.ru_maxrss as u64, code, cpu: tv(ru.ru_utime) + tv(ru.ru_stime) }
 }
 
 /// Wait until the daemon's start-up pass has checked every account (Summary has no
