@@ -283,10 +283,42 @@ fn stat_of(pid: i32) -> Option<(char, u64)> {
 }
 
 /// The version of the Codex CLI `agent.codex_bin` names, from its npm package files (no
-/// exec: a few small reads, cheap enough for every refresh). None when it is not found.
+/// exec: a few small reads, cheap enough for every refresh); for a Codex installed some
+/// other way (no package.json beside it), what `codex --version` prints. None when neither
+/// tells.
 pub fn codex_bin_version(bin: &str) -> Option<Version> {
     let resolved = crate::worker::codexrun::resolve_bin(bin, std::env::var_os("PATH").as_deref()).ok()?;
-    version_near(&std::fs::canonicalize(&resolved).unwrap_or(resolved))
+    let program = std::fs::canonicalize(&resolved).unwrap_or(resolved);
+    version_near(&program).or_else(|| version_printed(&program))
+}
+
+/// `codex --version` ("codex-cli 0.171.0"), given a few seconds, its whole process group
+/// killed after them.
+fn version_printed(program: &Path) -> Option<Version> {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(program)
+        .arg("--version")
+        .env_clear()
+        .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()?;
+    let stdout = child.stdout.take()?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::Read::take(stdout, 4096), &mut text);
+        text
+    });
+    crate::sys::process::wait_or_kill_group(&mut child, Duration::from_secs(5))?;
+    version_in(&reader.join().ok()?)
+}
+
+/// The version in the first line `codex --version` prints.
+fn version_in(text: &str) -> Option<Version> {
+    text.lines().next()?.split_whitespace().find_map(parse_version)
 }
 
 /// The `@openai/codex` package version next to a Codex program (native binary or launcher).
@@ -627,6 +659,26 @@ impl Watch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_codex_prints_is_read() {
+        assert_eq!(version_in("codex-cli 0.171.0\n"), Some(Version(0, 171, 0)));
+        assert_eq!(version_in("codex-cli 0.130.0-alpha.1"), Some(Version(0, 130, 0)));
+        assert_eq!(version_in("error: unknown flag\ncodex-cli 1.2.3"), None);
+        assert_eq!(version_in(""), None);
+    }
+
+    #[test]
+    fn a_codex_without_its_npm_package_is_asked_for_its_version() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let bin = t.path().join("codex");
+        std::fs::write(&bin, "#!/bin/sh\n[ \"$1\" = --version ] && echo 'codex-cli 0.171.0'\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(codex_bin_version(bin.to_str().unwrap()), Some(Version(0, 171, 0)));
+        std::fs::write(&bin, "#!/bin/sh\nexit 1\n").unwrap();
+        assert_eq!(codex_bin_version(bin.to_str().unwrap()), None);
+    }
     use crate::core::classify::classify_http;
     use std::os::unix::process::CommandExt;
 
