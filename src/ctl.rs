@@ -487,7 +487,7 @@ async fn login(
     drop(bytes);
     let p = proxy(conn, account_path(account), ACCOUNT_IFACE).await?;
     let fd = Fd::from(file.as_fd());
-    let (outcome, reason): (String, String) = p.call("Store", &(fd,)).await.map_err(|e| classify(e, account))?;
+    let (outcome, reason): (String, String) = p.call("Login", &(fd,)).await.map_err(|e| classify(e, account))?;
     println!(
         "{account}: logged in; installed: {outcome}{}",
         if reason.is_empty() { String::new() } else { format!(": {reason}") }

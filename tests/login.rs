@@ -262,6 +262,9 @@ async fn authctl_login_approved_installs_through_store_and_lifts_the_quarantine(
         .collect();
     w.d.stop();
     assert_no_secrets(&[("daemon log", &w.d.log_text())], &tokens);
+    // The journal entry (here the daemon's stderr log, same fields) calls it a login.
+    let log = w.d.log_text();
+    assert!(log.contains("outcome=\"login\"") && log.contains("installed a new login"), "{log}");
 }
 
 fn read(p: &Path) -> String {

@@ -124,6 +124,8 @@ pub enum Event {
     Seeded,
     /// An auth.json handed to the daemon (Store) was installed.
     Stored,
+    /// A new login (`codex-authctl login`, the daemon's Login) was installed.
+    LoggedIn,
 }
 
 /// The full result of one account's cycle: what the worker hands back to its parent.

@@ -15,6 +15,9 @@ pub struct SeedInput {
     pub sha256: String,
     /// Not applied before (its hash differs from the last applied one).
     pub is_new: bool,
+    /// A Store that is a new login (`codex-authctl login`): the journal says `login`.
+    #[serde(default)]
+    pub login: bool,
 }
 
 impl std::fmt::Debug for SeedInput {
@@ -30,6 +33,7 @@ impl SeedInput {
             b64: base64::engine::general_purpose::STANDARD.encode(bytes),
             sha256: crate::core::authfile::sha256_hex(bytes),
             is_new: true,
+            login: false,
         }
     }
 
@@ -71,7 +75,7 @@ mod tests {
     use super::*;
 
     fn seed(is_new: bool) -> SeedInput {
-        SeedInput { b64: String::new(), sha256: "x".into(), is_new }
+        SeedInput { b64: String::new(), sha256: "x".into(), is_new, login: false }
     }
 
     #[test]

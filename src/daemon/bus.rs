@@ -340,6 +340,21 @@ impl Account {
         Ok(pair(report))
     }
 
+    /// Like `Store`, for a new login (`codex-authctl login`): the journal's OUTCOME is `login`.
+    async fn login(
+        &self,
+        fd: OwnedFd,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<(String, String)> {
+        authorize(conn, &hdr, Need::Root, "Login", &self.denials).await?;
+        let input = SeedInput { login: true, ..self.read_credential(fd).await? };
+        let req = Request { store: Some(input), skip_gate: true, ..Default::default() };
+        let report = self.core.refresh(&self.name, req).await.ok_or_else(|| gone(&self.name))?;
+        self.core.after_store(&self.name, &report);
+        Ok(pair(report))
+    }
+
     /// Make the auth.json read from `fd` the account's seed, then install it (no preflight).
     async fn seed(
         &self,

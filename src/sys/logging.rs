@@ -97,6 +97,7 @@ pub fn log_report(r: &Report) {
             Event::Adopted => ("adopted", "adopted the credential on disk"),
             Event::Seeded => ("seeded", "installed a new seed"),
             Event::Stored => ("stored", "installed the stored auth.json"),
+            Event::LoggedIn => ("login", "installed a new login (codex-authctl login)"),
         };
         log_event(&r.account, outcome, r.token_fp.as_deref(), msg);
     }

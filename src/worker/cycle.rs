@@ -226,8 +226,8 @@ impl Cycle<'_> {
             return self.describe(r, &snapshot.bytes, &snapshot.auth);
         }
         let mut report = self.decide_and_refresh(snapshot);
-        if self.job.store.is_some() && !self.job.materialize {
-            report.events.insert(0, Event::Stored);
+        if let Some(store) = self.job.store.as_ref().filter(|_| !self.job.materialize) {
+            report.events.insert(0, if store.login { Event::LoggedIn } else { Event::Stored });
         }
         if seeded {
             report.events.insert(0, Event::Seeded);
