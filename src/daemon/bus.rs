@@ -334,10 +334,7 @@ impl Account {
     ) -> fdo::Result<(String, String)> {
         authorize(conn, &hdr, Need::Root, "Store", &self.denials).await?;
         let input = self.read_credential(fd).await?;
-        let req = Request { store: Some(input), skip_gate: true, ..Default::default() };
-        let report = self.core.refresh(&self.name, req).await.ok_or_else(|| gone(&self.name))?;
-        self.core.after_store(&self.name, &report);
-        Ok(pair(report))
+        self.install(input).await
     }
 
     /// Like `Store`, for a new login (`codex-authctl login`): the journal's OUTCOME is `login`.
@@ -349,10 +346,7 @@ impl Account {
     ) -> fdo::Result<(String, String)> {
         authorize(conn, &hdr, Need::Root, "Login", &self.denials).await?;
         let input = SeedInput { login: true, ..self.read_credential(fd).await? };
-        let req = Request { store: Some(input), skip_gate: true, ..Default::default() };
-        let report = self.core.refresh(&self.name, req).await.ok_or_else(|| gone(&self.name))?;
-        self.core.after_store(&self.name, &report);
-        Ok(pair(report))
+        self.install(input).await
     }
 
     /// Make the auth.json read from `fd` the account's seed, then install it (no preflight).
@@ -390,6 +384,15 @@ impl Account {
 }
 
 impl Account {
+    /// Install `input` through the worker (Store, Login): no backoff or quarantine gate,
+    /// then what a Store triggers (a preflight).
+    async fn install(&self, input: SeedInput) -> fdo::Result<(String, String)> {
+        let req = Request { store: Some(input), skip_gate: true, ..Default::default() };
+        let report = self.core.refresh(&self.name, req).await.ok_or_else(|| gone(&self.name))?;
+        self.core.after_store(&self.name, &report);
+        Ok(pair(report))
+    }
+
     /// Read and validate an auth.json for this account from a caller's fd.
     async fn read_credential(&self, fd: OwnedFd) -> fdo::Result<SeedInput> {
         let fd: std::os::fd::OwnedFd = fd.into();
