@@ -8,7 +8,7 @@ pub mod inputs;
 use crate::core::contract::{DEFAULT_TOKEN_URL, TOKEN_URL_ENV};
 use crate::core::policy::Thresholds;
 pub use crate::core::task::RefreshMethod;
-use inputs::{Merged, OVERRIDABLE};
+use inputs::{AccountMerged, Choice, Merged, OVERRIDABLE, Overrides, Sourced, VaultLogin};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,7 +32,11 @@ pub const DEFAULT_PUBLISH_RETRY: Duration = Duration::from_secs(30);
 /// `codex-auth-json-b64-rotating-<account>`.
 pub const SEED_KEY_PREFIX: &str = "codex-auth-json-b64";
 pub const ROTATING_KEY_PREFIX: &str = "codex-auth-json-b64-rotating";
-pub const DEFAULT_HOOK_TIMEOUT: &str = "30s";
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(86400);
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 86400);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const REFRESH_TIMER_PERIOD: Duration = Duration::from_secs(6 * 3600);
 
 /// A config error: which file, which key, what is wrong and how to fix it.
@@ -310,181 +314,143 @@ struct Validator<'a> {
     env: &'a Env,
 }
 
+/// An error at `key`, in the file that set `s` when it is set (else no file: a built-in
+/// default is wrong, e.g. the machine's host name).
+fn err_at<T>(s: Option<&Sourced<T>>, key: &str, message: impl Into<String>) -> ConfigError {
+    match s {
+        Some(s) => s.err(message),
+        None => ConfigError { file: None, key: Some(key.to_string()), message: message.into() },
+    }
+}
+
+/// A duration as written, else `default`; zero is refused.
+fn duration(s: Option<&Sourced<String>>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(s) = s else { return Ok(default) };
+    let d = humantime::parse_duration(&s.value)
+        .map_err(|e| s.err(format!("{:?} is not a duration ({e}); write e.g. \"90s\", \"6h\" or \"1d\"", s.value)))?;
+    if d.is_zero() {
+        return Err(s.err("must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// Why `text` is not a URL we may send tokens to: https, or plain http only on loopback.
+fn url_problem(text: &str) -> Option<String> {
+    let loopback = ["http://127.", "http://localhost:", "http://localhost/", "http://[::1]"];
+    let ok = text.starts_with("https://") || loopback.iter().any(|p| text.starts_with(p));
+    (!ok).then(|| format!("{text:?} must be an https:// URL (plain http only on loopback)"))
+}
+
+/// A set URL must be one we may send tokens to.
+fn url(s: &Sourced<String>) -> Result<(), ConfigError> {
+    url_problem(&s.value).map_or(Ok(()), |p| Err(s.err(p)))
+}
+
+fn text<T: Clone>(s: &Option<Sourced<T>>) -> Option<T> {
+    s.as_ref().map(|s| s.value.clone())
+}
+
 impl Validator<'_> {
-    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.merged.get(key).map(|(_, p)| p.to_path_buf()),
-            key: Some(key.to_string()),
-            message: message.into(),
+    fn refresh_settings(&self, account: Option<&AccountMerged>) -> Result<RefreshSettings, ConfigError> {
+        let pick = |f: fn(&Overrides) -> &Option<Sourced<String>>| self.merged.pick(account, f);
+        let refresh_method = self.merged.pick(account, |o| &o.refresh_method).map_or(RefreshMethod::Oauth, |s| s.value);
+        let mut token_url = DEFAULT_TOKEN_URL.to_string();
+        if let Some(s) = pick(|o| &o.token_url) {
+            url(s)?;
+            token_url = s.value.clone();
         }
-    }
-
-    /// The account's own value for `key`, else `[defaults]`; with the key it came from.
-    fn lookup(&self, account: Option<&str>, key: &str) -> Option<(String, &toml::Value)> {
-        // "__section.key": a key outside [defaults]/[accounts] (agent.lease_ttl, vault.*).
-        if let Some(full) = key.strip_prefix("__") {
-            return self.merged.get(full).map(|(v, _)| (full.to_string(), v));
-        }
-        account
-            .map(|a| format!("accounts.{a}.{key}"))
-            .into_iter()
-            .chain(std::iter::once(format!("defaults.{key}")))
-            .find_map(|k| self.merged.get(&k).map(|(v, _)| (k, v)))
-    }
-
-    fn string(&self, account: Option<&str>, key: &str, default: &str) -> (String, String) {
-        match self.lookup(account, key) {
-            Some((k, v)) => (k, v.as_str().unwrap_or_default().to_string()),
-            None => (format!("defaults.{key}"), default.to_string()),
-        }
-    }
-
-    fn duration(&self, account: Option<&str>, key: &str, default: &str) -> Result<Duration, ConfigError> {
-        let (k, text) = self.string(account, key, default);
-        let d = humantime::parse_duration(&text).map_err(|e| {
-            self.err(&k, format!("{text:?} is not a duration ({e}); write e.g. \"90s\", \"6h\" or \"1d\""))
-        })?;
-        if d.is_zero() {
-            return Err(self.err(&k, "must be longer than zero"));
-        }
-        Ok(d)
-    }
-
-    fn url(&self, key: &str, text: &str, allow_empty: bool) -> Result<(), ConfigError> {
-        if allow_empty && text.is_empty() {
-            return Ok(());
-        }
-        let loopback = ["http://127.", "http://localhost:", "http://localhost/", "http://[::1]"];
-        if text.starts_with("https://") || loopback.iter().any(|p| text.starts_with(p)) {
-            Ok(())
-        } else {
-            Err(self.err(key, format!("{text:?} must be an https:// URL (plain http only on loopback)")))
-        }
-    }
-
-    fn refresh_settings(&self, account: Option<&str>) -> Result<RefreshSettings, ConfigError> {
-        let (k, method) = self.string(account, "refresh_method", "oauth");
-        let refresh_method = match method.as_str() {
-            "oauth" => RefreshMethod::Oauth,
-            "app-server" => RefreshMethod::AppServer,
-            other => {
-                return Err(self.err(&k, format!("{other:?} is not a refresh method; use \"oauth\" or \"app-server\"")));
-            }
-        };
-        let (k, mut token_url) = self.string(account, "token_url", DEFAULT_TOKEN_URL);
-        self.url(&k, &token_url, false)?;
         if let Some(over) = &self.env.token_url_override {
-            self.url(TOKEN_URL_ENV, over, false).map_err(|mut e| {
-                e.file = None;
-                e
-            })?;
+            if let Some(problem) = url_problem(over) {
+                return Err(ConfigError { file: None, key: Some(TOKEN_URL_ENV.into()), message: problem });
+            }
             token_url = over.clone();
         }
-        let (k, codex_base_url) = self.string(account, "codex_base_url", "");
-        self.url(&k, &codex_base_url, true)?;
-        let preflight = self.lookup(account, "preflight").and_then(|(_, v)| v.as_bool()).unwrap_or(true);
-        let (k, login_client_id) = self.string(account, "login_client_id", "");
+        let codex_base_url = pick(|o| &o.codex_base_url).filter(|s| !s.value.is_empty());
+        if let Some(s) = codex_base_url {
+            url(s)?;
+        }
+        let preflight = self.merged.pick(account, |o| &o.preflight).is_none_or(|s| s.value);
+        let login_client_id = pick(|o| &o.login_client_id);
         // A client id is an OAuth identifier (`app_…`): nothing that could smuggle a header.
-        if !login_client_id.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-            || login_client_id.len() > 128
-        {
-            return Err(self.err(
-                &k,
-                "must be an OAuth client id (letters, digits, `_`, `-`, `.`), as in CODEX_APP_SERVER_LOGIN_CLIENT_ID",
-            ));
+        if let Some(s) = login_client_id {
+            if !s.value.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) || s.value.len() > 128 {
+                return Err(s.err(
+                    "must be an OAuth client id (letters, digits, `_`, `-`, `.`), as in \
+                     CODEX_APP_SERVER_LOGIN_CLIENT_ID",
+                ));
+            }
         }
         Ok(RefreshSettings {
             refresh_method,
             token_url,
-            refresh_before_expiry: self.duration(account, "refresh_before_expiry", "1d")?,
-            max_age: self.duration(account, "max_age", "7d")?,
-            request_timeout: self.duration(account, "request_timeout", "30s")?,
+            refresh_before_expiry: duration(pick(|o| &o.refresh_before_expiry), DEFAULT_REFRESH_BEFORE_EXPIRY)?,
+            max_age: duration(pick(|o| &o.max_age), DEFAULT_MAX_AGE)?,
+            request_timeout: duration(pick(|o| &o.request_timeout), DEFAULT_REQUEST_TIMEOUT)?,
             preflight,
-            preflight_timeout: self.duration(account, "preflight_timeout", "120s")?,
-            codex_base_url,
-            login_client_id: Some(login_client_id).filter(|s| !s.is_empty()),
+            preflight_timeout: duration(pick(|o| &o.preflight_timeout), DEFAULT_PREFLIGHT_TIMEOUT)?,
+            codex_base_url: codex_base_url.map(|s| s.value.clone()).unwrap_or_default(),
+            login_client_id: login_client_id.map(|s| s.value.clone()).filter(|s| !s.is_empty()),
         })
     }
 
     /// `on_success`, `on_failure` (argv: absolute program, no shell) and `hook_timeout`.
-    fn hook_settings(&self, account: Option<&str>) -> Result<HookSettings, ConfigError> {
-        let argv = |key: &str| -> Result<Option<Vec<String>>, ConfigError> {
-            let Some((k, v)) = self.lookup(account, key) else { return Ok(None) };
-            let text = v.as_str().unwrap_or_default();
+    fn hook_settings(&self, account: Option<&AccountMerged>) -> Result<HookSettings, ConfigError> {
+        let argv = |s: Option<&Sourced<String>>| -> Result<Option<Vec<String>>, ConfigError> {
+            let Some(s) = s else { return Ok(None) };
+            let text = &s.value;
             let words = shlex::split(text)
-                .ok_or_else(|| self.err(&k, format!("{text:?} has an unclosed quote or a trailing backslash")))?;
+                .ok_or_else(|| s.err(format!("{text:?} has an unclosed quote or a trailing backslash")))?;
             match words.first() {
-                None => Err(self.err(&k, "must not be empty; remove the key to run no hook")),
-                Some(prog) if !Path::new(prog).is_absolute() => Err(self.err(
-                    &k,
-                    format!(
-                        "{prog:?} must be an absolute path (hooks run without a shell), e.g. \
+                None => Err(s.err("must not be empty; remove the key to run no hook")),
+                Some(prog) if !Path::new(prog).is_absolute() => Err(s.err(format!(
+                    "{prog:?} must be an absolute path (hooks run without a shell), e.g. \
                         \"/usr/local/bin/page-oncall --account\""
-                    ),
-                )),
+                ))),
                 Some(prog) => match host::hook_problem(Path::new(prog), nix::unistd::geteuid().as_raw()) {
-                    Some(problem) => Err(self.err(&k, problem)),
+                    Some(problem) => Err(s.err(problem)),
                     None => Ok(Some(words)),
                 },
             }
         };
         Ok(HookSettings {
-            on_success: argv("on_success")?,
-            on_failure: argv("on_failure")?,
-            hook_timeout: self.duration(account, "hook_timeout", DEFAULT_HOOK_TIMEOUT)?,
+            on_success: argv(self.merged.pick(account, |o| &o.on_success))?,
+            on_failure: argv(self.merged.pick(account, |o| &o.on_failure))?,
+            hook_timeout: duration(self.merged.pick(account, |o| &o.hook_timeout), DEFAULT_HOOK_TIMEOUT)?,
         })
     }
 
     fn agent(&self) -> Result<AgentSettings, ConfigError> {
-        let state_dir = match self.merged.get("agent.state_dir") {
-            Some((v, _)) => PathBuf::from(v.as_str().unwrap_or_default()),
-            None => PathBuf::from(DEFAULT_STATE_DIR),
-        };
+        let a = &self.merged.agent;
+        let state_dir = text(&a.state_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         if !state_dir.is_absolute() {
-            return Err(self.err("agent.state_dir", "must be an absolute path"));
+            return Err(err_at(a.state_dir.as_ref(), "agent.state_dir", "must be an absolute path"));
         }
-        let max_parallel = match self.merged.get("agent.max_parallel") {
-            Some((v, _)) => v.as_integer().unwrap_or(0),
-            None => 8,
-        };
+        let max_parallel = text(&a.max_parallel).unwrap_or(8);
         if !(1..=256).contains(&max_parallel) {
-            return Err(self.err("agent.max_parallel", format!("{max_parallel} is out of range; use 1 to 256")));
+            let message = format!("{max_parallel} is out of range; use 1 to 256");
+            return Err(err_at(a.max_parallel.as_ref(), "agent.max_parallel", message));
         }
-        let codex_bin = match self.merged.get("agent.codex_bin") {
-            Some((v, _)) => v.as_str().unwrap_or_default().to_string(),
-            None => "codex".into(),
-        };
+        let codex_bin = text(&a.codex_bin).unwrap_or_else(|| "codex".into());
         if codex_bin.is_empty() {
-            return Err(self.err("agent.codex_bin", "must not be empty"));
+            return Err(err_at(a.codex_bin.as_ref(), "agent.codex_bin", "must not be empty"));
         }
-        let (host_id, host_id_source) = match self.merged.get("agent.host_id") {
-            Some((v, file)) => (v.as_str().unwrap_or_default().to_string(), HostIdSource::Config(file.to_path_buf())),
+        let (host_id, host_id_source) = match &a.host_id {
+            Some(s) => (s.value.clone(), HostIdSource::Config(s.file.clone())),
             None => default_host_id_and_source(),
         };
         if host_id.is_empty() || host_id.len() > 253 || host_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(self.err("agent.host_id", "must be 1 to 253 characters without spaces"));
+            return Err(err_at(a.host_id.as_ref(), "agent.host_id", "must be 1 to 253 characters without spaces"));
         }
-        let lease_ttl = match self.merged.get("agent.lease_ttl") {
-            Some(_) => self.duration(None, "__agent.lease_ttl", "")?,
-            None => DEFAULT_LEASE_TTL,
-        };
-        let metrics_interval = match self.merged.get("agent.metrics_interval") {
-            Some(_) => self.duration(None, "__agent.metrics_interval", "")?,
-            None => DEFAULT_METRICS_INTERVAL,
-        };
-        let metrics_textfile = match self.merged.get("agent.metrics_textfile") {
-            Some((v, _)) => {
-                let p = PathBuf::from(v.as_str().unwrap_or_default());
+        let metrics_textfile = match &a.metrics_textfile {
+            Some(s) => {
+                let p = &s.value;
                 if !p.is_absolute() || p.file_name().is_none() {
-                    return Err(self.err("agent.metrics_textfile", "must be an absolute file path"));
+                    return Err(s.err("must be an absolute file path"));
                 }
                 if p.extension().is_none_or(|x| x != "prom") {
-                    return Err(self.err(
-                        "agent.metrics_textfile",
-                        "must end in .prom (node_exporter's textfile collector reads only *.prom)",
-                    ));
+                    return Err(s.err("must end in .prom (node_exporter's textfile collector reads only *.prom)"));
                 }
-                Some(p)
+                Some(p.clone())
             }
             None => None,
         };
@@ -494,112 +460,90 @@ impl Validator<'_> {
             codex_bin,
             host_id,
             host_id_source,
-            lease_ttl,
+            lease_ttl: duration(a.lease_ttl.as_ref(), DEFAULT_LEASE_TTL)?,
             metrics_textfile,
-            metrics_interval,
+            metrics_interval: duration(a.metrics_interval.as_ref(), DEFAULT_METRICS_INTERVAL)?,
         })
     }
 
-    /// `[vault]`, when present.
+    /// `[vault]`, when any of its keys is set.
     fn vault(&self) -> Result<Option<VaultSettings>, ConfigError> {
-        let any = self.merged.values.keys().any(|k| k.starts_with("vault."));
-        if !any {
-            return Ok(None);
-        }
-        let text = |k: &str| self.merged.get(k).map(|(v, _)| v.as_str().unwrap_or_default().to_string());
-        let path = |k: &str| text(k).map(PathBuf::from);
-        let Some(address) = text("vault.address") else {
+        let v = &self.merged.vault;
+        let Some(first) = v.any_file() else { return Ok(None) };
+        let Some(address) = &v.address else {
             return Err(ConfigError {
-                file: self.merged.values.iter().find(|(k, _)| k.starts_with("vault.")).map(|(_, (_, f))| f.clone()),
+                file: Some(first.to_path_buf()),
                 key: Some("vault.address".into()),
                 message: "is required in [vault], e.g. \"https://vault.example:8200\"".into(),
             });
         };
-        self.url("vault.address", &address, false)?;
-        let mount = text("vault.mount").unwrap_or_else(|| "secret".into());
+        url(address)?;
+        let mount = text(&v.mount).unwrap_or_else(|| "secret".into());
         if !valid_vault_path(&mount) {
-            return Err(self.err("vault.mount", format!("{mount:?} is not a KV v2 mount path (e.g. \"secret\")")));
+            let message = format!("{mount:?} is not a KV v2 mount path (e.g. \"secret\")");
+            return Err(err_at(v.mount.as_ref(), "vault.mount", message));
         }
-        let auth = match text("vault.auth").as_deref() {
-            Some("kubernetes") => self.kubernetes_auth()?,
-            Some("token" | "approle") | None => self.file_auth()?,
-            Some(other) => {
-                return Err(self.err(
-                    "vault.auth",
-                    format!("{other:?} is not a Vault login method; use \"token\", \"approle\" or \"kubernetes\""),
-                ));
-            }
+        let auth = match &v.auth {
+            Some(s) if s.value == VaultLogin::Kubernetes => self.kubernetes_auth(s)?,
+            _ => self.file_auth(address)?,
         };
-        if let Some(want) = text("vault.auth") {
+        if let Some(want) = &v.auth {
             let got = match auth {
-                VaultAuth::Token { .. } => "token",
-                VaultAuth::AppRole { .. } => "approle",
-                VaultAuth::Kubernetes { .. } => "kubernetes",
+                VaultAuth::Token { .. } => VaultLogin::Token,
+                VaultAuth::AppRole { .. } => VaultLogin::AppRole,
+                VaultAuth::Kubernetes { .. } => VaultLogin::Kubernetes,
             };
-            if want != got {
-                return Err(self.err("vault.auth", format!("is {want:?} but the keys given are those of {got:?}")));
+            if want.value != got {
+                let message = format!("is {:?} but the keys given are those of {:?}", want.value.word(), got.word());
+                return Err(want.err(message));
             }
         }
-        let ca_file = path("vault.ca_file");
-        if let Some(ca) = &ca_file {
-            if !ca.is_absolute() {
-                return Err(self.err("vault.ca_file", "must be an absolute path"));
+        if let Some(ca) = &v.ca_file {
+            if !ca.value.is_absolute() {
+                return Err(ca.err("must be an absolute path"));
             }
         }
-        let request_timeout = match self.merged.get("vault.request_timeout") {
-            Some(_) => self.duration(None, "__vault.request_timeout", "")?,
-            None => DEFAULT_VAULT_TIMEOUT,
-        };
-        let publish_retry = match self.merged.get("vault.publish_retry") {
-            Some(_) => self.duration(None, "__vault.publish_retry", "")?,
-            None => DEFAULT_PUBLISH_RETRY,
-        };
         Ok(Some(VaultSettings {
-            address: address.trim_end_matches('/').to_string(),
+            address: address.value.trim_end_matches('/').to_string(),
             mount,
             auth,
-            ca_file,
-            request_timeout,
-            publish_retry,
+            ca_file: text(&v.ca_file),
+            request_timeout: duration(v.request_timeout.as_ref(), DEFAULT_VAULT_TIMEOUT)?,
+            publish_retry: duration(v.publish_retry.as_ref(), DEFAULT_PUBLISH_RETRY)?,
         }))
     }
 
     /// token_file, or the two AppRole files (`auth` absent, "token" or "approle").
-    fn file_auth(&self) -> Result<VaultAuth, ConfigError> {
-        let path = |k: &str| self.merged.get(k).map(|(v, _)| PathBuf::from(v.as_str().unwrap_or_default()));
-        for k in ["vault.kubernetes_role", "vault.kubernetes_mount", "vault.kubernetes_token_file"] {
-            if self.merged.get(k).is_some() {
-                return Err(self.err(k, "only applies with auth = \"kubernetes\" in [vault]"));
-            }
+    fn file_auth(&self, address: &Sourced<String>) -> Result<VaultAuth, ConfigError> {
+        let v = &self.merged.vault;
+        let kubernetes = [&v.kubernetes_role, &v.kubernetes_mount];
+        if let Some(s) = kubernetes.into_iter().flatten().next() {
+            return Err(s.err("only applies with auth = \"kubernetes\" in [vault]"));
         }
-        Ok(match (path("vault.token_file"), path("vault.approle_role_id_file"), path("vault.approle_secret_id_file")) {
+        if let Some(s) = &v.kubernetes_token_file {
+            return Err(s.err("only applies with auth = \"kubernetes\" in [vault]"));
+        }
+        Ok(match (&v.token_file, &v.approle_role_id_file, &v.approle_secret_id_file) {
             (Some(t), None, None) => {
-                self.secret_file("vault.token_file", &t)?;
-                VaultAuth::Token { token_file: t }
+                secret_file(t)?;
+                VaultAuth::Token { token_file: t.value.clone() }
             }
             (None, Some(r), Some(s)) => {
-                self.secret_file("vault.approle_role_id_file", &r)?;
-                self.secret_file("vault.approle_secret_id_file", &s)?;
-                VaultAuth::AppRole { approle_role_id_file: r, approle_secret_id_file: s }
+                secret_file(r)?;
+                secret_file(s)?;
+                VaultAuth::AppRole { approle_role_id_file: r.value.clone(), approle_secret_id_file: s.value.clone() }
             }
-            (Some(_), _, _) => {
-                return Err(
-                    self.err("vault.token_file", "set either token_file or the two approle_*_file keys, not both")
-                );
+            (Some(t), _, _) => {
+                return Err(t.err("set either token_file or the two approle_*_file keys, not both"));
             }
-            (None, Some(_), None) => {
-                return Err(
-                    self.err("vault.approle_role_id_file", "also set approle_secret_id_file (AppRole needs both)")
-                );
+            (None, Some(r), None) => {
+                return Err(r.err("also set approle_secret_id_file (AppRole needs both)"));
             }
-            (None, None, Some(_)) => {
-                return Err(
-                    self.err("vault.approle_secret_id_file", "also set approle_role_id_file (AppRole needs both)")
-                );
+            (None, None, Some(s)) => {
+                return Err(s.err("also set approle_role_id_file (AppRole needs both)"));
             }
             (None, None, None) => {
-                return Err(self.err(
-                    "vault.address",
+                return Err(address.err(
                     "[vault] needs token_file, or approle_role_id_file and approle_secret_id_file, or auth = \
                         \"kubernetes\" with kubernetes_role",
                 ));
@@ -610,158 +554,130 @@ impl Validator<'_> {
     /// `auth = "kubernetes"`: a role is required; the mount and the token path have
     /// defaults. The token file is not checked here: the kubelet creates and rotates it,
     /// and every login reads it again.
-    fn kubernetes_auth(&self) -> Result<VaultAuth, ConfigError> {
-        let text = |k: &str| self.merged.get(k).map(|(v, _)| v.as_str().unwrap_or_default().to_string());
-        for k in ["vault.token_file", "vault.approle_role_id_file", "vault.approle_secret_id_file"] {
-            if self.merged.get(k).is_some() {
-                return Err(
-                    self.err(k, "does not apply with auth = \"kubernetes\" (the service-account token logs in)")
-                );
-            }
+    fn kubernetes_auth(&self, auth: &Sourced<VaultLogin>) -> Result<VaultAuth, ConfigError> {
+        let v = &self.merged.vault;
+        let files = [&v.token_file, &v.approle_role_id_file, &v.approle_secret_id_file];
+        if let Some(s) = files.into_iter().flatten().next() {
+            return Err(s.err("does not apply with auth = \"kubernetes\" (the service-account token logs in)"));
         }
-        let Some(kubernetes_role) = text("vault.kubernetes_role").filter(|r| !r.is_empty()) else {
-            return Err(self.err(
-                "vault.auth",
+        let Some(role) = v.kubernetes_role.as_ref().filter(|r| !r.value.is_empty()) else {
+            return Err(auth.err(
                 "auth = \"kubernetes\" needs kubernetes_role in [vault]: the Vault role bound to the service account",
             ));
         };
+        let kubernetes_role = role.value.clone();
         if !valid_vault_path(&kubernetes_role) || kubernetes_role.contains('/') {
-            return Err(self.err("vault.kubernetes_role", format!("{kubernetes_role:?} is not a Vault role name")));
+            return Err(role.err(format!("{kubernetes_role:?} is not a Vault role name")));
         }
-        let kubernetes_mount = text("vault.kubernetes_mount").unwrap_or_else(|| "kubernetes".into());
+        let kubernetes_mount = text(&v.kubernetes_mount).unwrap_or_else(|| "kubernetes".into());
         if !valid_vault_path(&kubernetes_mount) {
-            return Err(self.err(
-                "vault.kubernetes_mount",
-                format!("{kubernetes_mount:?} is not an auth mount path (e.g. \"kubernetes\")"),
-            ));
+            let message = format!("{kubernetes_mount:?} is not an auth mount path (e.g. \"kubernetes\")");
+            return Err(err_at(v.kubernetes_mount.as_ref(), "vault.kubernetes_mount", message));
         }
-        let kubernetes_token_file =
-            PathBuf::from(text("vault.kubernetes_token_file").unwrap_or_else(|| DEFAULT_SA_TOKEN_FILE.into()));
+        let kubernetes_token_file = text(&v.kubernetes_token_file).unwrap_or_else(|| DEFAULT_SA_TOKEN_FILE.into());
         if !kubernetes_token_file.is_absolute() {
-            return Err(self.err("vault.kubernetes_token_file", "must be an absolute path"));
+            let file = v.kubernetes_token_file.as_ref();
+            return Err(err_at(file, "vault.kubernetes_token_file", "must be an absolute path"));
         }
         Ok(VaultAuth::Kubernetes { kubernetes_role, kubernetes_mount, kubernetes_token_file })
     }
 
-    /// A file holding a Vault secret: absolute, a regular file, owned by us, 0600 or 0400.
-    fn secret_file(&self, key: &str, p: &Path) -> Result<(), ConfigError> {
-        use std::os::unix::fs::MetadataExt;
-        if !p.is_absolute() {
-            return Err(self.err(key, "must be an absolute path"));
-        }
-        let md =
-            std::fs::symlink_metadata(p).map_err(|e| self.err(key, format!("{} cannot be read: {e}", p.display())))?;
-        let me = nix::unistd::geteuid().as_raw();
-        let mode = md.mode() & 0o7777;
-        if !md.file_type().is_file() || md.uid() != me || !(mode == 0o600 || mode == 0o400) {
-            return Err(self.err(
-                key,
-                format!(
-                    "{} must be a regular file owned by uid {me} with mode 0600 or 0400 (it holds a Vault \
-                        secret); fix: chown {me} {0} && chmod 600 {0}",
-                    p.display()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// An account's fleet keys, when `fleet_role` is set.
-    fn fleet(&self, name: &str, vault: Option<&VaultSettings>) -> Result<Option<FleetSettings>, ConfigError> {
-        let key = |k: &str| format!("accounts.{name}.{k}");
-        let text = |k: &str| self.merged.get(&key(k)).map(|(v, _)| v.as_str().unwrap_or_default().to_string());
-        let Some(role) = text("fleet_role") else {
-            for k in ["vault_seed_key", "vault_rotating_key"] {
-                if self.merged.get(&key(k)).is_some() {
-                    return Err(self.err(&key(k), "only applies with fleet_role = \"refresher\" or \"follower\""));
-                }
+    fn fleet(
+        &self,
+        name: &str,
+        a: &AccountMerged,
+        vault: Option<&VaultSettings>,
+    ) -> Result<Option<FleetSettings>, ConfigError> {
+        let Some(role) = &a.fleet_role else {
+            if let Some(s) = [&a.vault_seed_key, &a.vault_rotating_key].into_iter().flatten().next() {
+                return Err(s.err("only applies with fleet_role = \"refresher\" or \"follower\""));
             }
             return Ok(None);
         };
-        let fleet_role = match role.as_str() {
-            "refresher" => FleetRole::Refresher,
-            "follower" => FleetRole::Follower,
-            other => {
-                return Err(self.err(
-                    &key("fleet_role"),
-                    format!(
-                        "{other:?} is not a fleet role; use \"refresher\" or \"follower\" (or remove it for local only)"
-                    ),
-                ));
-            }
-        };
         if vault.is_none() {
-            return Err(self.err(&key("fleet_role"), "fleet mode needs a [vault] section (address and credentials)"));
+            return Err(role.err("fleet mode needs a [vault] section (address and credentials)"));
         }
         let seed_default =
             if name == "default" { SEED_KEY_PREFIX.to_string() } else { format!("{SEED_KEY_PREFIX}-{name}") };
-        let vault_seed_key = text("vault_seed_key").unwrap_or(seed_default);
-        let vault_rotating_key = text("vault_rotating_key").unwrap_or_else(|| format!("{ROTATING_KEY_PREFIX}-{name}"));
-        for (k, v) in [("vault_seed_key", &vault_seed_key), ("vault_rotating_key", &vault_rotating_key)] {
+        let vault_seed_key = text(&a.vault_seed_key).unwrap_or(seed_default);
+        let vault_rotating_key = text(&a.vault_rotating_key).unwrap_or_else(|| format!("{ROTATING_KEY_PREFIX}-{name}"));
+        for (k, s, v) in [
+            ("vault_seed_key", &a.vault_seed_key, &vault_seed_key),
+            ("vault_rotating_key", &a.vault_rotating_key, &vault_rotating_key),
+        ] {
             if !valid_vault_path(v) {
-                return Err(self.err(&key(k), format!("{v:?} is not a valid KV key (letters, digits, -, _, ., /)")));
+                let message = format!("{v:?} is not a valid KV key (letters, digits, -, _, ., /)");
+                return Err(a.err(name, s, k, message));
             }
         }
         if vault_seed_key == vault_rotating_key {
-            return Err(self.err(&key("vault_rotating_key"), "must differ from vault_seed_key"));
+            return Err(a.err(name, &a.vault_rotating_key, "vault_rotating_key", "must differ from vault_seed_key"));
         }
-        Ok(Some(FleetSettings { fleet_role, vault_seed_key, vault_rotating_key }))
+        Ok(Some(FleetSettings { fleet_role: role.value, vault_seed_key, vault_rotating_key }))
     }
 
     fn account(
         &self,
         name: &str,
+        a: &AccountMerged,
         config_dir: &Path,
         vault: Option<&VaultSettings>,
     ) -> Result<AccountSettings, ConfigError> {
-        let file = self.merged.accounts.get(name).cloned();
         if !valid_account_name(name) {
             return Err(ConfigError {
-                file,
+                file: Some(a.declared_in.clone()),
                 key: Some(format!("accounts.{name}")),
                 message: "account names must match [a-z0-9][a-z0-9-]{0,62}".into(),
             });
         }
-        let key = |k: &str| format!("accounts.{name}.{k}");
-        let Some((user, _)) = self.merged.get(&key("user")) else {
-            return Err(ConfigError {
-                file,
-                key: Some(key("user")),
-                message: "is required: the Unix user that owns this account's codex_home".into(),
-            });
+        let Some(user) = &a.user else {
+            let message = "is required: the Unix user that owns this account's codex_home";
+            return Err(a.err(name, &a.user, "user", message));
         };
-        let user = user.as_str().unwrap_or_default().to_string();
-        let pw = nix::unistd::User::from_name(&user)
+        let pw = nix::unistd::User::from_name(&user.value)
             .ok()
             .flatten()
-            .ok_or_else(|| self.err(&key("user"), format!("no such user {user:?}; create it or fix the name")))?;
-        let codex_home = match self.merged.get(&key("codex_home")) {
-            Some((v, _)) => PathBuf::from(v.as_str().unwrap_or_default()),
-            None => pw.dir.join(".codex"),
-        };
+            .ok_or_else(|| user.err(format!("no such user {:?}; create it or fix the name", user.value)))?;
+        let codex_home = text(&a.codex_home).unwrap_or_else(|| pw.dir.join(".codex"));
         if !codex_home.is_absolute() {
-            return Err(self.err(&key("codex_home"), "must be an absolute path"));
+            return Err(a.err(name, &a.codex_home, "codex_home", "must be an absolute path"));
         }
-        let seed = match self.merged.get(&key("seed")) {
-            Some((v, _)) => {
-                let p = PathBuf::from(v.as_str().unwrap_or_default());
-                if !p.is_absolute() {
-                    return Err(self.err(&key("seed"), "must be an absolute path"));
-                }
-                Some(p)
-            }
-            None => Some(config_dir.join("seeds").join(format!("{name}.json"))),
+        let seed = match &a.seed {
+            Some(s) if !s.value.is_absolute() => return Err(s.err("must be an absolute path")),
+            Some(s) => s.value.clone(),
+            None => config_dir.join("seeds").join(format!("{name}.json")),
         };
         Ok(AccountSettings {
             name: name.to_string(),
-            user,
+            user: user.value.clone(),
             codex_home,
-            seed,
-            fleet: self.fleet(name, vault)?,
-            refresh: self.refresh_settings(Some(name))?,
-            hooks: self.hook_settings(Some(name))?,
+            seed: Some(seed),
+            fleet: self.fleet(name, a, vault)?,
+            refresh: self.refresh_settings(Some(a))?,
+            hooks: self.hook_settings(Some(a))?,
         })
     }
+}
+
+/// A file holding a Vault secret: absolute, a regular file, owned by us, 0600 or 0400.
+fn secret_file(s: &Sourced<PathBuf>) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let p = &s.value;
+    if !p.is_absolute() {
+        return Err(s.err("must be an absolute path"));
+    }
+    let md = std::fs::symlink_metadata(p).map_err(|e| s.err(format!("{} cannot be read: {e}", p.display())))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let mode = md.mode() & 0o7777;
+    if !md.file_type().is_file() || md.uid() != me || !(mode == 0o600 || mode == 0o400) {
+        return Err(s.err(format!(
+            "{} must be a regular file owned by uid {me} with mode 0600 or 0400 (it holds a Vault \
+                secret); fix: chown {me} {0} && chmod 600 {0}",
+            p.display()
+        )));
+    }
+    Ok(())
 }
 
 /// A KV mount or key path: `[A-Za-z0-9._-]` segments separated by single slashes.
@@ -821,8 +737,8 @@ fn check_lease_ttl(
         return Ok(());
     }
     let fmt = |d: Duration| humantime::format_duration(d).to_string();
-    let (given, file) = match merged.get("agent.lease_ttl") {
-        Some((_, file)) => (fmt(agent.lease_ttl), Some(file.to_path_buf())),
+    let (given, file) = match &merged.agent.lease_ttl {
+        Some(s) => (fmt(agent.lease_ttl), Some(s.file.clone())),
         None => (format!("the default {}", fmt(agent.lease_ttl)), merged.files.first().cloned()),
     };
     let r = &acct.refresh;
@@ -858,11 +774,7 @@ fn check_homes(
     config_dir: &Path,
     accounts: &BTreeMap<String, AccountSettings>,
 ) -> Result<Vec<ConfigError>, ConfigError> {
-    let err = |name: &str, k: &str, message: String| {
-        let key = format!("accounts.{name}.{k}");
-        let file = merged.get(&key).map(|(_, f)| f.to_path_buf()).or_else(|| merged.accounts.get(name).cloned());
-        ConfigError { file, key: Some(key), message }
-    };
+    let merged_account = |name: &str| &merged.accounts[name];
     let agent_dirs = [agent.state_dir.clone(), config_dir.to_path_buf()];
     let service = agent.state_dir == Path::new(DEFAULT_STATE_DIR);
     let mut homes: BTreeMap<PathBuf, &str> = BTreeMap::new();
@@ -870,16 +782,20 @@ fn check_homes(
     let mut problems = Vec::new();
     for a in accounts.values() {
         if let Some(problem) = host::home_problem(&a.codex_home, &a.user, &agent_dirs, service) {
-            return Err(err(&a.name, "codex_home", problem));
+            let m = merged_account(&a.name);
+            return Err(m.err(&a.name, &m.codex_home, "codex_home", problem));
         }
         let uid = nix::unistd::User::from_name(&a.user).ok().flatten().map(|u| u.uid.as_raw()).unwrap_or(u32::MAX);
         if let Some(problem) = host::home_owner_problem(&a.codex_home, &a.user, uid) {
-            problems.push(err(&a.name, "codex_home", problem));
+            let m = merged_account(&a.name);
+            problems.push(m.err(&a.name, &m.codex_home, "codex_home", problem));
         }
         let real = std::fs::canonicalize(&a.codex_home).unwrap_or_else(|_| a.codex_home.clone());
         if let Some(other) = homes.insert(real.clone(), &a.name) {
-            return Err(err(
+            let m = merged_account(&a.name);
+            return Err(m.err(
                 &a.name,
+                &m.codex_home,
                 "codex_home",
                 format!(
                     "{} is also the codex_home of account {other}: two writers of one auth.json spend each other's \
@@ -890,8 +806,10 @@ fn check_homes(
         }
         if let Some(f) = &a.fleet {
             if let Some(other) = rotating.insert(&f.vault_rotating_key, &a.name) {
-                return Err(err(
+                let m = merged_account(&a.name);
+                return Err(m.err(
                     &a.name,
+                    &m.vault_rotating_key,
                     "vault_rotating_key",
                     format!(
                         "{:?} is also the rotating key of account {other}: both would write it and spend each \
@@ -922,8 +840,8 @@ fn validate(merged: &Merged, main: &Path, env: &Env) -> Result<Settings, ConfigE
     v.hook_settings(None)?;
     let config_dir = main.parent().unwrap_or(Path::new("/"));
     let mut accounts = BTreeMap::new();
-    for name in merged.accounts.keys() {
-        accounts.insert(name.clone(), v.account(name, config_dir, vault.as_ref())?);
+    for (name, a) in &merged.accounts {
+        accounts.insert(name.clone(), v.account(name, a, config_dir, vault.as_ref())?);
     }
     check_lease_ttl(merged, &agent, vault.as_ref(), &accounts)?;
     let home_problems = check_homes(merged, &agent, config_dir, &accounts)?;

@@ -560,3 +560,80 @@ fn two_accounts_may_not_share_a_codex_home_or_a_rotating_key() {
     assert_eq!(e.key.as_deref(), Some("accounts.b.vault_rotating_key"), "{e}");
     assert!(e.message.contains("also the rotating key of account a"), "{e}");
 }
+
+#[test]
+fn each_value_remembers_the_file_and_the_key_that_set_it() {
+    let t = tempfile::tempdir().unwrap();
+    let main = write(
+        t.path(),
+        "config.toml",
+        "[defaults]\nmax_age = \"3d\"\n[accounts.a]\nuser = \"root\"\ncodex_home = \"/srv/a/.codex\"\n",
+    );
+    let drop_in = write(t.path(), "config.d/50-a.toml", "[accounts.a]\ncodex_home = \"/srv/a2/.codex\"\n");
+    let m = inputs::load_merged(&main).unwrap();
+    let a = &m.accounts["a"];
+    let home = a.codex_home.as_ref().unwrap();
+    assert_eq!(
+        (home.value.as_path(), home.file.as_path(), home.key.as_str()),
+        (Path::new("/srv/a2/.codex"), drop_in.as_path(), "accounts.a.codex_home")
+    );
+    let user = a.user.as_ref().unwrap();
+    assert_eq!((user.file.as_path(), user.key.as_str()), (main.as_path(), "accounts.a.user"));
+    assert_eq!(a.declared_in, main);
+    // Not set for the account: [defaults]' value, with its own key.
+    let max_age = m.pick(Some(a), |o| &o.max_age).unwrap();
+    assert_eq!((max_age.key.as_str(), max_age.file.as_path()), ("defaults.max_age", main.as_path()));
+    // An error found after the merge names the file that set the value, not the main file.
+    let seed = write(t.path(), "config.d/60-seed.toml", "[accounts.a]\nseed = \"seeds/a.json\"\n");
+    let e = load(&main, &Env::default()).unwrap_err();
+    assert_eq!((e.file.as_deref(), e.key.as_deref()), (Some(seed.as_path()), Some("accounts.a.seed")), "{e}");
+    // A required key nobody set: the file that declared the account.
+    let c = write(t.path(), "config.d/60-seed.toml", "[accounts.c]\ncodex_home = \"/srv/c/.codex\"\n");
+    let e = load(&main, &Env::default()).unwrap_err();
+    assert_eq!((e.file.as_deref(), e.key.as_deref()), (Some(c.as_path()), Some("accounts.c.user")), "{e}");
+}
+
+#[test]
+fn enum_keys_name_the_file_the_key_the_line_and_the_allowed_words() {
+    let t = tempfile::tempdir().unwrap();
+    let main = write(t.path(), "config.toml", "[accounts.a]\nuser = \"root\"\n");
+    let cases = [
+        (
+            "[defaults]\nrefresh_method = \"magic\"\n",
+            "defaults.refresh_method",
+            r#""magic" is not a refresh method; use "oauth" or "app-server""#,
+        ),
+        (
+            "[defaults]\nrefresh_method = 5\n",
+            "defaults.refresh_method",
+            r#"invalid type: integer `5`, expected a refresh method: "oauth" or "app-server""#,
+        ),
+        (
+            "[accounts.a]\nfleet_role = \"boss\"\n",
+            "accounts.a.fleet_role",
+            r#""boss" is not a fleet role; use "refresher" or "follower" (or remove it for local only)"#,
+        ),
+        (
+            "[accounts.a]\nfleet_role = { refresher = 1 }\n",
+            "accounts.a.fleet_role",
+            "invalid type: map, expected a fleet role",
+        ),
+        (
+            "[vault]\nauth = \"ldap\"\n",
+            "vault.auth",
+            r#""ldap" is not a Vault login method; use "token", "approle" or "kubernetes""#,
+        ),
+        ("[vault]\nauth = [\"token\"]\n", "vault.auth", "invalid type: sequence, expected a Vault login method"),
+    ];
+    for (text, key, want) in cases {
+        let drop_in = write(t.path(), "config.d/50-x.toml", text);
+        let e = load(&main, &Env::default()).unwrap_err();
+        assert_eq!((e.file.as_deref(), e.key.as_deref()), (Some(drop_in.as_path()), Some(key)), "{text} → {e}");
+        let field = key.rsplit('.').next().unwrap();
+        let line = format!("TOML parse error at line 2, column {} (`{field} = …`): ", field.len() + 4);
+        assert!(e.message.starts_with(&line) && e.message.contains(want), "{text} → {e}");
+    }
+    // The words parse into the enums.
+    let s = load_text("[defaults]\nrefresh_method = \"app-server\"\n[accounts.a]\nuser = \"root\"\n").unwrap();
+    assert_eq!(s.accounts["a"].refresh.refresh_method, RefreshMethod::AppServer);
+}
