@@ -57,6 +57,7 @@ const VAULT: &[(&str, Kind)] = &[
     ("approle_secret_id_file", Kind::Path),
     ("ca_file", Kind::Path),
     ("request_timeout", Kind::Dur),
+    ("auth", Kind::Str),
 ];
 const SECTIONS: &[&str] = &["agent", "defaults", "accounts.a", "vault"];
 
@@ -216,8 +217,16 @@ fn bad_values() -> impl Strategy<Value = Mistake> {
     let fleet = "[a-z]{0,10}"
         .prop_filter("not a role", |r| r != "refresher" && r != "follower")
         .prop_map(|v| ("accounts.a".to_string(), "fleet_role".to_string(), T::String(v)));
-    (prop_oneof![durations, paths, non_prom, urls, methods, parallel, hooks, users, host, fleet], any::<bool>())
-        .prop_map(|((section, key, v), in_drop_in)| Mistake { section, key, value: render(&v), in_drop_in })
+    let login = "[a-z]{0,10}"
+        .prop_filter("not a login method", |m| !["token", "approle", "kubernetes"].contains(&m.as_str()))
+        .prop_map(|v| ("vault".to_string(), "auth".to_string(), T::String(v)));
+    let all = prop_oneof![durations, paths, non_prom, urls, methods, parallel, hooks, users, host, fleet, login];
+    (all, any::<bool>()).prop_map(|((section, key, v), in_drop_in)| Mistake {
+        section,
+        key,
+        value: render(&v),
+        in_drop_in,
+    })
 }
 
 /// A bad account name as its table key; the error names `accounts.<name>`.
