@@ -346,7 +346,8 @@ fn url(s: &Sourced<String>) -> Result<(), ConfigError> {
     url_problem(&s.value).map_or(Ok(()), |p| Err(s.err(p)))
 }
 
-fn text<T: Clone>(s: &Option<Sourced<T>>) -> Option<T> {
+/// The value as written, if any file set it.
+fn given<T: Clone>(s: &Option<Sourced<T>>) -> Option<T> {
     s.as_ref().map(|s| s.value.clone())
 }
 
@@ -421,16 +422,16 @@ impl Validator<'_> {
 
     fn agent(&self) -> Result<AgentSettings, ConfigError> {
         let a = &self.merged.agent;
-        let state_dir = text(&a.state_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let state_dir = given(&a.state_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         if !state_dir.is_absolute() {
             return Err(err_at(a.state_dir.as_ref(), "agent.state_dir", "must be an absolute path"));
         }
-        let max_parallel = text(&a.max_parallel).unwrap_or(8);
+        let max_parallel = given(&a.max_parallel).unwrap_or(8);
         if !(1..=256).contains(&max_parallel) {
             let message = format!("{max_parallel} is out of range; use 1 to 256");
             return Err(err_at(a.max_parallel.as_ref(), "agent.max_parallel", message));
         }
-        let codex_bin = text(&a.codex_bin).unwrap_or_else(|| "codex".into());
+        let codex_bin = given(&a.codex_bin).unwrap_or_else(|| "codex".into());
         if codex_bin.is_empty() {
             return Err(err_at(a.codex_bin.as_ref(), "agent.codex_bin", "must not be empty"));
         }
@@ -478,7 +479,7 @@ impl Validator<'_> {
             });
         };
         url(address)?;
-        let mount = text(&v.mount).unwrap_or_else(|| "secret".into());
+        let mount = given(&v.mount).unwrap_or_else(|| "secret".into());
         if !valid_vault_path(&mount) {
             let message = format!("{mount:?} is not a KV v2 mount path (e.g. \"secret\")");
             return Err(err_at(v.mount.as_ref(), "vault.mount", message));
@@ -507,7 +508,7 @@ impl Validator<'_> {
             address: address.value.trim_end_matches('/').to_string(),
             mount,
             auth,
-            ca_file: text(&v.ca_file),
+            ca_file: given(&v.ca_file),
             request_timeout: duration(v.request_timeout.as_ref(), DEFAULT_VAULT_TIMEOUT)?,
             publish_retry: duration(v.publish_retry.as_ref(), DEFAULT_PUBLISH_RETRY)?,
         }))
@@ -569,12 +570,12 @@ impl Validator<'_> {
         if !valid_vault_path(&kubernetes_role) || kubernetes_role.contains('/') {
             return Err(role.err(format!("{kubernetes_role:?} is not a Vault role name")));
         }
-        let kubernetes_mount = text(&v.kubernetes_mount).unwrap_or_else(|| "kubernetes".into());
+        let kubernetes_mount = given(&v.kubernetes_mount).unwrap_or_else(|| "kubernetes".into());
         if !valid_vault_path(&kubernetes_mount) {
             let message = format!("{kubernetes_mount:?} is not an auth mount path (e.g. \"kubernetes\")");
             return Err(err_at(v.kubernetes_mount.as_ref(), "vault.kubernetes_mount", message));
         }
-        let kubernetes_token_file = text(&v.kubernetes_token_file).unwrap_or_else(|| DEFAULT_SA_TOKEN_FILE.into());
+        let kubernetes_token_file = given(&v.kubernetes_token_file).unwrap_or_else(|| DEFAULT_SA_TOKEN_FILE.into());
         if !kubernetes_token_file.is_absolute() {
             let file = v.kubernetes_token_file.as_ref();
             return Err(err_at(file, "vault.kubernetes_token_file", "must be an absolute path"));
@@ -600,8 +601,9 @@ impl Validator<'_> {
         }
         let seed_default =
             if name == "default" { SEED_KEY_PREFIX.to_string() } else { format!("{SEED_KEY_PREFIX}-{name}") };
-        let vault_seed_key = text(&a.vault_seed_key).unwrap_or(seed_default);
-        let vault_rotating_key = text(&a.vault_rotating_key).unwrap_or_else(|| format!("{ROTATING_KEY_PREFIX}-{name}"));
+        let vault_seed_key = given(&a.vault_seed_key).unwrap_or(seed_default);
+        let vault_rotating_key =
+            given(&a.vault_rotating_key).unwrap_or_else(|| format!("{ROTATING_KEY_PREFIX}-{name}"));
         for (k, s, v) in [
             ("vault_seed_key", &a.vault_seed_key, &vault_seed_key),
             ("vault_rotating_key", &a.vault_rotating_key, &vault_rotating_key),
@@ -639,7 +641,7 @@ impl Validator<'_> {
             .ok()
             .flatten()
             .ok_or_else(|| user.err(format!("no such user {:?}; create it or fix the name", user.value)))?;
-        let codex_home = text(&a.codex_home).unwrap_or_else(|| pw.dir.join(".codex"));
+        let codex_home = given(&a.codex_home).unwrap_or_else(|| pw.dir.join(".codex"));
         if !codex_home.is_absolute() {
             return Err(a.err(name, &a.codex_home, "codex_home", "must be an absolute path"));
         }
