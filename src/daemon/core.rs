@@ -5,7 +5,7 @@
 //! D-Bus layer and sd-notify follow.
 
 use crate::api::view::AccountView;
-use crate::config::{self, AccountSettings, ConfigError, Env, FleetRole, Settings};
+use crate::config::{self, AccountSettings, ConfigError, Env, FleetRole, FleetSettings, Settings};
 use crate::core::authfile::sha256_hex;
 use crate::core::clock::Clock;
 use crate::core::outcome::PreflightReport;
@@ -572,7 +572,7 @@ impl Core {
     async fn with_follower(
         &self,
         name: &str,
-        f: impl FnOnce(&Settings, &AccountSettings, &config::FleetSettings, &Shared) -> Result<u64, String> + Send + 'static,
+        f: impl FnOnce(&Settings, &AccountSettings, &FleetSettings, &Shared) -> Result<u64, String> + Send + 'static,
     ) -> Option<Result<u64, Publish>> {
         let acct = self.account_settings(name)?;
         if let Some(why) = crate::runner::publish::not_a_follower(&acct) {
