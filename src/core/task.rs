@@ -33,6 +33,65 @@ impl RefreshMethod {
     }
 }
 
+/// What one cycle may do. One value instead of independent flags (force, dry run,
+/// follow, hand back), so a combination that means nothing cannot be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Say what a run would do; write nothing, spend nothing (`force`: as if forced).
+    DryRun { force: bool },
+    /// A local account: refresh when due (`force`: now, even a quarantined token).
+    Local { force: bool },
+    /// Fleet follower, a refresher without the lease, or one whose upload is pending: never
+    /// call the token endpoint. `hand_back`: put auth.json in the report for Vault.
+    Follow { hand_back: bool },
+    /// Fleet refresher holding the lease: refresh when due (`force`: now), and put the
+    /// committed auth.json in the report (`Report::auth_b64`) for the parent to publish.
+    Lead { force: bool },
+}
+
+impl Mode {
+    pub fn force(self) -> bool {
+        matches!(self, Mode::DryRun { force: true } | Mode::Local { force: true } | Mode::Lead { force: true })
+    }
+
+    pub fn dry_run(self) -> bool {
+        matches!(self, Mode::DryRun { .. })
+    }
+
+    /// Whether the token endpoint may be called at all.
+    pub fn follows(self) -> bool {
+        matches!(self, Mode::Follow { .. })
+    }
+
+    pub fn hands_back(self) -> bool {
+        matches!(self, Mode::Follow { hand_back: true } | Mode::Lead { .. })
+    }
+}
+
+/// An auth.json a cycle installs before anything else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Install {
+    /// An operator's Store or Login: installed whatever is on disk, reported as such.
+    Operator(SeedInput),
+    /// The fleet's credential from Vault: written only when auth.json differs (CODEX_HOME
+    /// made when missing), and not reported as an operator's Store.
+    Fleet(SeedInput),
+}
+
+impl Install {
+    pub fn input(&self) -> &SeedInput {
+        match self {
+            Install::Operator(i) | Install::Fleet(i) => i,
+        }
+    }
+
+    pub fn is_fleet(&self) -> bool {
+        matches!(self, Install::Fleet(_))
+    }
+}
+
 /// A Unix account to run as.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -52,12 +111,12 @@ pub struct Job {
     pub thresholds: Thresholds,
     pub token_url: String,
     pub request_timeout: Duration,
-    pub force: bool,
-    pub dry_run: bool,
+    /// What this cycle may write and spend.
+    pub mode: Mode,
     pub seed: Option<SeedInput>,
-    /// An auth.json to install first, whatever is on disk (the daemon's Store).
+    /// An auth.json to install first (the daemon's Store, or the fleet's credential).
     #[serde(default)]
-    pub store: Option<SeedInput>,
+    pub store: Option<Install>,
     /// How the refresh step gets new tokens: our OAuth request or Codex's app-server.
     pub refresh_method: RefreshMethod,
     /// `agent.codex_bin`, `codex_base_url` and the parent of throwaway Codex homes, for
@@ -70,17 +129,6 @@ pub struct Job {
     pub login_client_id: Option<String>,
     /// A preflight holds our cycle lock this long at most; a refresh may wait for it.
     pub preflight_timeout: Duration,
-    /// Fleet mode: `store` is the fleet's credential from Vault; write it only when
-    /// auth.json differs, and do not report it as an operator's Store.
-    #[serde(default)]
-    pub materialize: bool,
-    /// Fleet follower (or a refresher that lost the lease): never call the token endpoint.
-    #[serde(default)]
-    pub follow: bool,
-    /// Fleet refresher: put the committed auth.json in the report (`Report::auth_b64`)
-    /// so the parent can write it to Vault.
-    #[serde(default)]
-    pub return_auth: bool,
     /// A credential an earlier run received but could not write: written first, before
     /// anything else; while it is not, no token request is sent.
     #[serde(default)]
@@ -259,4 +307,30 @@ pub enum ToWorker {
 /// that user. The front ends choose one and hand it to the runner.
 pub trait Executor: Send + Sync {
     fn run(&self, who: &Identity, task: Task, clock: &dyn Clock, sup: &dyn Supervisor) -> TaskReport;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Mode;
+
+    #[test]
+    fn modes_say_what_a_cycle_may_do() {
+        // (mode, force, dry_run, follows, hands_back)
+        let table = [
+            (Mode::DryRun { force: false }, false, true, false, false),
+            (Mode::DryRun { force: true }, true, true, false, false),
+            (Mode::Local { force: false }, false, false, false, false),
+            (Mode::Local { force: true }, true, false, false, false),
+            (Mode::Follow { hand_back: false }, false, false, true, false),
+            (Mode::Follow { hand_back: true }, false, false, true, true),
+            (Mode::Lead { force: false }, false, false, false, true),
+            (Mode::Lead { force: true }, true, false, false, true),
+        ];
+        for (m, force, dry, follows, back) in table {
+            assert_eq!((m.force(), m.dry_run(), m.follows(), m.hands_back()), (force, dry, follows, back), "{m:?}");
+        }
+        // The worker pipe carries it as JSON.
+        let json = serde_json::to_string(&Mode::Follow { hand_back: true }).unwrap();
+        assert_eq!(serde_json::from_str::<Mode>(&json).unwrap(), Mode::Follow { hand_back: true });
+    }
 }

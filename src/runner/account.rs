@@ -7,7 +7,7 @@ use crate::core::clock::Clock;
 use crate::core::outcome::PreflightReport;
 use crate::core::outcome::{Failure, Report};
 use crate::core::pending::PendingCredential;
-use crate::core::task::{self, Executor, Identity, Job, PreflightJob, Supervisor};
+use crate::core::task::{self, Executor, Identity, Job, Mode, PreflightJob, Supervisor};
 use crate::runner::privsep;
 use crate::runner::seed;
 use crate::runner::vault::Clients;
@@ -48,6 +48,13 @@ pub struct RefreshOptions {
     pub dry_run: bool,
 }
 
+impl RefreshOptions {
+    /// The mode of a local account's cycle.
+    pub fn mode(self) -> Mode {
+        if self.dry_run { Mode::DryRun { force: self.force } } else { Mode::Local { force: self.force } }
+    }
+}
+
 /// Build the worker's job for `acct`: the seed is read here (root-only file) and travels
 /// to the worker inside the job.
 pub fn job_for(
@@ -72,8 +79,7 @@ pub fn job_for(
         thresholds: acct.refresh.thresholds(),
         token_url: acct.refresh.token_url.clone(),
         request_timeout: acct.refresh.request_timeout,
-        force: opts.force,
-        dry_run: opts.dry_run,
+        mode: opts.mode(),
         seed,
         store: None,
         refresh_method: acct.refresh.refresh_method,
@@ -82,9 +88,6 @@ pub fn job_for(
         temp_dir: std::env::temp_dir(),
         login_client_id: acct.refresh.login_client_id.clone(),
         preflight_timeout: acct.refresh.preflight_timeout,
-        materialize: false,
-        follow: false,
-        return_auth: false,
         pending: pending::current(&settings.agent.state_dir, &rt.mem.held, &acct.name),
         quarantined: st.dead_auth_sha256.clone(),
     }
@@ -130,7 +133,7 @@ pub fn run_job_checked(
     let state_dir = &settings.agent.state_dir;
     let sup = CallerSupervisor { keeper: Keeper::new(state_dir, &job.account), before_post };
     let report = privsep::run_as(rt.exec, id, job, rt.clock, &sup);
-    if !job.dry_run {
+    if !job.mode.dry_run() {
         pending::settle(state_dir, &rt.mem.held, &job.account, &sup.keeper, report.pending_left);
     }
     report

@@ -10,8 +10,8 @@ use crate::core::authfile::sha256_hex;
 use crate::core::lease::{self, Collision, LeaseDecision, LeaseRecord, Me};
 use crate::core::outcome::{Event, Failure, Outcome, Report};
 use crate::core::seed::SeedInput;
-use crate::core::task::Identity;
 use crate::core::task::Job;
+use crate::core::task::{Identity, Install, Mode};
 use crate::runner::account::{self, RefreshOptions, Runtime};
 use crate::runner::vault::{Entry, Secret, Vault, VaultError};
 use crate::store::status;
@@ -285,9 +285,8 @@ impl Run<'_> {
     /// Install `entry` locally (only written when auth.json differs), never refreshing.
     fn materialize(&self, entry: &Entry) -> Report {
         self.work(|j| {
-            j.store = Some(SeedInput::from_bytes(&entry.value.0));
-            j.materialize = true;
-            j.follow = true;
+            j.store = Some(Install::Fleet(SeedInput::from_bytes(&entry.value.0)));
+            j.mode = Mode::Follow { hand_back: false };
         })
     }
 
@@ -530,9 +529,8 @@ impl Run<'_> {
         let gate = || self.may_spend(v, entry.version, &me);
         let report = self.work_gated(
             |j| {
-                j.store = Some(SeedInput::from_bytes(&entry.value.0));
-                j.materialize = true;
-                j.return_auth = true;
+                j.store = Some(Install::Fleet(SeedInput::from_bytes(&entry.value.0)));
+                j.mode = Mode::Lead { force: self.opts.force };
             },
             &gate,
         );
@@ -648,10 +646,7 @@ impl Run<'_> {
             st.pending = None;
             return Ok((entry, None));
         }
-        let local = self.work(|j| {
-            j.follow = true;
-            j.return_auth = true;
-        });
+        let local = self.work(|j| j.mode = Mode::Follow { hand_back: true });
         if local.failure.is_some() {
             return Err(Box::new(local));
         }
@@ -725,10 +720,9 @@ impl Run<'_> {
     fn store(&self, v: Result<Arc<Vault>, VaultError>, st: &mut FleetState, input: SeedInput) -> Report {
         let refresher = self.fleet.fleet_role == FleetRole::Refresher;
         let mut report = self.work(|j| {
-            j.store = Some(input);
+            j.store = Some(Install::Operator(input));
             // A follower never calls the token endpoint, not even right after a Store.
-            j.follow = !refresher;
-            j.return_auth = refresher;
+            j.mode = if refresher { Mode::Lead { force: self.opts.force } } else { Mode::Follow { hand_back: false } };
         });
         if report.failure.is_some() {
             return report;
@@ -790,7 +784,7 @@ impl Run<'_> {
         // still install the rotating key's version N.
         let unchanged = st.version == Some(entry.version) && st.sha256.as_deref() == Some(&sha256_hex(&entry.value.0));
         if unchanged && st.pending.is_none() {
-            let mut r = self.work(|j| j.follow = true);
+            let mut r = self.work(|j| j.mode = Mode::Follow { hand_back: false });
             if r.failure.is_none() && r.auth_sha256.is_some() && r.auth_sha256 != st.sha256 {
                 r.reason = format!(
                     "auth.json differs from Vault version {} (changed locally, e.g. a human stored one); not \

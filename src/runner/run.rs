@@ -4,7 +4,7 @@
 use crate::config::{AccountSettings, Settings};
 use crate::core::outcome::{Failure, PreflightReport, Report};
 use crate::core::seed::SeedInput;
-use crate::core::task::{Identity, Job};
+use crate::core::task::{Identity, Install, Job};
 use crate::runner::account::{self, Runtime};
 use crate::runner::record::{record, record_preflight, run_hook};
 use crate::runner::{fleet, hooks};
@@ -93,7 +93,7 @@ pub fn refresh_deferred(
                 Ok(id) => id,
                 Err(e) => return (Report::failed(&acct.name, Failure::permanent(e)), None),
             };
-            let job = Job { store, ..account::job_for(settings, acct, &id, opts, rt) };
+            let job = Job { store: store.map(Install::Operator), ..account::job_for(settings, acct, &id, opts, rt) };
             account::run_job(settings, &id, &job, rt)
         }
     };

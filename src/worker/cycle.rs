@@ -10,7 +10,7 @@ use crate::core::outcome::{AuthBytes, Event, Failure, Outcome, Report, SIDECAR_F
 use crate::core::pending::PendingCredential;
 use crate::core::policy::{self, Decision, RefreshReason};
 use crate::core::seed::{self, SeedInput};
-use crate::core::task::{Job, RefreshMethod, Supervisor};
+use crate::core::task::{Install, Job, RefreshMethod, Supervisor};
 use crate::sys::safedir::{DirError, FileRead, Reserved, SafeDir};
 use crate::worker::codexrun::CodexSetup;
 use crate::worker::codexwatch;
@@ -102,7 +102,7 @@ pub fn run(job: &Job, clock: &dyn Clock, sup: &dyn Supervisor) -> Report {
         Ok(h) => h,
         // Fleet mode brings the credential from Vault, so a fresh machine or a pod's
         // emptyDir may lack CODEX_HOME: make it (0700, as the user; its parent must exist).
-        Err(DirError::Missing { .. }) if job.materialize && !job.dry_run => {
+        Err(DirError::Missing { .. }) if job.store.as_ref().is_some_and(Install::is_fleet) && !job.mode.dry_run() => {
             use std::os::unix::fs::DirBuilderExt;
             // A failure shows in the open below (parent missing, raced, not ours).
             if std::fs::DirBuilder::new().mode(0o700).create(&job.codex_home).is_ok() {
@@ -121,7 +121,7 @@ pub fn run(job: &Job, clock: &dyn Clock, sup: &dyn Supervisor) -> Report {
     if job.refresh_method == RefreshMethod::AppServer {
         report.codex_version = codexwatch::codex_bin_version(&job.codex_bin).map(|v| v.to_string());
     }
-    if !job.dry_run && report.class() != Some(crate::core::outcome::FailureClass::Unsafe) {
+    if !job.mode.dry_run() && report.class() != Some(crate::core::outcome::FailureClass::Unsafe) {
         if let Err(e) = home.replace_quietly(SIDECAR_FILE, &sidecar_bytes(&report, clock.now())) {
             tracing::warn!(account = %job.account, "could not write the status sidecar: {e}");
         }
@@ -193,7 +193,7 @@ impl Cycle<'_> {
         crate::sys::fault::point(crate::sys::fault::Step::AfterLock);
         self.home.remove_stale_temps(AUTH_FILE);
         let mut report = self.run_locked(before, lock.waited);
-        if self.job.return_auth && report.failure.is_none() && !self.job.dry_run {
+        if self.job.mode.hands_back() && report.failure.is_none() {
             // Read under the cycle lock: exactly what this cycle left on disk.
             if let Ok(Some(f)) = self.home.read(AUTH_FILE) {
                 use base64::Engine as _;
@@ -206,7 +206,7 @@ impl Cycle<'_> {
     }
 
     fn run_locked(&self, before: Option<String>, waited: bool) -> Report {
-        if let Some(p) = self.job.pending.as_ref().filter(|_| !self.job.dry_run) {
+        if let Some(p) = self.job.pending.as_ref().filter(|_| !self.job.mode.dry_run()) {
             if let Some(done) = self.finish_pending(p) {
                 return done;
             }
@@ -226,7 +226,7 @@ impl Cycle<'_> {
             return self.describe(r, &snapshot.bytes, &snapshot.auth);
         }
         let mut report = self.decide_and_refresh(snapshot);
-        if let Some(store) = self.job.store.as_ref().filter(|_| !self.job.materialize) {
+        if let Some(Install::Operator(store)) = &self.job.store {
             report.events.insert(0, if store.login { Event::LoggedIn } else { Event::Stored });
         }
         if seeded {
@@ -259,7 +259,7 @@ impl Cycle<'_> {
         // The credential it replaces: auth.json as it was, or (fleet) Vault's copy of it.
         let base_is = |b: &[u8]| sha256_hex(b) == p.base_sha256;
         let replaces = match (&self.job.store, &current) {
-            (Some(s), _) => base_is(&s.bytes()),
+            (Some(s), _) => base_is(&s.input().bytes()),
             (None, Some(f)) => f.bytes == new || base_is(&f.bytes),
             (None, None) => true,
         };
@@ -306,7 +306,8 @@ impl Cycle<'_> {
     fn current_credential(&self) -> Result<(Snapshot, bool), Failure> {
         if let Some(stored) = &self.job.store {
             let read = self.home.read(AUTH_FILE).map_err(dir_failure)?;
-            return self.install(stored, read.as_ref(), "stored").map(|s| (s, false));
+            let only_if_changed = stored.is_fleet();
+            return self.install(stored.input(), read.as_ref(), "stored", only_if_changed).map(|s| (s, false));
         }
         let (read, parsed) = match read_auth_settled(self.home, &self.auth_path())? {
             Some((f, p)) => (Some(f), Some(p)),
@@ -330,7 +331,7 @@ impl Cycle<'_> {
             }
             seed::Plan::Install => {
                 let seed = self.job.seed.as_ref().expect("Install implies a seed");
-                self.install(seed, read.as_ref(), "seeded").map(|s| (s, true))
+                self.install(seed, read.as_ref(), "seeded", false).map(|s| (s, true))
             }
             seed::Plan::NoCredential => Err(match parsed {
                 Some(Err(invalid)) => Failure::permanent(format!("invalid auth.json: {invalid}")),
@@ -347,12 +348,19 @@ impl Cycle<'_> {
         }
     }
 
-    /// Install `input` (a seed or a stored auth.json) as auth.json through the commit.
-    fn install(&self, input: &SeedInput, current: Option<&FileRead>, what: &'static str) -> Result<Snapshot, Failure> {
+    /// Install `input` (a seed or a stored auth.json) as auth.json through the commit;
+    /// `only_if_changed`: not rewritten when auth.json already holds it.
+    fn install(
+        &self,
+        input: &SeedInput,
+        current: Option<&FileRead>,
+        what: &'static str,
+        only_if_changed: bool,
+    ) -> Result<Snapshot, Failure> {
         let bytes = input.bytes();
         let auth = AuthFile::parse(&bytes, std::path::Path::new(what))
             .map_err(|e| Failure::permanent(format!("the {what} credential is not a valid auth.json: {e}")))?;
-        if self.job.dry_run || (self.job.materialize && current.is_some_and(|f| f.bytes == bytes)) {
+        if self.job.mode.dry_run() || (only_if_changed && current.is_some_and(|f| f.bytes == bytes)) {
             return Ok(Snapshot { bytes, auth });
         }
         match commit(self.home, current.map(|f| f.bytes.as_slice()), &bytes, None) {
@@ -369,7 +377,7 @@ impl Cycle<'_> {
 
     fn decide_and_refresh(&self, snap: Snapshot) -> Report {
         let now = self.clock.now();
-        let reason = match policy::decide(&snap.auth.facts(), &self.job.thresholds, now, self.job.force) {
+        let reason = match policy::decide(&snap.auth.facts(), &self.job.thresholds, now, self.job.mode.force()) {
             Decision::Inert(why) => {
                 return self.describe(Report::new(self.account(), Outcome::Inert, why), &snap.bytes, &snap.auth);
             }
@@ -380,7 +388,7 @@ impl Cycle<'_> {
             }
             Decision::Refresh(reason) => reason,
         };
-        if self.job.follow {
+        if self.job.mode.follows() {
             let r = Report::new(
                 self.account(),
                 Outcome::Fresh,
@@ -388,12 +396,12 @@ impl Cycle<'_> {
             );
             return self.describe(r, &snap.bytes, &snap.auth);
         }
-        if self.job.dry_run {
+        if self.job.mode.dry_run() {
             let r = Report::new(self.account(), Outcome::WouldRefresh, format!("dry run: would refresh: {reason}"));
             return self.describe(r, &snap.bytes, &snap.auth);
         }
         let unsent = |f: Failure| self.describe(self.failed(f), &snap.bytes, &snap.auth);
-        if !self.job.force && self.job.quarantined.as_deref() == Some(sha256_hex(&snap.bytes).as_str()) {
+        if !self.job.mode.force() && self.job.quarantined.as_deref() == Some(sha256_hex(&snap.bytes).as_str()) {
             return unsent(Failure::permanent(
                 "the last refresh of this auth.json failed permanently, so its refresh token is not sent again; \
                     log in again (codex login --device-auth), or --force to try anyway",

@@ -213,11 +213,19 @@ fn scan(exe: &Path, tmp: &Path) -> Vec<Sample> {
     let home = format!("HOME={}", tmp.display());
     super::procwatch::pids()
         .into_iter()
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() == Some(exe))
+        .filter(|pid| is_exe(*pid, exe))
         .filter_map(super::procwatch::read_proc)
+        // A child Codex forks may exec another program (its shell snapshot runs bash) between
+        // the first look at exe and the read of cmdline; exec only goes one way, so a second
+        // look that still finds Codex means argv and environ were read before any exec.
+        .filter(|p| is_exe(p.pid, exe))
         .filter(|p| p.env.iter().any(|v| v.starts_with(&home)))
         .map(|p| Sample { pid: p.pid, argv: p.argv, env: p.env })
         .collect()
+}
+
+fn is_exe(pid: i32, exe: &Path) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() == Some(exe)
 }
 
 /// Every Codex sample carries exactly the contract's environment and argv, and no token.
