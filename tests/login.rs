@@ -332,6 +332,15 @@ async fn authctl_login_denied_timed_out_or_cancelled_installs_nothing() {
     assert!(err.contains("alpha: --publish applies to fleet followers only, and account alpha is not in fleet mode"));
     assert!(w.m.pending_device_codes().is_empty(), "no login was started");
     w.assert_clean();
+    // The daemon refuses it too (a caller other than codex-authctl).
+    let a = support::dbus::account(&w.conn().await, "alpha").await;
+    match a.call::<_, _, u64>("SeedVersion", &()).await {
+        Err(zbus::Error::MethodError(name, Some(msg), _)) => {
+            assert_eq!(name.as_str(), "org.freedesktop.DBus.Error.InvalidArgs");
+            assert!(msg.contains("account alpha is not in fleet mode"), "{msg}");
+        }
+        r => panic!("SeedVersion on a local account: {r:?}"),
+    }
 
     let child = w.login(&[]);
     let code = wait_code(&w.m);
