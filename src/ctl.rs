@@ -1,6 +1,6 @@
 //! `codex-authctl`: the client of the daemon over D-Bus. Reads properties, calls methods,
-//! passes auth.json to Store/Seed as a file descriptor (never as bytes in argv or a
-//! message), and maps results to the contract's exit codes (plus 69 unreachable, 77 denied).
+//! passes auth.json to Store/Login/Seed/PublishSeed as a file descriptor (never as bytes in
+//! argv or a message), and maps results to the contract's exit codes (plus 69 unreachable, 77 denied).
 
 use crate::api::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, account_path};
 use crate::api::view::AccountView;
