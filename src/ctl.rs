@@ -1,6 +1,6 @@
 //! `codex-authctl`: the client of the daemon over D-Bus. Reads properties, calls methods,
-//! passes auth.json to Store/Seed as a file descriptor (never as bytes in argv or a
-//! message), and maps results to the contract's exit codes (plus 69 unreachable, 77 denied).
+//! passes auth.json to Store/Login/Seed/PublishSeed as a file descriptor (never as bytes in
+//! argv or a message), and maps results to the contract's exit codes (plus 69 unreachable, 77 denied).
 
 use crate::api::names::{ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, account_path};
 use crate::api::view::AccountView;
@@ -103,10 +103,14 @@ pub enum CtlCommand {
     },
     /// Log the account in again (root): Codex's device-code login as the account's user —
     /// open the URL it prints, enter the code — then install it like `store` (fleet: a
-    /// refresher publishes it to Vault)
+    /// refresher publishes it to Vault; a follower with --publish writes the seed key)
     Login {
         /// The account to log in
         account: String,
+        /// Fleet follower: also write the new login to the account's Vault seed key
+        /// (check-and-set), from where the refresher publishes it to the fleet
+        #[arg(long)]
+        publish: bool,
         /// The daemon's config file (for the account's user, codex_bin and issuer)
         #[arg(long, value_name = "PATH")]
         config: Option<std::path::PathBuf>,
@@ -316,7 +320,9 @@ async fn run(cli: Cli) -> Result<i32, Fail> {
             Ok(if failed { exit::TRANSIENT } else { exit::OK })
         }
         CtlCommand::Store { account } => pass_fd(&conn, &account, "Store").await,
-        CtlCommand::Login { account, config, timeout } => login(&conn, &account, config.as_deref(), timeout).await,
+        CtlCommand::Login { account, publish, config, timeout } => {
+            login(&conn, &account, publish, config.as_deref(), timeout).await
+        }
         CtlCommand::Seed { account } => pass_fd(&conn, &account, "Seed").await,
         CtlCommand::Reload => {
             if system_bus {
@@ -441,6 +447,7 @@ fn memfd_with(bytes: &[u8]) -> std::io::Result<std::fs::File> {
 async fn login(
     conn: &Connection,
     account: &str,
+    publish: bool,
     config: Option<&std::path::Path>,
     timeout: std::time::Duration,
 ) -> Result<i32, Fail> {
@@ -449,6 +456,7 @@ async fn login(
         return Err(Fail(DENIED, "login must run as root: it runs Codex as the account's user, then stores".into()));
     }
     let v = view(conn, account).await?;
+    let seed_base = if publish { publish_base(conn, account, &v.fleet_role).await? } else { None };
     let mut cmd = std::process::Command::new(agent_binary());
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
@@ -483,24 +491,91 @@ async fn login(
         None => return Err(Fail(exit::TRANSIENT, format!("{account}: codex-auth-agent login was killed ({status})"))),
     }
     let bytes = bytes.map_err(|e| Fail(exit::TRANSIENT, format!("{account}: reading the login: {e}")))?;
-    let file = memfd_with(&bytes).map_err(|e| Fail(exit::TRANSIENT, format!("memfd: {e}")))?;
-    drop(bytes);
+    let memfd = || memfd_with(&bytes).map_err(|e| Fail(exit::TRANSIENT, format!("memfd: {e}")));
+    let file = memfd()?;
     let p = proxy(conn, account_path(account), ACCOUNT_IFACE).await?;
     let fd = Fd::from(file.as_fd());
     let (outcome, reason): (String, String) = p.call("Login", &(fd,)).await.map_err(|e| classify(e, account))?;
+    drop(file);
     println!(
         "{account}: logged in; installed: {outcome}{}",
         if reason.is_empty() { String::new() } else { format!(": {reason}") }
     );
-    if v.fleet_role == "follower" {
-        println!(
-            "{account}: this host is a fleet follower: the login is installed here only and Vault still holds the old \
-             one; the other hosts get it when it is published: run codex-authctl login {account} on the \
-             refresher instead, \
-             or put this login in the seed key (README: Fleet mode, Re-login)"
-        );
+    let code = finish(conn, &[(account.to_string(), outcome.clone())]).await?;
+    match seed_base {
+        // Not installed here: nothing to publish either.
+        Some(_) if outcome == "failed" => {
+            eprintln!("codex-authctl: {account}: the login was not installed, so it was not published either");
+            Ok(code)
+        }
+        Some(base) => {
+            let file = memfd()?;
+            drop(bytes);
+            let fd = Fd::from(file.as_fd());
+            let (outcome, reason): (String, String) =
+                p.call("PublishSeed", &(fd, base)).await.map_err(|e| classify(e, account))?;
+            if outcome == "published" {
+                println!(
+                    "{account}: published to the seed key: {reason}; the refresher's next run makes it the fleet's \
+                     login (then every host's next sync installs it)"
+                );
+                Ok(code)
+            } else {
+                Err(Fail(exit::worst(code, exit::TRANSIENT), format!("{account}: not published: {reason}")))
+            }
+        }
+        None if v.fleet_role == "follower" => {
+            println!(
+                "{account}: this host is a fleet follower: the login is installed here only and Vault still holds \
+                 the old one; the other hosts get it when it is published: run codex-authctl login {account} \
+                 --publish here (its Vault token needs create/update on the seed key), or codex-authctl login \
+                 {account} on the refresher instead, or put this login in the seed key (README: Fleet mode, \
+                 Re-login)"
+            );
+            Ok(code)
+        }
+        None => Ok(code),
     }
-    finish(conn, &[(account.to_string(), outcome)]).await
+}
+
+/// `login --publish`: on a follower, the seed key's version now (the check-and-set base of
+/// PublishSeed after the login, so a write by anyone else meanwhile is refused); read
+/// before the login starts, so that a Vault that cannot be asked costs no login. None
+/// on a refresher, which publishes by itself; a usage error elsewhere.
+async fn publish_base(conn: &Connection, account: &str, role: &str) -> Result<Option<u64>, Fail> {
+    match role {
+        "follower" => {}
+        "refresher" => {
+            eprintln!(
+                "codex-authctl: {account}: --publish is not needed here: this host is the account's refresher, so \
+                 the install writes the login to the rotating key itself"
+            );
+            return Ok(None);
+        }
+        _ => {
+            return Err(Fail(
+                exit::USAGE,
+                format!(
+                    "{account}: --publish applies to fleet followers only, and account {account} is not in fleet \
+                     mode (no Vault seed key); run codex-authctl login {account} without it"
+                ),
+            ));
+        }
+    }
+    let p = proxy(conn, account_path(account), ACCOUNT_IFACE).await?;
+    match p.call::<_, _, u64>("SeedVersion", &()).await {
+        Ok(v) => Ok(Some(v)),
+        Err(zbus::Error::MethodError(name, msg, _)) if name.as_str() == "org.freedesktop.DBus.Error.Failed" => {
+            Err(Fail(
+                exit::TRANSIENT,
+                format!(
+                    "{account}: cannot read the seed key before the login ({}); nothing was started",
+                    msg.unwrap_or_default()
+                ),
+            ))
+        }
+        Err(e) => Err(classify(e, account)),
+    }
 }
 
 /// Run codex-authctl; returns the exit code.

@@ -13,7 +13,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::dbus::{AgentDaemon, PrivateBus, ctl, wait_state};
+use support::dbus::{AgentDaemon, PrivateBus, ctl, view, wait_state};
 use support::openbao::Bao;
 
 const SEED: &str = "codex-auth-json-b64-alpha";
@@ -131,6 +131,23 @@ struct World {
     tmp: std::path::PathBuf,
     prom: std::path::PathBuf,
     uid: u32,
+    /// The fleet's refresher when alpha follows.
+    refresher: Option<Refresher>,
+}
+
+/// Another host, the refresher of a fleet whose follower the World's daemon is.
+struct Refresher {
+    s: Scratch,
+    cfg: std::path::PathBuf,
+}
+
+impl Refresher {
+    /// One `codex-auth-agent refresh` run (what its timer or daemon would do).
+    fn run(&self, m: &MockServer) -> support::Run {
+        let mut c = agent(&self.s, m);
+        c.arg("--config").arg(&self.cfg).args(["refresh", "--account", "alpha", "--json"]);
+        run(c)
+    }
 }
 
 impl World {
@@ -139,25 +156,46 @@ impl World {
         Self::with(user, None).await
     }
 
-    /// With `bao`: alpha is the fleet's refresher, its login the Vault seed.
-    async fn with(user: &str, bao: Option<&Bao>) -> World {
+    /// With `bao`: alpha is in a fleet whose login is the Vault seed, its Vault token has
+    /// the policy docs/fleet-policies/<policy>.hcl: "refresher" makes it the refresher;
+    /// otherwise it follows a refresher run by `codex-auth-agent refresh` (World::refresher).
+    async fn with(user: &str, bao: Option<(&Bao, &str)>) -> World {
         let (m, s) = (MockServer::start(MockConfig::default()), Scratch::new());
         let user = ensure_user(user);
         let old = m.issue_family("acct-login");
         if bao.is_none() {
             m.revoke_family("acct-login");
         }
+        let follower = bao.is_some_and(|(_, p)| p != "refresher");
+        let mut refresher = None;
         let (auth, fleet) = match bao {
             None => (Some(auth_json(&old, OLD)), String::new()),
-            Some(bao) => {
+            Some((bao, policy)) => {
                 bao.put(SEED, auth_json(&old, OLD).as_bytes());
-                let policy = format!("{}/docs/fleet-policies/refresher.hcl", env!("CARGO_MANIFEST_DIR"));
-                bao.cli(&["policy", "write", "fleet-refresher", &policy]);
-                let token = s.path().join("vault-token");
-                std::fs::write(&token, bao.token(&["fleet-refresher"])).unwrap();
-                std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-                let vault = format!("[vault]\naddress = \"{}\"\ntoken_file = \"{}\"\n", bao.addr, token.display());
-                (None, vault)
+                let vault = |s: &Scratch, policy: &str| {
+                    let file = format!("{}/docs/fleet-policies/{policy}.hcl", env!("CARGO_MANIFEST_DIR"));
+                    bao.cli(&["policy", "write", policy, &file]);
+                    let token = s.path().join("vault-token");
+                    std::fs::write(&token, bao.token(&[policy])).unwrap();
+                    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+                    format!("[vault]\naddress = \"{}\"\ntoken_file = \"{}\"\n", bao.addr, token.display())
+                };
+                if follower {
+                    // The fleet's refresher, another host: mirrors the seed and rotates (version 2).
+                    let rs = Scratch::new();
+                    let cfg = rs.config(&format!(
+                        "host_id = \"vm-refresher\"\n\n{}[accounts.alpha]\nuser = \"{}\"\ncodex_home = \"{}\"\n\
+                         fleet_role = \"refresher\"\n",
+                        vault(&rs, "refresher"),
+                        me(),
+                        rs.codex_home("codex", None).display()
+                    ));
+                    let r = Refresher { s: rs, cfg };
+                    let run = r.run(&m);
+                    assert_eq!((run.code, run.one()["outcome"].as_str()), (0, Some("refreshed")), "{}", run.stderr);
+                    refresher = Some(r);
+                }
+                (None, vault(&s, policy))
             }
         };
         let home = home_for(&s, &user, auth.as_deref());
@@ -165,7 +203,11 @@ impl World {
         std::fs::create_dir_all(&tmp).unwrap();
         std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
         let prom = s.path().join("codex_auth_agent.prom");
-        let role = if bao.is_some() { "fleet_role = \"refresher\"\n" } else { "" };
+        let role = match bao {
+            None => "",
+            Some(_) if follower => "fleet_role = \"follower\"\n",
+            Some(_) => "fleet_role = \"refresher\"\n",
+        };
         let cfg = s.config(&format!(
             "codex_bin = \"{}\"\nmetrics_textfile = \"{}\"\n\n{fleet}[defaults]\ntoken_url = \"{}\"\n\
              preflight = false\n\
@@ -178,8 +220,13 @@ impl World {
         ));
         let bus = PrivateBus::start(s.path());
         let d = AgentDaemon::start(&s, &m, &cfg, &bus);
-        let w = World { m, _scratch: s, bus, d, cfg, home, tmp, prom, uid: user.uid.as_raw() };
+        let w = World { m, _scratch: s, bus, d, cfg, home, tmp, prom, uid: user.uid.as_raw(), refresher };
         let conn = w.conn().await;
+        if follower {
+            // It installed the rotating key's version 2: a working follower.
+            assert_eq!(wait_state(&conn, "alpha", "ok").await.store_version, 2);
+            return w;
+        }
         if bao.is_some() {
             // The fleet runs (seed mirrored and rotated: version 2), then its login dies.
             wait_state(&conn, "alpha", "ok").await;
@@ -279,6 +326,22 @@ async fn authctl_login_denied_timed_out_or_cancelled_installs_nothing() {
     let w = World::new("caa-login-no").await;
     let before = std::fs::read(w.home.join("auth.json")).unwrap();
 
+    // --publish on an account outside fleet mode: a usage error naming it, before any login.
+    let (rc, out, err) = finish(w.login(&["--publish"]));
+    assert_eq!(rc, 2, "{out}{err}");
+    assert!(err.contains("alpha: --publish applies to fleet followers only, and account alpha is not in fleet mode"));
+    assert!(w.m.pending_device_codes().is_empty(), "no login was started");
+    w.assert_clean();
+    // The daemon refuses it too (a caller other than codex-authctl).
+    let a = support::dbus::account(&w.conn().await, "alpha").await;
+    match a.call::<_, _, u64>("SeedVersion", &()).await {
+        Err(zbus::Error::MethodError(name, Some(msg), _)) => {
+            assert_eq!(name.as_str(), "org.freedesktop.DBus.Error.InvalidArgs");
+            assert!(msg.contains("account alpha is not in fleet mode"), "{msg}");
+        }
+        r => panic!("SeedVersion on a local account: {r:?}"),
+    }
+
     let child = w.login(&[]);
     let code = wait_code(&w.m);
     assert!(w.m.deny_device(&code));
@@ -328,13 +391,17 @@ async fn authctl_login_on_a_fleet_refresher_publishes_the_new_login_with_cas() {
         return;
     }
     let Some(bao) = Bao::start(test) else { return };
-    let w = World::with("caa-login-fleet", Some(&bao)).await;
+    let w = World::with("caa-login-fleet", Some((&bao, "refresher"))).await;
     let (_, version) = bao.get(ROTATING).expect("the refresher wrote the rotating key");
-    let child = w.login(&[]);
+    let seed = bao.get(SEED);
+    // --publish is unnecessary here (the install itself writes the rotating key): said, exit 0.
+    let child = w.login(&["--publish"]);
     let code = wait_code(&w.m);
     assert!(w.m.approve_device(&code, "acct-login"));
     let (rc, out, err) = finish(child);
     assert_eq!(rc, 0, "{out}{err}");
+    assert!(err.contains("alpha: --publish is not needed here: this host is the account's refresher"), "{err}");
+    assert_eq!(bao.get(SEED), seed, "the seed key is the humans'; a refresher's login does not touch it");
     let next = version + 1;
     assert!(
         out.contains(&format!("alpha: logged in; installed: fresh: stored; wrote {ROTATING} version {next};")),
@@ -347,4 +414,140 @@ async fn authctl_login_on_a_fleet_refresher_publishes_the_new_login_with_cas() {
     let conn = w.conn().await;
     wait_state(&conn, "alpha", "ok").await;
     w.assert_clean();
+}
+
+/// The tokens of the auth.json at `p` (canaries).
+fn tokens_of(auth: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(auth).unwrap();
+    ["id_token", "access_token", "refresh_token"].iter().map(|k| v["tokens"][k].as_str().unwrap().into()).collect()
+}
+
+/// `codex-authctl login alpha` on a follower, approved: (exit code, stdout, stderr, the
+/// argv and environment of every process of the login, for the canary check).
+fn approved_login(w: &World, extra: &[&str], between: impl FnOnce()) -> (i32, String, String, String) {
+    let child = w.login(extra);
+    let watch = support::procwatch::ProcWatch::start(child.id());
+    let code = wait_code_not(&w.m, &[]);
+    between();
+    assert!(w.m.approve_device(&code, "acct-login"));
+    let (rc, out, err) = finish(child);
+    let procs: Vec<String> = watch.finish().iter().map(|p| p.text()).collect();
+    (rc, out, err, procs.join("\n"))
+}
+
+#[tokio::test]
+async fn authctl_login_on_a_follower_without_publish_or_the_policy_leaves_the_seed_key_alone() {
+    let test = "authctl_login_on_a_follower_without_publish_or_the_policy_leaves_the_seed_key_alone";
+    if !require_root(test) {
+        return;
+    }
+    let Some(bao) = Bao::start(test) else { return };
+    let w = World::with("caa-login-follow", Some((&bao, "follower"))).await;
+    let seed = bao.get(SEED).expect("the seed");
+
+    // Without --publish: installed here, the seed key untouched, and who must publish it.
+    let (rc, out, err, _) = approved_login(&w, &[], || {});
+    assert_eq!(rc, 0, "{out}{err}");
+    assert!(out.contains("alpha: logged in; installed: fresh"), "{out}");
+    assert!(out.contains("this host is a fleet follower: the login is installed here only"), "{out}");
+    assert!(out.contains("codex-authctl login alpha --publish"), "{out}");
+    let first = std::fs::read(w.home.join("auth.json")).unwrap();
+    assert!(w.m.is_live_refresh_token(&tokens_of(&first)[2]), "installed locally");
+    assert_eq!(bao.get(SEED), Some(seed.clone()), "the seed key is untouched");
+
+    // --publish with a token that may only read (follower.hcl): Vault's 403, said exactly;
+    // the new login stays installed; exit 4.
+    let (rc, out, err, procs) = approved_login(&w, &["--publish"], || {});
+    assert_eq!(rc, 4, "{out}{err}");
+    let installed = std::fs::read(w.home.join("auth.json")).unwrap();
+    assert_ne!(installed, first, "the second login is installed");
+    assert!(out.contains("alpha: logged in; installed: fresh"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "alpha: not published: Vault denied writing the seed key {SEED} of account alpha (HTTP 403): this \
+             host's Vault token may not write it; its policy needs the \"create\" and \"update\" capabilities on \
+             secret/data/{SEED}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("the login stays installed on this host"), "{err}");
+    assert!(
+        err.contains(&format!("put base64(auth.json) in field `value` of {SEED}: bao kv put -mount=secret {SEED}")),
+        "the manual command: {err}"
+    );
+    assert_eq!(bao.get(SEED), Some(seed), "nothing written");
+    let conn = w.conn().await;
+    assert_eq!(wait_state(&conn, "alpha", "ok").await.store_version, 2);
+    let mut secrets = tokens_of(&first);
+    secrets.extend(tokens_of(&installed));
+    assert_no_secrets(&[("ctl stdout", &out), ("ctl stderr", &err), ("argv/env", &procs)], &secrets);
+}
+
+#[tokio::test]
+async fn authctl_login_publish_on_a_follower_writes_the_seed_key_with_cas_and_the_refresher_publishes_it() {
+    let test = "authctl_login_publish_on_a_follower_writes_the_seed_key_with_cas_and_the_refresher_publishes_it";
+    if !require_root(test) {
+        return;
+    }
+    let Some(bao) = Bao::start(test) else { return };
+    let mut w = World::with("caa-login-publish", Some((&bao, "follower-publish"))).await;
+    let (_, seed_version) = bao.get(SEED).expect("the seed");
+    let conn = w.conn().await;
+
+    // Someone else writes the seed key while the code waits for approval: check-and-set
+    // refuses, their version stays, the login is installed here, exit 4.
+    let theirs = b"{\"someone\":\"else\"}".to_vec();
+    let (rc, out, err, _) = approved_login(&w, &["--publish"], || {
+        bao.put(SEED, &theirs);
+    });
+    assert_eq!(rc, 4, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "alpha: not published: someone else changed the seed key {SEED} of account alpha while this login ran \
+             (it was at version {seed_version}; Vault refused the check-and-set write): it was not overwritten"
+        )),
+        "{err}"
+    );
+    assert_eq!(bao.get(SEED), Some((theirs, seed_version + 1)), "theirs is kept");
+    let raced = std::fs::read(w.home.join("auth.json")).unwrap();
+    assert!(w.m.is_live_refresh_token(&tokens_of(&raced)[2]), "the login is installed here anyway");
+
+    // Published: the seed key holds exactly the installed login, one version up.
+    let (rc, out, err, procs) = approved_login(&w, &["--publish"], || {});
+    assert_eq!(rc, 0, "{out}{err}");
+    let installed = std::fs::read(w.home.join("auth.json")).unwrap();
+    let next = seed_version + 2;
+    assert!(out.contains(&format!("alpha: published to the seed key: wrote {SEED} version {next};")), "{out}");
+    assert_eq!(bao.get(SEED), Some((installed.clone(), next)));
+    let (rotating, v2) = bao.get(ROTATING).unwrap();
+    assert_eq!(v2, 2, "the rotating key is the refresher's alone");
+    assert_ne!(rotating, installed);
+
+    // The refresher's next run publishes the new seed as rotating version 3 (no refresh:
+    // the login is fresh), and the follower's sync installs it.
+    let r = w.refresher.as_ref().unwrap().run(&w.m);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.one()["reason"].as_str().unwrap().contains(&format!("published it as a new login ({ROTATING} version 3)"))
+    );
+    assert_eq!(bao.get(ROTATING), Some((installed.clone(), 3)));
+    let mut c = ctl(&w.bus);
+    c.args(["sync", "alpha"]);
+    let sync = run(c);
+    assert_eq!(sync.code, 0, "{}{}", sync.stdout, sync.stderr);
+    assert!(sync.stdout.contains(&format!("installed {ROTATING} version 3")), "{}", sync.stdout);
+    assert_eq!(view(&conn, "alpha").await.store_version, 3);
+    assert_eq!(std::fs::read(w.home.join("auth.json")).unwrap(), installed);
+    assert!(w.m.is_live_refresh_token(&tokens_of(&installed)[2]));
+    assert_eq!(w.m.reuse_detections(), 0);
+
+    // No token in the answers, the processes' argv and environment, or the daemon's log;
+    // the journal's entry of the install is a login.
+    w.d.stop();
+    let log = w.d.log_text();
+    assert!(log.contains("outcome=\"login\"") && log.contains("published the new login to the seed key"), "{log}");
+    let mut secrets = tokens_of(&raced);
+    secrets.extend(tokens_of(&installed));
+    let answers = [("ctl stdout", &out), ("ctl stderr", &err), ("argv/env", &procs), ("daemon log", &log)];
+    assert_no_secrets(&answers.map(|(w, t)| (w, t.as_str())), &secrets);
 }

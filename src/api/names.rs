@@ -4,7 +4,7 @@ pub const BUS_NAME: &str = "org.codexauth.Agent1";
 pub const MANAGER_PATH: &str = "/org/codexauth/Agent1";
 pub const MANAGER_IFACE: &str = "org.codexauth.Agent1.Manager";
 pub const ACCOUNT_IFACE: &str = "org.codexauth.Agent1.Account";
-/// Members of this group may call Refresh/Preflight; Store/Seed need root.
+/// Members of this group may call Refresh/Preflight; Store/Login/Seed/SeedVersion/PublishSeed need root.
 pub const OPERATOR_GROUP: &str = "codex-auth";
 
 /// The object path of an account, escaped as `sd_bus_path_encode` does: every byte that

@@ -1,9 +1,9 @@
 //! The D-Bus face of the daemon: the Manager object, one Account object per account,
 //! PropertiesChanged on every change, and access control from the CALLER's credentials
 //! (asked of the bus, not trusted from the message): Refresh/Preflight/Reload need root or
-//! group `codex-auth`, Store/Seed need root. Objects hold only a handle to the core.
+//! group `codex-auth`, Store/Login/Seed/SeedVersion/PublishSeed need root. Objects hold only a handle to the core.
 
-use super::core::{Core, Event, Request};
+use super::core::{Core, Event, Publish, Request};
 use crate::api::names::{
     ACCOUNT_IFACE, BUS_NAME, BusChoice, MANAGER_IFACE, MANAGER_PATH, OPERATOR_GROUP, account_path,
 };
@@ -347,6 +347,41 @@ impl Account {
         authorize(conn, &hdr, Need::Root, "Login", &self.denials).await?;
         let input = SeedInput { login: true, ..self.read_credential(fd).await? };
         self.install(input).await
+    }
+
+    /// A fleet follower's seed key version now (0: absent): the check-and-set base that
+    /// `codex-authctl login --publish` reads before the login starts and hands to PublishSeed.
+    async fn seed_version(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<u64> {
+        authorize(conn, &hdr, Need::Root, "SeedVersion", &self.denials).await?;
+        match self.core.seed_version(&self.name).await.ok_or_else(|| gone(&self.name))? {
+            Ok(v) => Ok(v),
+            Err(Publish::Usage(why)) => Err(fdo::Error::InvalidArgs(why)),
+            Err(Publish::Vault(why)) => Err(fdo::Error::Failed(why)),
+        }
+    }
+
+    /// Write the auth.json read from `fd` to a fleet follower's Vault seed key if the key is
+    /// still at version `cas` (`codex-authctl login --publish`, after Login installed it):
+    /// ("published", "wrote <key> version N") or ("failed", what to do).
+    async fn publish_seed(
+        &self,
+        fd: OwnedFd,
+        cas: u64,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<(String, String)> {
+        authorize(conn, &hdr, Need::Root, "PublishSeed", &self.denials).await?;
+        let input = self.read_credential(fd).await?;
+        let key = self.core.account_settings(&self.name).and_then(|a| a.fleet).map(|f| f.vault_seed_key);
+        match self.core.publish_seed(&self.name, input.bytes(), cas).await.ok_or_else(|| gone(&self.name))? {
+            Ok(v) => Ok(("published".into(), format!("wrote {} version {v}", key.unwrap_or_default()))),
+            Err(Publish::Usage(why)) => Err(fdo::Error::InvalidArgs(why)),
+            Err(Publish::Vault(why)) => Ok(("failed".into(), why)),
+        }
     }
 
     /// Make the auth.json read from `fd` the account's seed, then install it (no preflight).

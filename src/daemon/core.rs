@@ -5,7 +5,7 @@
 //! D-Bus layer and sd-notify follow.
 
 use crate::api::view::AccountView;
-use crate::config::{self, AccountSettings, ConfigError, Env, FleetRole, Settings};
+use crate::config::{self, AccountSettings, ConfigError, Env, FleetRole, FleetSettings, Settings};
 use crate::core::authfile::sha256_hex;
 use crate::core::clock::Clock;
 use crate::core::outcome::PreflightReport;
@@ -43,6 +43,15 @@ pub enum Event {
 struct Entry {
     schedule: Schedule,
     status: AccountStatus,
+}
+
+/// Why a follower's seed-key request failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Publish {
+    /// The account is no follower: the caller's mistake.
+    Usage(String),
+    /// Vault refused or did not answer (the message says what to do).
+    Vault(String),
 }
 
 /// One requested run.
@@ -545,6 +554,37 @@ impl Core {
             .filter(|n| self.account_settings(n).is_some_and(|a| a.refresh.preflight))
             .collect();
         self.for_each(names, |me, n| async move { me.preflight(&n).await }).await
+    }
+
+    /// A follower's `login --publish`: the seed key's version now (the check-and-set base),
+    /// then [`Core::publish_seed`]. Err: a usage problem (not a follower) or Vault's answer.
+    pub async fn seed_version(&self, name: &str) -> Option<Result<u64, Publish>> {
+        self.with_follower(name, |s, a, f, sh| crate::runner::publish::seed_version(s, a, f, &sh.rt())).await
+    }
+
+    /// Write `auth` (validated) to the follower's seed key if it is still at version `cas`.
+    pub async fn publish_seed(&self, name: &str, auth: Vec<u8>, cas: u64) -> Option<Result<u64, Publish>> {
+        self.with_follower(name, move |s, a, f, sh| crate::runner::publish::publish_seed(s, a, f, &auth, cas, &sh.rt()))
+            .await
+    }
+
+    /// Run `f` (blocking Vault I/O) for a fleet follower `name`; None when it is not configured.
+    async fn with_follower(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Settings, &AccountSettings, &FleetSettings, &Shared) -> Result<u64, String> + Send + 'static,
+    ) -> Option<Result<u64, Publish>> {
+        let acct = self.account_settings(name)?;
+        if let Some(why) = crate::runner::publish::not_a_follower(&acct) {
+            return Some(Err(Publish::Usage(why)));
+        }
+        let (settings, shared) = (self.settings(), self.shared.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let fleet = acct.fleet.as_ref().expect("a follower has fleet settings");
+            f(&settings, &acct, fleet, &shared)
+        })
+        .await;
+        Some(done.unwrap_or_else(|e| Err(format!("internal error: {e}"))).map_err(Publish::Vault))
     }
 
     /// The account id last seen in the account's auth.json.

@@ -719,6 +719,7 @@ impl Run<'_> {
     /// local and says so; it is replaced once Vault has a newer version (`follow_entry`).
     fn store(&self, v: Result<Arc<Vault>, VaultError>, st: &mut FleetState, input: SeedInput) -> Report {
         let refresher = self.fleet.fleet_role == FleetRole::Refresher;
+        let login = input.login;
         let mut report = self.work(|j| {
             j.store = Some(Install::Operator(input));
             // A follower never calls the token endpoint, not even right after a Store.
@@ -728,10 +729,14 @@ impl Run<'_> {
             return report;
         }
         if !refresher {
+            // A login's own command says what publishes it (`--publish`, or the refresher).
+            let share = if login {
+                "codex-authctl login --publish puts it in the seed key".to_string()
+            } else {
+                format!("run `codex-authctl store {}` on the refresher to share it", self.name())
+            };
             report.reason = format!(
-                "stored locally only: this host follows the fleet, so it is not written to Vault (run \
-                    `codex-authctl store {}` on the refresher to share it); {}",
-                self.name(),
+                "stored locally only: this host follows the fleet, so it is not written to Vault ({share}); {}",
                 report.reason
             );
             return report;

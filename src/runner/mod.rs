@@ -7,6 +7,7 @@ pub mod account;
 pub mod fleet;
 pub mod hooks;
 pub mod privsep;
+pub mod publish;
 pub mod record;
 pub mod run;
 pub mod seed;

@@ -214,7 +214,7 @@ fn ctl_extra() -> Roff {
     r.control("SH", ["ACCESS"]);
     r.text([roman(
         "Anyone may read the status. refresh, preflight and reload need root or membership of \
-         the group codex-auth; store and seed need root. The daemon checks the caller's \
+         the group codex-auth; store, seed and login (with --publish) need root. The daemon checks the caller's \
          credentials and answers AccessDenied (exit 77) otherwise. Credentials for store and seed \
          are read from standard input and passed to the daemon as a file descriptor.",
     )]);
@@ -223,6 +223,7 @@ fn ctl_extra() -> Roff {
         &[
             ("69", "the daemon is unreachable (not running and not activatable, or no bus)"),
             ("77", "permission denied"),
+            ("130", "login: cancelled (Ctrl-C); nothing was installed"),
         ],
     );
     r.control("SH", ["SEE ALSO"]);
