@@ -80,7 +80,7 @@ pub struct RefreshSettings {
     pub preflight_timeout: Duration,
     pub codex_base_url: String,
     /// The `CODEX_APP_SERVER_LOGIN_CLIENT_ID` this account's Codex runs with (None: Codex's
-    /// own client id): our refresh sends it, and the Codex we start gets it.
+    /// own client id): our oauth refresh sends it (a Codex we start keeps its own).
     pub login_client_id: Option<String>,
 }
 
