@@ -121,9 +121,15 @@ fn clamp(core: &Core, state_dir: &Path, name: &str, e: &mut Entry, thresholds: &
     }
 }
 
+/// Rewritten after every run, so without fsync (a replace by rename: old or new, never torn):
+/// after a crash an older schedule only means an earlier look; status.json is the record.
 fn save_schedule(state_dir: &Path, name: &str, s: &Schedule) {
+    save_schedule_bytes(state_dir, name, &serde_json::to_vec_pretty(s).unwrap_or_default());
+}
+
+fn save_schedule_bytes(state_dir: &Path, name: &str, bytes: &[u8]) {
     let r = SafeDir::create_private(&status::account_dir(state_dir, name))
-        .and_then(|d| d.write_atomic(SCHEDULE_FILE, &serde_json::to_vec_pretty(s).unwrap_or_default()));
+        .and_then(|d| d.replace_quietly(SCHEDULE_FILE, bytes));
     if let Err(e) = r {
         tracing::warn!(account = %name, "could not save the schedule: {e}");
     }
@@ -437,17 +443,22 @@ impl Core {
                 seed_hash(&acct),
             ),
         };
-        {
+        let schedule = {
             let mut entries = lock(&self.entries);
-            if let Some(e) = entries.get_mut(name) {
+            entries.get_mut(name).map(|e| {
                 e.status = self.shared.mem.statuses.get(&settings.agent.state_dir, name);
                 if let Err(err) =
                     e.schedule.finish(&report, &acct.refresh.thresholds(), seed, self.now(), fastrand::f64())
                 {
                     tracing::error!(account = %name, "{err}");
                 }
-                save_schedule(&settings.agent.state_dir, name, &e.schedule);
-            }
+                serde_json::to_vec_pretty(&e.schedule).unwrap_or_default()
+            })
+        };
+        // Written off the lock and off the async threads: every account's run ends here.
+        if let Some(bytes) = schedule {
+            let (dir, n) = (settings.agent.state_dir.clone(), name.to_string());
+            let _ = tokio::task::spawn_blocking(move || save_schedule_bytes(&dir, &n, &bytes)).await;
         }
         self.emit(Event::Account(name.to_string()));
         self.spawn_hook(settings, hook);
