@@ -524,8 +524,25 @@ impl Publisher {
     }
 
     /// Publish one core event; true when the summary (STATUS=) changed.
-    pub async fn handle(&mut self, event: Event) -> bool {
+    /// Publish what `events` changed: each account's properties, then the Manager's once.
+    /// The caller passes every event already queued, so a burst of run ends (RefreshAll)
+    /// computes the all-accounts Summary once, not once per event. True if Summary changed.
+    pub async fn handle(&mut self, events: Vec<Event>) -> bool {
         let mut manager_changes = Vec::new();
+        for event in events {
+            self.apply(event, &mut manager_changes).await;
+        }
+        let summary = self.core.summary();
+        let summary_changed = summary != self.summary;
+        if summary_changed {
+            manager_changes.push(("Summary", Value::from(summary.clone())));
+            self.summary = summary;
+        }
+        self.emit(MANAGER_PATH, MANAGER_IFACE, manager_changes).await;
+        summary_changed
+    }
+
+    async fn apply(&mut self, event: Event, manager_changes: &mut Vec<(&'static str, Value<'static>)>) {
         match event {
             Event::Account(name) => {
                 if let Some(v) = self.core.view(&name) {
@@ -562,14 +579,6 @@ impl Publisher {
                 }
             }
         }
-        let summary = self.core.summary();
-        let summary_changed = summary != self.summary;
-        if summary_changed {
-            manager_changes.push(("Summary", Value::from(summary.clone())));
-            self.summary = summary;
-        }
-        self.emit(MANAGER_PATH, MANAGER_IFACE, manager_changes).await;
-        summary_changed
     }
 
     pub fn summary(&self) -> &str {

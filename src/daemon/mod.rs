@@ -107,7 +107,11 @@ async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
                 let _ = core.reload();
             }
             Some(ev) = events.recv() => {
-                if publisher.handle(ev).await {
+                let mut batch = vec![ev];
+                while let Ok(ev) = events.try_recv() {
+                    batch.push(ev);
+                }
+                if publisher.handle(batch).await {
                     notify::status(publisher.summary());
                 }
             }
