@@ -4,7 +4,7 @@
 //! The write is a check-and-set on the seed version read before the login started, so a
 //! human's write in the meantime is refused rather than overwritten silently.
 
-use crate::config::{AccountSettings, FleetRole, FleetSettings, Settings};
+use crate::config::{AccountSettings, FleetRole, FleetSettings, Settings, VaultSettings};
 use crate::runner::account::Runtime;
 use crate::runner::vault::VaultError;
 
@@ -21,9 +21,14 @@ pub fn not_a_follower(acct: &AccountSettings) -> Option<String> {
     }
 }
 
+/// The KV mount the account's keys live in (config validation requires `[vault]` for fleet).
+fn mount(settings: &Settings) -> &str {
+    settings.vault.as_ref().map_or("secret", |v| v.mount.as_str())
+}
+
 /// How to do by hand what failed.
 fn by_hand(settings: &Settings, acct: &AccountSettings, key: &str) -> String {
-    let mount = settings.vault.as_ref().map_or("secret", |v| v.mount.as_str());
+    let mount = mount(settings);
     format!(
         "to publish it by hand, put base64(auth.json) in field `value` of {key}: bao kv put -mount={mount} {key} \
             value=\"$(base64 -w0 {}/auth.json)\"",
@@ -34,7 +39,7 @@ fn by_hand(settings: &Settings, acct: &AccountSettings, key: &str) -> String {
 /// A failed seed-key request as the operator needs to read it: who, which key, the fix.
 fn explain(settings: &Settings, acct: &AccountSettings, key: &str, e: &VaultError, cas: Option<u64>) -> String {
     let name = &acct.name;
-    let mount = settings.vault.as_ref().map_or("secret", |v| v.mount.as_str());
+    let mount = mount(settings);
     let what = match (e, cas) {
         (VaultError::Denied { .. }, Some(_)) => format!(
             "Vault denied writing the seed key {key} of account {name} (HTTP 403): this host's Vault token may \
@@ -54,6 +59,10 @@ fn explain(settings: &Settings, acct: &AccountSettings, key: &str, e: &VaultErro
     }
 }
 
+fn vault_settings<'a>(settings: &'a Settings, acct: &AccountSettings) -> Result<&'a VaultSettings, String> {
+    settings.vault.as_ref().ok_or_else(|| format!("account {}: [vault] is not configured", acct.name))
+}
+
 /// The seed key's current version (0: absent), the check-and-set base of [`publish_seed`].
 pub fn seed_version(
     settings: &Settings,
@@ -62,7 +71,7 @@ pub fn seed_version(
     rt: &Runtime<'_>,
 ) -> Result<u64, String> {
     let key = &fleet.vault_seed_key;
-    let vs = settings.vault.as_ref().ok_or_else(|| format!("account {}: [vault] is not configured", acct.name))?;
+    let vs = vault_settings(settings, acct)?;
     let read = rt.vault.get(vs).and_then(|v| v.read(key, rt.clock.now()));
     read.map(|e| e.map_or(0, |e| e.version)).map_err(|e| explain(settings, acct, key, &e, None))
 }
@@ -78,7 +87,7 @@ pub fn publish_seed(
     rt: &Runtime<'_>,
 ) -> Result<u64, String> {
     let key = &fleet.vault_seed_key;
-    let vs = settings.vault.as_ref().ok_or_else(|| format!("account {}: [vault] is not configured", acct.name))?;
+    let vs = vault_settings(settings, acct)?;
     let written = rt.vault.get(vs).and_then(|v| v.write(key, auth, cas, rt.clock.now()));
     match written {
         Ok(version) => {
