@@ -282,11 +282,43 @@ impl SafeDir {
             .count()
     }
 
-    /// Like [`SafeDir::write_atomic`] without the two fsyncs: readers see the old file or
-    /// the new one, never a torn one, but a power cut may bring back the old one. For files
-    /// whose newest version is worth nothing after a crash (a fresh check's status).
+    /// Like [`SafeDir::write_atomic`] without the two fsyncs, for files whose newest version
+    /// is worth little after a crash (a fresh check's status, the sidecar, the schedule): a
+    /// power cut may bring back the old one. When `bytes` differ from the file only in digits
+    /// at the same places (a timestamp moved on), they are written over it in place
+    /// ([`same_shape`]): replacing a file frees its old blocks, which on a file system mounted
+    /// with `discard` waits for the disk in the rename — most of a fresh check's time on such
+    /// a machine. Readers then see the old bytes, the new, or, if a read or a power cut tears
+    /// the write, the same JSON with some digits of each; else the old file or the new one.
     pub fn replace_quietly(&self, name: &str, bytes: &[u8]) -> Result<(), DirError> {
+        if self.overwrite_same_shape(name, bytes) {
+            return Ok(());
+        }
         self.reserve(name, 0)?.put(bytes, false)
+    }
+
+    /// Write `bytes` over `name` in place if it is our private single-link regular file
+    /// whose content has [`same_shape`]; false (nothing written) otherwise.
+    fn overwrite_same_shape(&self, name: &str, bytes: &[u8]) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Ok(fd) = self.open_at(name, OFlag::O_RDWR | OFlag::O_NONBLOCK, 0) else { return false };
+        let Ok(st) = fstat(fd.as_raw_fd()) else { return false };
+        let ours = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
+            && st.st_nlink == 1
+            && st.st_uid == nix::unistd::geteuid().as_raw()
+            && st.st_mode & 0o7777 == 0o600
+            && st.st_size as u64 == bytes.len() as u64;
+        if !ours {
+            return false;
+        }
+        let f = File::from(fd);
+        let mut old = Vec::with_capacity(bytes.len());
+        if (&f).take(bytes.len() as u64 + 1).read_to_end(&mut old).is_err() || !same_shape(&old, bytes) {
+            return false;
+        }
+        // A failed write leaves digits of both, still the same shape; the replace then
+        // puts the whole new file in its place.
+        f.write_all_at(bytes, 0).is_ok()
     }
 
     /// Set aside room for a later [`Reserved::replace`] of `name`: an O_EXCL temp file
@@ -420,6 +452,15 @@ impl Drop for Reserved {
     }
 }
 
+/// Whether `new` may be written over `old` in place: the same length, and every byte that
+/// differs is an ASCII digit in both. Then every mix of the two (a read racing the write, a
+/// write torn by a power cut) is made of the same tokens at the same places: when both are
+/// JSON, so is any mix (a number's first digit is non-zero in both whenever it has more
+/// than one, so no leading zero can appear), with the same structure and keys.
+pub fn same_shape(old: &[u8], new: &[u8]) -> bool {
+    old.len() == new.len() && old.iter().zip(new).all(|(a, b)| a == b || (a.is_ascii_digit() && b.is_ascii_digit()))
+}
+
 fn write_sync(fd: OwnedFd, bytes: &[u8]) -> io::Result<()> {
     write_fd(fd, bytes, true)
 }
@@ -481,6 +522,97 @@ mod tests {
         let md = std::fs::metadata(t.path().join("auth.json")).unwrap();
         assert_eq!(md.mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "no temp left");
+    }
+
+    fn inode(p: &Path) -> u64 {
+        std::fs::metadata(p).unwrap().ino()
+    }
+
+    /// A quiet write that only moves digits keeps the inode (no block is freed); any other
+    /// change, or a file that is not our private single-link one, is replaced as before.
+    #[test]
+    fn replace_quietly_overwrites_in_place_only_when_digits_move() {
+        let t = tempfile::tempdir().unwrap();
+        let d = SafeDir::open(t.path(), me()).unwrap();
+        let p = t.path().join("status.json");
+        d.replace_quietly("status.json", br#"{"at":"2026-12-01T19:59:59Z","n":10}"#).unwrap();
+        let first = inode(&p);
+        d.replace_quietly("status.json", br#"{"at":"2026-12-01T20:00:00Z","n":27}"#).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), br#"{"at":"2026-12-01T20:00:00Z","n":27}"#);
+        assert_eq!(inode(&p), first, "written in place");
+        // Another length, or a letter changed: a new file.
+        d.replace_quietly("status.json", br#"{"at":"2026-12-01T20:00:00Z","n":270}"#).unwrap();
+        let second = inode(&p);
+        assert_ne!(second, first);
+        d.replace_quietly("status.json", br#"{"at":"2026-12-01T20:00:00Z","m":270}"#).unwrap();
+        assert_ne!(inode(&p), second);
+        assert_eq!(std::fs::read(&p).unwrap(), br#"{"at":"2026-12-01T20:00:00Z","m":270}"#);
+        // Not 0600, or hard-linked: replaced (which also fixes the mode and the link).
+        let third = inode(&p);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        d.replace_quietly("status.json", br#"{"at":"2026-12-01T20:00:01Z","m":270}"#).unwrap();
+        let md = std::fs::metadata(&p).unwrap();
+        assert_ne!(md.ino(), third);
+        assert_eq!(md.mode() & 0o777, 0o600);
+        std::fs::hard_link(&p, t.path().join("elsewhere")).unwrap();
+        d.replace_quietly("status.json", br#"{"at":"2026-12-01T20:00:02Z","m":270}"#).unwrap();
+        assert_eq!(std::fs::read(t.path().join("elsewhere")).unwrap(), br#"{"at":"2026-12-01T20:00:01Z","m":270}"#);
+        assert_eq!(std::fs::metadata(&p).unwrap().nlink(), 1);
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 2, "no temp left");
+    }
+
+    /// Which JSON keys a document has, recursively: the structure a mix must keep.
+    fn shape(v: &serde_json::Value) -> String {
+        match v {
+            serde_json::Value::Object(m) => m.iter().map(|(k, v)| format!("{k}:{}", shape(v))).collect(),
+            serde_json::Value::Array(a) => a.iter().map(shape).collect(),
+            serde_json::Value::Number(_) => "n".into(),
+            serde_json::Value::String(_) => "s".into(),
+            other => other.to_string(),
+        }
+    }
+
+    proptest::proptest! {
+        /// The claim of [`same_shape`]: two JSON documents that differ only in digits mix
+        /// (byte by byte, any choice) into a JSON document of the same shape.
+        #[test]
+        fn any_mix_of_same_shape_json_is_json_of_that_shape(
+            ints in proptest::collection::vec(0u64..100_000_000_000, 1..6),
+            floats in proptest::collection::vec(0.0f64..1e6, 0..3),
+            stamps in proptest::collection::vec(0i64..4_000_000_000, 0..4),
+            digits in proptest::collection::vec(proptest::prelude::any::<u8>(), 64),
+            mask in proptest::collection::vec(proptest::prelude::any::<bool>(), 512),
+        ) {
+            let stamp = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap().to_rfc3339();
+            let doc = serde_json::json!({
+                "ints": ints, "floats": floats, "at": stamps.iter().map(|s| stamp(*s)).collect::<Vec<_>>(),
+                "nested": {"n": ints[0], "neg": -(ints[0] as i64)},
+            });
+            let old = serde_json::to_vec_pretty(&doc).unwrap();
+            let mut new = old.clone();
+            let mut k = 0;
+            for b in new.iter_mut().filter(|b| b.is_ascii_digit()) {
+                if digits[k % digits.len()] % 3 == 0 {
+                    *b = b'0' + digits[(k + 1) % digits.len()] % 10;
+                }
+                k += 1;
+            }
+            let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&new);
+            proptest::prop_assume!(parsed.is_ok(), "a digit change made a number invalid by itself");
+            proptest::prop_assert!(same_shape(&old, &new));
+            let mix: Vec<u8> = old.iter().zip(&new).enumerate().map(|(i, (a, b))| if mask[i % mask.len()] { *a } else { *b }).collect();
+            let mixed: serde_json::Value = serde_json::from_slice(&mix).expect("a mix is JSON");
+            proptest::prop_assert_eq!(shape(&mixed), shape(&doc));
+        }
+    }
+
+    #[test]
+    fn same_shape_is_digits_only() {
+        assert!(same_shape(b"{\"a\":12}", b"{\"a\":90}"));
+        assert!(!same_shape(b"{\"a\":12}", b"{\"a\":1}"));
+        assert!(!same_shape(b"{\"a\":12}", b"{\"b\":12}"));
+        assert!(!same_shape(b"{\"a\":12}", b"{\"a\":1.}"));
+        assert!(!same_shape(b"\"ab\"", b"\"a1\""));
     }
 
     #[test]
