@@ -283,6 +283,11 @@ pub const MAX_PIPE_BYTES: u64 = 4 * 1024 * 1024;
 #[derive(Serialize, Deserialize)]
 pub struct WorkerRequest {
     pub identity: Identity,
+    /// The user's supplementary groups, resolved by the parent (which has NSS loaded
+    /// already) so the worker's drop is three syscalls; absent from an older parent's
+    /// request, then the worker resolves them itself.
+    #[serde(default)]
+    pub groups: Option<Vec<u32>>,
     pub task: Task,
 }
 

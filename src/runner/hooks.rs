@@ -154,12 +154,7 @@ fn command(argv: &[String], event: &HookEvent, id: &Identity) -> Result<Command,
     }
     // Everything the child needs is computed here; between fork and exec it makes only
     // the three async-signal-safe syscalls below.
-    let name = std::ffi::CString::new(id.user.as_str()).map_err(|_| "user name contains NUL".to_string())?;
-    let groups: Vec<libc::gid_t> = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(id.gid))
-        .map_err(|e| format!("getgrouplist({}) failed: {e}", id.user))?
-        .into_iter()
-        .map(|g| g.as_raw())
-        .collect();
+    let groups: Vec<libc::gid_t> = crate::sys::user::groups_of(id)?;
     let (uid, gid) = (id.uid, id.gid);
     // SAFETY: the closure only calls setgroups/setresgid/setresuid (async-signal-safe) on
     // data allocated before the fork, and reads errno on failure.

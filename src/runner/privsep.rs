@@ -1,7 +1,7 @@
 //! Running a job as the account's Unix user. Root never opens a path inside a user's
 //! CODEX_HOME: it re-executes itself as `codex-auth-agent worker`, hands the job over a
 //! pipe (seed bytes included — never argv or env), and the child drops to the user
-//! (initgroups → setgid → setuid, verified irreversible, not dumpable) before it touches
+//! (setgroups with the groups resolved here → setgid → setuid, verified irreversible, not dumpable) before it touches
 //! anything. A child past its deadline is killed with its whole process group.
 
 use crate::core::clock::Clock;
@@ -66,7 +66,12 @@ impl<E: Executor> Executor for Workers<E> {
             )));
         }
         let deadline = task.deadline();
-        spawn_worker(&WorkerRequest { identity: id.clone(), task }, deadline, sup)
+        // Resolved here: NSS modules stay loaded in this process, the worker loads none.
+        let groups = match crate::sys::user::groups_of(id) {
+            Ok(g) => Some(g),
+            Err(e) => return task.failed(Failure::transient(format!("cannot run as {}: {e}", id.user))),
+        };
+        spawn_worker(&WorkerRequest { identity: id.clone(), groups, task }, deadline, sup)
     }
 }
 

@@ -24,16 +24,29 @@ impl Identity {
     }
 }
 
-/// Drop root to `id` for good, and prove it cannot be undone.
-pub fn drop_privileges(id: &Identity) -> Result<(), String> {
+/// `id`'s supplementary groups, as initgroups would set them (every NSS source).
+pub fn groups_of(id: &Identity) -> Result<Vec<u32>, String> {
+    let name = CString::new(id.user.as_str()).map_err(|_| "user name contains NUL".to_string())?;
+    let groups = nix::unistd::getgrouplist(&name, Gid::from_raw(id.gid))
+        .map_err(|e| format!("getgrouplist({}) failed: {e}", id.user))?;
+    Ok(groups.into_iter().map(Gid::as_raw).collect())
+}
+
+/// Drop root to `id` for good, and prove it cannot be undone. `groups`: the supplementary
+/// groups ([`groups_of`], resolved by the caller), or None to resolve them here.
+pub fn drop_privileges(id: &Identity, groups: Option<&[u32]>) -> Result<(), String> {
     // Already exactly that user (a daemon running as the account's own user): nothing to drop.
     if id.uid != 0 && nix::unistd::getuid().as_raw() == id.uid && nix::unistd::geteuid().as_raw() == id.uid {
         harden_process();
         return Ok(());
     }
     let (uid, gid) = (Uid::from_raw(id.uid), Gid::from_raw(id.gid));
-    let name = CString::new(id.user.as_str()).map_err(|_| "user name contains NUL".to_string())?;
-    nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups({}) failed: {e}", id.user))?;
+    let groups = match groups {
+        Some(g) => g.to_vec(),
+        None => groups_of(id)?,
+    };
+    let groups: Vec<Gid> = groups.into_iter().map(Gid::from_raw).collect();
+    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups({}) failed: {e}", id.user))?;
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid({gid}) failed: {e}"))?;
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}) failed: {e}"))?;
     let r = nix::unistd::getresuid().map_err(|e| e.to_string())?;

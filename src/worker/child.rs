@@ -69,7 +69,7 @@ pub fn main(clock: &dyn Clock) -> i32 {
         }
     };
     let sup = PipeSupervisor { input: std::sync::Mutex::new(stdin) };
-    let report = match drop_privileges(&req.identity) {
+    let report = match drop_privileges(&req.identity, req.groups.as_deref()) {
         Ok(()) => super::Local.run(&req.identity, req.task, clock, &sup),
         Err(e) => req.task.failed(Failure::transient(format!("cannot run as {}: {e}", req.identity.user))),
     };
