@@ -192,7 +192,7 @@ impl Cache {
 pub fn save(state_dir: &Path, status: &AccountStatus, durable: bool) -> Result<(), DirError> {
     let dir = SafeDir::create_private(&account_dir(state_dir, &status.account))?;
     let bytes = serde_json::to_vec_pretty(status).unwrap_or_default();
-    if durable { dir.write_atomic(STATUS_FILE, &bytes) } else { dir.replace_quietly(STATUS_FILE, &bytes) }
+    if durable { dir.write_swapped(STATUS_FILE, &bytes) } else { dir.replace_quietly(STATUS_FILE, &bytes) }
 }
 
 #[cfg(test)]
