@@ -175,3 +175,45 @@ fn a_root_only_seed_reaches_the_user_through_the_pipe() {
     assert_clean(&r, &s.state_dir(), &secrets(&ca));
     assert_eq!(m.token_requests(), 0);
 }
+
+/// The worker runs with exactly its user's groups — the supplementary ones included, looked
+/// up by root before the spawn as initgroups would — and none of root's: the Codex it starts
+/// (a stand-in that records `id -G`) shows them.
+#[test]
+fn the_worker_has_its_users_groups_and_none_of_roots() {
+    if !require_root("the_worker_has_its_users_groups_and_none_of_roots") {
+        return;
+    }
+    let alice = ensure_user("caa-alice");
+    let extra = ensure_group_member("caa-extra", "caa-alice");
+    let (m, s) = (MockServer::start(MockConfig::default()), Scratch::new());
+    let home = home_for(&s, &alice, Some(&auth_json(&m.issue_family("alice-acct"), OLD)));
+    let out = s.path().join("groups");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let codex = s.path().join("codex");
+    std::fs::write(&codex, format!("#!/bin/sh\nid -G > {}/seen\necho Banana\n", out.display())).unwrap();
+    std::fs::set_permissions(&codex, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(s.path().join("etc")).unwrap();
+    let cfg = s.path().join("etc/config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nstate_dir = \"{}\"\ncodex_bin = \"{}\"\n\n[accounts.alice]\nuser = \"caa-alice\"\ncodex_home = \"{}\"\n",
+            s.state_dir().display(),
+            codex.display(),
+            home.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = agent(&s, &m);
+    cmd.arg("--config").arg(&cfg).args(["preflight", "--account", "alice", "--json"]);
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let mut seen: Vec<u32> =
+        std::fs::read_to_string(out.join("seen")).unwrap().split_whitespace().map(|g| g.parse().unwrap()).collect();
+    seen.sort_unstable();
+    let mut want = vec![alice.gid.as_raw(), extra];
+    want.sort_unstable();
+    assert_eq!(seen, want, "the worker's groups: the user's primary and supplementary ones only");
+}

@@ -227,6 +227,23 @@ pub fn ensure_user(name: &str) -> nix::unistd::User {
     nix::unistd::User::from_name(name).unwrap().unwrap()
 }
 
+/// A system group `group` (created once) with `user` in it; returns its gid.
+pub fn ensure_group_member(group: &str, user: &str) -> u32 {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/caa-test-useradd.lock")
+        .unwrap();
+    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
+    let steps: [&[&str]; 2] = [&["groupadd", "--system", "-f", group], &["usermod", "-aG", group, user]];
+    for argv in steps {
+        let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(out.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    nix::unistd::Group::from_name(group).unwrap().unwrap().gid.as_raw()
+}
+
 /// A CODEX_HOME for `u` under the scratch area, owned by `u`.
 pub fn home_for(s: &Scratch, u: &nix::unistd::User, auth: Option<&str>) -> PathBuf {
     let home = s.codex_home(&format!("{}/.codex", u.name), auth);
