@@ -316,7 +316,33 @@ pub trait Executor: Send + Sync {
 
 #[cfg(test)]
 mod tests {
-    use super::Mode;
+    use super::{Identity, Mode, PreflightJob, Task, WorkerRequest};
+    use std::time::Duration;
+
+    /// A request from a parent of an older release (no `groups`) still parses: the worker
+    /// then looks the groups up itself. A current one carries them.
+    #[test]
+    fn a_worker_request_without_groups_parses_and_leaves_them_to_the_worker() {
+        let job = PreflightJob {
+            account: "a".into(),
+            codex_home: "/h".into(),
+            owner_uid: 1000,
+            timeout: Duration::from_secs(1),
+            lock_wait: Duration::from_secs(1),
+            codex_bin: "codex".into(),
+            codex_base_url: String::new(),
+            token_url: String::new(),
+            temp_dir: "/tmp".into(),
+        };
+        let identity = Identity { user: "u".into(), uid: 1000, gid: 1000, home: "/h".into() };
+        let req = WorkerRequest { identity, groups: Some(vec![1000, 27]), task: Task::Preflight(job) };
+        let mut v = serde_json::to_value(&req).unwrap();
+        assert_eq!(v["groups"], serde_json::json!([1000, 27]));
+        v.as_object_mut().unwrap().remove("groups");
+        let old: WorkerRequest = serde_json::from_value(v).unwrap();
+        assert_eq!(old.groups, None);
+        assert_eq!(old.task.account(), "a");
+    }
 
     #[test]
     fn modes_say_what_a_cycle_may_do() {
