@@ -136,9 +136,10 @@ pub fn account_dir(state_dir: &Path, account: &str) -> PathBuf {
 
 /// The stored status, or an empty one when there is none (or it is unreadable).
 pub fn load(state_dir: &Path, account: &str) -> AccountStatus {
-    std::fs::read(account_dir(state_dir, account).join(STATUS_FILE))
+    SafeDir::open(&account_dir(state_dir, account), nix::unistd::geteuid().as_raw())
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        .and_then(|d| d.read_locked(STATUS_FILE).ok().flatten())
+        .and_then(|f| serde_json::from_slice(&f.bytes).ok())
         .unwrap_or_else(|| AccountStatus { account: account.to_string(), ..Default::default() })
 }
 

@@ -60,6 +60,9 @@ pub struct SafeDir {
 const TEMP_MARK: &str = ".tmp-caa-";
 /// The suffix of [`SafeDir::write_swapped`]'s spare file.
 const SPARE_MARK: &str = ".spare-caa";
+/// How long a writer or reader of a reused inode waits for the directory's lock: the
+/// holders only write a small file and fsync it.
+const DIR_LOCK_WAIT: Duration = Duration::from_secs(1);
 
 impl SafeDir {
     /// Open `path`, which must be a real directory (not a symlink) owned by `owner` and
@@ -289,12 +292,18 @@ impl SafeDir {
     /// and exchanged with `name` (`RENAME_EXCHANGE`), so it then holds the previous version
     /// for the next write. No inode is created and none freed per write: on ext4 without a
     /// journal every new inode is allocated past all inodes freed in the last minutes, which
-    /// under many accounts' churn was a quarter of a refresh's CPU. Readers see the old file or
-    /// the new one (a reader holding the old one open across the *next* write can see that
-    /// write torn). For files that hold no secret (a spare keeps the previous version);
-    /// anything unusual about the spare (not ours, linked, special) falls back to
-    /// [`SafeDir::write_atomic`].
+    /// under many accounts' churn was a quarter of a refresh's CPU. Writers take turns on the
+    /// directory's flock, and so do readers through [`SafeDir::read_locked`], which see the old
+    /// file or the new one (a reader without the lock that keeps the old file open across the
+    /// *next* write could see that write torn). For files that hold no secret (a spare keeps
+    /// the previous version); anything unusual about the spare (not ours, linked, special), or
+    /// a lock held for over a second, falls back to [`SafeDir::write_atomic`].
     pub fn write_swapped(&self, name: &str, bytes: &[u8]) -> Result<(), DirError> {
+        // Two writers of one spare would tear it: they take turns (see `with_dir_lock`).
+        self.with_dir_lock(true, || self.swap_in(name, bytes)).unwrap_or_else(|| self.write_atomic(name, bytes))
+    }
+
+    fn swap_in(&self, name: &str, bytes: &[u8]) -> Result<(), DirError> {
         use nix::fcntl::{RenameFlags, renameat2};
         let spare = format!(".{name}{SPARE_MARK}");
         let Some(fd) = self.open_spare(&spare) else {
@@ -314,6 +323,33 @@ impl SafeDir {
         fsync(self.fd.as_raw_fd()).map_err(|e| DirError::io(self.path.clone(), e))
     }
 
+    /// Like [`SafeDir::read`], for a file written by [`SafeDir::write_swapped`]: the read
+    /// takes turns with its writers, so it cannot meet the old inode being rewritten as the
+    /// next spare.
+    pub fn read_locked(&self, name: &str) -> Result<Option<FileRead>, DirError> {
+        self.with_dir_lock(false, || self.read(name)).unwrap_or_else(|| self.read(name))
+    }
+
+    /// Run `f` holding this directory's flock, exclusive for a writer that reuses an inode
+    /// (in place, or through the spare), shared for a reader of such files. Waits at most
+    /// [`DIR_LOCK_WAIT`]; None if the lock stayed held (the caller then takes the path that
+    /// needs no lock: a new temp file, or a plain read).
+    fn with_dir_lock<R>(&self, exclusive: bool, f: impl FnOnce() -> R) -> Option<R> {
+        let arg = if exclusive { FlockArg::LockExclusiveNonblock } else { FlockArg::LockSharedNonblock };
+        let until = Instant::now() + DIR_LOCK_WAIT;
+        let mut fd = self.fd.try_clone().ok()?;
+        loop {
+            match Flock::lock(fd, arg) {
+                Ok(_guard) => return Some(f()),
+                Err((back, Errno::EWOULDBLOCK)) if Instant::now() < until => {
+                    fd = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// The spare of [`SafeDir::write_swapped`], created if missing; None unless it is our
     /// private single-link regular file.
     fn open_spare(&self, spare: &str) -> Option<OwnedFd> {
@@ -330,7 +366,7 @@ impl SafeDir {
     /// a machine. Readers then see the old bytes, the new, or, if a read or a power cut tears
     /// the write, the same JSON with some digits of each; else the old file or the new one.
     pub fn replace_quietly(&self, name: &str, bytes: &[u8]) -> Result<(), DirError> {
-        if self.overwrite_same_shape(name, bytes) {
+        if self.with_dir_lock(true, || self.overwrite_same_shape(name, bytes)) == Some(true) {
             return Ok(());
         }
         self.reserve(name, 0)?.put(bytes, false)
@@ -684,6 +720,53 @@ mod tests {
         d.write_swapped("status.json", b"seventh").unwrap();
         assert_eq!(std::fs::read(t.path().join("other")).unwrap(), b"keep me");
         assert_eq!(std::fs::read(&p).unwrap(), b"seventh");
+    }
+
+    /// Writers racing on one file (a one-shot command beside the daemon, say) through the
+    /// spare and in place: every read sees one writer's whole bytes, never a mix of two.
+    #[test]
+    fn racing_swapped_and_in_place_writers_never_show_a_mix() {
+        let t = tempfile::tempdir().unwrap();
+        let versions: Vec<Vec<u8>> = (0..6)
+            .map(|w| format!("{{\"writer\":\"{}\",\"at\":\"00\"}}", "abcdef".repeat(w + 1)).into_bytes())
+            .collect();
+        SafeDir::open(t.path(), me()).unwrap().write_swapped("s.json", &versions[0]).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let reader = sc.spawn(|| {
+                let mut reads = 0;
+                let dir = SafeDir::open(t.path(), me()).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let got = dir.read_locked("s.json").unwrap().unwrap().bytes;
+                    let whole = versions.iter().any(|v| {
+                        v.len() == got.len() && same_shape(v, &got) // "at" may move in place
+                    });
+                    assert!(whole, "a torn read: {}", String::from_utf8_lossy(&got));
+                    reads += 1;
+                }
+                reads
+            });
+            let writers: Vec<_> = (0..versions.len())
+                .map(|w| {
+                    let (dir, v) = (SafeDir::open(t.path(), me()).unwrap(), &versions[w]);
+                    sc.spawn(move || {
+                        for i in 0..200 {
+                            if i % 3 == 0 {
+                                let mut moved = v.clone();
+                                let at = moved.len() - 4;
+                                moved[at..at + 2].copy_from_slice(format!("{:02}", i % 100).as_bytes());
+                                dir.replace_quietly("s.json", &moved).unwrap();
+                            } else {
+                                dir.write_swapped("s.json", v).unwrap();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            writers.into_iter().for_each(|h| h.join().unwrap());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(reader.join().unwrap() > 0);
+        });
     }
 
     #[test]
