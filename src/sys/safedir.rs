@@ -350,11 +350,11 @@ impl SafeDir {
         }
     }
 
-    /// The spare of [`SafeDir::write_swapped`], created if missing; None unless it is our
-    /// private single-link regular file.
+    /// The spare of [`SafeDir::write_swapped`], created if missing; None unless it passes
+    /// the checks of every file we read ([`SafeDir::check_file`]).
     fn open_spare(&self, spare: &str) -> Option<OwnedFd> {
         let fd = self.open_at(spare, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NONBLOCK, 0o600).ok()?;
-        is_our_single_file(&fstat(fd.as_raw_fd()).ok()?).then_some(fd)
+        self.check_file(spare, &fstat(fd.as_raw_fd()).ok()?).is_ok().then_some(fd)
     }
 
     /// Like [`SafeDir::write_atomic`] without the two fsyncs, for files whose newest version
@@ -372,13 +372,16 @@ impl SafeDir {
         self.reserve(name, 0)?.put(bytes, false)
     }
 
-    /// Write `bytes` over `name` in place if it is our private single-link regular file
-    /// whose content has [`same_shape`]; false (nothing written) otherwise.
+    /// Write `bytes` over `name` in place if it passes [`SafeDir::check_file`], is 0600 and
+    /// its content has [`same_shape`]; false (nothing written) otherwise.
     fn overwrite_same_shape(&self, name: &str, bytes: &[u8]) -> bool {
         use std::os::unix::fs::FileExt;
         let Ok(fd) = self.open_at(name, OFlag::O_RDWR | OFlag::O_NONBLOCK, 0) else { return false };
         let Ok(st) = fstat(fd.as_raw_fd()) else { return false };
-        if !is_our_single_file(&st) || st.st_mode & 0o7777 != 0o600 || st.st_size as u64 != bytes.len() as u64 {
+        if self.check_file(name, &st).is_err()
+            || st.st_mode & 0o7777 != 0o600
+            || st.st_size as u64 != bytes.len() as u64
+        {
             return false;
         }
         let f = File::from(fd);
@@ -520,13 +523,6 @@ impl Drop for Reserved {
             let _ = unlinkat(Some(self.dirfd.as_raw_fd()), self.tmp.as_str(), UnlinkatFlags::NoRemoveDir);
         }
     }
-}
-
-/// A regular file of our own user with a single link: one we may write through.
-fn is_our_single_file(st: &FileStat) -> bool {
-    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
-        && st.st_nlink == 1
-        && st.st_uid == nix::unistd::geteuid().as_raw()
 }
 
 /// Whether `new` may be written over `old` in place: the same length, and every byte that

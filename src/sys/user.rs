@@ -41,11 +41,13 @@ pub fn drop_privileges(id: &Identity, groups: Option<&[u32]>) -> Result<(), Stri
         return Ok(());
     }
     let (uid, gid) = (Uid::from_raw(id.uid), Gid::from_raw(id.gid));
-    let groups = match groups {
+    let groups: Vec<Gid> = match groups {
         Some(g) => g.to_vec(),
         None => groups_of(id)?,
-    };
-    let groups: Vec<Gid> = groups.into_iter().map(Gid::from_raw).collect();
+    }
+    .into_iter()
+    .map(Gid::from_raw)
+    .collect();
     nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups({}) failed: {e}", id.user))?;
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid({gid}) failed: {e}"))?;
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}) failed: {e}"))?;

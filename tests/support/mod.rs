@@ -207,16 +207,21 @@ pub fn skipped(test: &str, why: &str) {
     }
 }
 
-/// Create (once, idempotently) a throwaway system user for privilege tests.
-pub fn ensure_user(name: &str) -> nix::unistd::User {
+/// useradd, groupadd and usermod take /etc/passwd locks of their own and fail instead of
+/// waiting: the tests' calls take turns on this lock.
+fn account_db_lock() -> nix::fcntl::Flock<std::fs::File> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open("/tmp/caa-test-useradd.lock")
         .unwrap();
-    // useradd takes /etc/passwd locks of its own and fails instead of waiting: serialize.
-    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap()
+}
+
+/// Create (once, idempotently) a throwaway system user for privilege tests.
+pub fn ensure_user(name: &str) -> nix::unistd::User {
+    let _lock = account_db_lock();
     if nix::unistd::User::from_name(name).unwrap().is_none() {
         let out = Command::new("useradd")
             .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name])
@@ -229,13 +234,7 @@ pub fn ensure_user(name: &str) -> nix::unistd::User {
 
 /// A system group `group` (created once) with `user` in it; returns its gid.
 pub fn ensure_group_member(group: &str, user: &str) -> u32 {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/tmp/caa-test-useradd.lock")
-        .unwrap();
-    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
+    let _lock = account_db_lock();
     let steps: [&[&str]; 2] = [&["groupadd", "--system", "-f", group], &["usermod", "-aG", group, user]];
     for argv in steps {
         let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
