@@ -124,6 +124,37 @@ async fn properties_match_the_files_and_change_on_refresh() {
     assert!(d.notes().iter().any(|n| n.contains("STOPPING=1")), "{:?}", d.notes());
 }
 
+/// A package upgrade replaces the executable while the daemon runs: prerm stops nothing on
+/// upgrade and postinst restarts the daemon only once every new file is in place. Until
+/// then the daemon's workers must still start, and be its own version, not whatever the
+/// path names now.
+#[tokio::test]
+async fn workers_still_start_after_the_executable_is_replaced_on_disk() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = world();
+    let c = w.m.issue_family("acct-a");
+    let home = w.s.codex_home("a", Some(&auth_json(&c, &recent())));
+    let cfg = w.config(&account_cfg(&home, "alice"));
+    let dir = w.s.path().join("usr-bin");
+    std::fs::create_dir(&dir).unwrap();
+    let exe = dir.join("codex-auth-agent");
+    std::fs::copy(BIN, &exe).unwrap();
+    let mut d = AgentDaemon::start_from(&exe, &w.s, &w.m, &cfg, &w.bus, |_| {});
+    let conn = w.conn().await;
+    wait_state(&conn, "alice", "ok").await;
+    // What dpkg does: the new file is unpacked beside the old one and renamed over it.
+    let new = dir.join("codex-auth-agent.dpkg-new");
+    std::fs::write(&new, "#!/bin/sh\necho 'the new version must not run as this daemon worker' >&2\nexit 70\n")
+        .unwrap();
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&new, &exe).unwrap();
+    let before = w.m.token_requests();
+    let (outcome, reason): (String, String) = account(&conn, "alice").await.call("Refresh", &(true,)).await.unwrap();
+    assert_eq!((outcome.as_str(), w.m.token_requests()), ("refreshed", before + 1), "{reason}\n{}", d.log_text());
+    assert!(!d.log_text().contains("must not run"), "{}", d.log_text());
+    assert_eq!(d.stop(), 0, "SIGTERM exits 0");
+}
+
 #[tokio::test]
 async fn fifty_concurrent_refresh_calls_send_one_token_request() {
     let w = world();

@@ -179,29 +179,25 @@ fn a_root_only_seed_reaches_the_user_through_the_pipe() {
 /// The worker runs with exactly its user's groups — the supplementary ones included, looked
 /// up by root before the spawn as initgroups would — and none of root's: the Codex it starts
 /// (a stand-in that records `id -G`) shows them.
-#[test]
-fn the_worker_has_its_users_groups_and_none_of_roots() {
-    if !require_root("the_worker_has_its_users_groups_and_none_of_roots") {
-        return;
-    }
-    let alice = ensure_user("caa-alice");
-    let extra = ensure_group_member("caa-extra", "caa-alice");
+/// `preflight --account alice` as root for `alice`'s account, with a stand-in Codex that
+/// runs `script` (OUT names a directory it may write) and answers Banana. Returns OUT.
+fn preflight_with_stand_in(alice: &nix::unistd::User, script: &str) -> Scratch {
     let (m, s) = (MockServer::start(MockConfig::default()), Scratch::new());
-    let home = home_for(&s, &alice, Some(&auth_json(&m.issue_family("alice-acct"), OLD)));
-    let out = s.path().join("groups");
-    std::fs::create_dir(&out).unwrap();
-    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let home = home_for(&s, alice, Some(&auth_json(&m.issue_family("alice-acct"), OLD)));
+    let out = Scratch::new();
+    std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let codex = s.path().join("codex");
-    std::fs::write(&codex, format!("#!/bin/sh\nid -G > {}/seen\necho Banana\n", out.display())).unwrap();
+    std::fs::write(&codex, format!("#!/bin/sh\nOUT={}\n{script}\necho Banana\n", out.path().display())).unwrap();
     std::fs::set_permissions(&codex, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir_all(s.path().join("etc")).unwrap();
     let cfg = s.path().join("etc/config.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[agent]\nstate_dir = \"{}\"\ncodex_bin = \"{}\"\n\n[accounts.alice]\nuser = \"caa-alice\"\ncodex_home = \"{}\"\n",
+            "[agent]\nstate_dir = \"{}\"\ncodex_bin = \"{}\"\n\n[accounts.alice]\nuser = \"{}\"\ncodex_home = \"{}\"\n",
             s.state_dir().display(),
             codex.display(),
+            alice.name,
             home.display()
         ),
     )
@@ -210,8 +206,39 @@ fn the_worker_has_its_users_groups_and_none_of_roots() {
     cmd.arg("--config").arg(&cfg).args(["preflight", "--account", "alice", "--json"]);
     let r = run(cmd);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let mut seen: Vec<u32> =
-        std::fs::read_to_string(out.join("seen")).unwrap().split_whitespace().map(|g| g.parse().unwrap()).collect();
+    out
+}
+
+/// The worker is started through /proc/self/exe (the running executable, whatever lies at
+/// its path now) and still shows as the agent's worker in ps, pgrep and the journal: the
+/// Codex it starts sees its parent's name and command line as before.
+#[test]
+fn the_worker_is_named_after_the_agent() {
+    if !require_root("the_worker_is_named_after_the_agent") {
+        return;
+    }
+    let alice = ensure_user("caa-alice");
+    let out = preflight_with_stand_in(
+        &alice,
+        "cat /proc/$PPID/comm > \"$OUT/comm\"\ntr '\\0' ' ' < /proc/$PPID/cmdline > \"$OUT/cmdline\"",
+    );
+    let read = |n: &str| std::fs::read_to_string(out.path().join(n)).unwrap();
+    assert_eq!((read("comm").trim(), read("cmdline").trim()), ("codex-auth-agen", format!("{BIN} worker").as_str()));
+}
+
+#[test]
+fn the_worker_has_its_users_groups_and_none_of_roots() {
+    if !require_root("the_worker_has_its_users_groups_and_none_of_roots") {
+        return;
+    }
+    let alice = ensure_user("caa-alice");
+    let extra = ensure_group_member("caa-extra", "caa-alice");
+    let out = preflight_with_stand_in(&alice, "id -G > \"$OUT/seen\"");
+    let mut seen: Vec<u32> = std::fs::read_to_string(out.path().join("seen"))
+        .unwrap()
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
     seen.sort_unstable();
     let mut want = vec![alice.gid.as_raw(), extra];
     want.sort_unstable();

@@ -278,6 +278,11 @@ impl Task {
 /// Largest job or report we accept over the pipe.
 pub const MAX_PIPE_BYTES: u64 = 4 * 1024 * 1024;
 
+/// The worker's process name (and its argv[0] when ours is unknown). It is started
+/// through /proc/self/exe (the running executable, whatever now lies at its path), which
+/// would name it "exe" in top, pgrep and the journal's _COMM.
+pub const WORKER_NAME: &str = "codex-auth-agent";
+
 /// What the parent sends the worker child (one line on its stdin; the answers to its
 /// questions follow as lines).
 #[derive(Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use crate::core::clock::Clock;
 use crate::core::outcome::{Failure, PreflightReport, Report};
 use crate::core::task::{
     Executor, FromWorker, Identity, Job, MAX_PIPE_BYTES, PreflightJob, Supervisor, Task, TaskReport, ToWorker,
-    WorkerRequest,
+    WORKER_NAME, WorkerRequest,
 };
 use crate::sys::fdread::{self, Stopped};
 use crate::sys::process::wait_or_kill_group;
@@ -83,14 +83,18 @@ const PASSTHROUGH_ENV: &[&str] = &["PATH", "JOURNAL_STREAM", "CODEX_AUTH_AGENT_L
 const PASSTHROUGH_ENV: &[&str] =
     &["PATH", "JOURNAL_STREAM", "CODEX_AUTH_AGENT_LOG", "RUST_LOG", "LANG", "LC_ALL", "CODEX_AUTH_AGENT_FAULT"];
 
+/// The worker is this very executable, not the file at the path it was started from: a
+/// package upgrade renames a new one over that path while the daemon runs (postinst
+/// restarts it afterwards), and a daemon must neither fail to start workers meanwhile nor
+/// hand its requests to another version.
+const OWN_EXECUTABLE: &str = "/proc/self/exe";
+
 fn spawn_worker(req: &WorkerRequest, deadline: Duration, sup: &dyn Supervisor) -> TaskReport {
     let fail = |why: String| req.task.failed(Failure::transient(why));
-    let exe = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => return fail(format!("cannot locate our own executable: {e}")),
-    };
-    let mut cmd = Command::new(exe);
-    cmd.arg("worker")
+    let mut cmd = Command::new(OWN_EXECUTABLE);
+    // argv[0] as ours, so ps shows the worker as before.
+    cmd.arg0(std::env::args_os().next().unwrap_or_else(|| WORKER_NAME.into()))
+        .arg("worker")
         .env_clear()
         .envs(PASSTHROUGH_ENV.iter().filter_map(|k| std::env::var_os(k).map(|v| (k, v))))
         .current_dir("/")

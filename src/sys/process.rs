@@ -13,6 +13,15 @@ pub fn harden_process() {
     }
 }
 
+/// Set this process's name (/proc/self/comm; the kernel keeps its first 15 bytes).
+pub fn set_process_name(name: &str) {
+    let Ok(name) = std::ffi::CString::new(name) else { return };
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string that outlives the call.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
+    }
+}
+
 /// Wait for `child` at most `limit`; past it, SIGKILL its whole process group (it was
 /// started with `process_group(0)`). The group is killed once the leader has exited too,
 /// so nothing it started outlives it. None when the limit was hit.

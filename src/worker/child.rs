@@ -5,8 +5,8 @@
 use crate::core::clock::Clock;
 use crate::core::outcome::{Failure, exit};
 use crate::core::pending::PendingCredential;
-use crate::core::task::{Executor, FromWorker, MAX_PIPE_BYTES, Supervisor, ToWorker, WorkerRequest};
-use crate::sys::process::harden_process;
+use crate::core::task::{Executor, FromWorker, MAX_PIPE_BYTES, Supervisor, ToWorker, WORKER_NAME, WorkerRequest};
+use crate::sys::process::{harden_process, set_process_name};
 use crate::sys::user::drop_privileges;
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
@@ -51,6 +51,7 @@ impl Supervisor for PipeSupervisor {
 /// print the report as one JSON line.
 pub fn main(clock: &dyn Clock) -> i32 {
     harden_process();
+    set_process_name(WORKER_NAME);
     let mut stdin = std::io::stdin().lock();
     let mut input = Vec::new();
     if let Err(e) = (&mut stdin).take(MAX_PIPE_BYTES).read_until(b'\n', &mut input) {

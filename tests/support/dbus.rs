@@ -101,6 +101,18 @@ impl AgentDaemon {
         bus: &PrivateBus,
         tweak: impl FnOnce(&mut Command),
     ) -> AgentDaemon {
+        Self::start_from(Path::new(super::BIN), s, m, cfg, bus, tweak)
+    }
+
+    /// [`AgentDaemon::start_with`] from another copy of the executable.
+    pub fn start_from(
+        program: &Path,
+        s: &Scratch,
+        m: &MockServer,
+        cfg: &Path,
+        bus: &PrivateBus,
+        tweak: impl FnOnce(&mut Command),
+    ) -> AgentDaemon {
         let log = s.path().join(format!("daemon-{}.log", fastrand_suffix()));
         let sock = s.path().join(format!("notify-{}.sock", fastrand_suffix()));
         let notify = UnixDatagram::bind(&sock).unwrap();
@@ -112,7 +124,7 @@ impl AgentDaemon {
                 sink.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned()));
             }
         });
-        let mut cmd = agent(s, m);
+        let mut cmd = agent_at(program, s, m);
         cmd.arg("--config")
             .arg(cfg)
             .args(["daemon", "--bus", &bus.address])

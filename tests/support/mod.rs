@@ -99,7 +99,12 @@ pub fn me() -> String {
 
 /// The agent binary with a clean, explicit environment.
 pub fn agent(scratch: &Scratch, mock: &MockServer) -> Command {
-    let mut c = Command::new(BIN);
+    agent_at(Path::new(BIN), scratch, mock)
+}
+
+/// [`agent`] from another copy of the executable (a test that replaces it on disk).
+pub fn agent_at(program: &Path, scratch: &Scratch, mock: &MockServer) -> Command {
+    let mut c = Command::new(program);
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", scratch.path())
