@@ -104,7 +104,7 @@ fn spawn_worker(req: &WorkerRequest, deadline: Duration, sup: &dyn Supervisor) -
         .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return fail(format!("cannot start the worker: {e}")),
+        Err(e) => return fail(format!("cannot start the worker ({OWN_EXECUTABLE}): {e}")),
     };
     let mut stdin = child.stdin.take();
     let mut send = |line: Vec<u8>| {
