@@ -351,7 +351,7 @@ async fn every_daemon_path_keeps_tokens_out_of_logs_files_properties_and_process
     let cfg = w.config("", &alice_section(&home, &seed, ""));
     w.mock.set_latency(Duration::from_millis(300));
     let journal = &sw.journal;
-    let mut d = AgentDaemon::start_with(&w.scratch, &w.mock, &cfg, &bus, |c| {
+    let mut d = AgentDaemon::start_from(Path::new(BIN), &w.scratch, &w.mock, &cfg, &bus, |c| {
         journal.attach(c);
         c.env("TMPDIR", w.tmp());
     });

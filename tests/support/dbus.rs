@@ -77,7 +77,7 @@ pub struct AgentDaemon {
 
 impl AgentDaemon {
     pub fn start(s: &Scratch, m: &MockServer, cfg: &Path, bus: &PrivateBus) -> AgentDaemon {
-        Self::start_with(s, m, cfg, bus, |_| {})
+        Self::start_from(Path::new(BIN), s, m, cfg, bus, |_| {})
     }
 
     /// [`AgentDaemon::start`] with more environment variables (e.g. WATCHDOG_USEC).
@@ -88,23 +88,13 @@ impl AgentDaemon {
         bus: &PrivateBus,
         env: &[(&str, &str)],
     ) -> AgentDaemon {
-        Self::start_with(s, m, cfg, bus, |c| {
+        Self::start_from(Path::new(BIN), s, m, cfg, bus, |c| {
             c.envs(env.iter().copied());
         })
     }
 
-    /// [`AgentDaemon::start`] with a last change to the command (e.g. a namespace).
-    pub fn start_with(
-        s: &Scratch,
-        m: &MockServer,
-        cfg: &Path,
-        bus: &PrivateBus,
-        tweak: impl FnOnce(&mut Command),
-    ) -> AgentDaemon {
-        Self::start_from(Path::new(super::BIN), s, m, cfg, bus, tweak)
-    }
-
-    /// [`AgentDaemon::start_with`] from another copy of the executable.
+    /// [`AgentDaemon::start`] from `program` (another copy of the executable, or [`BIN`]) with
+    /// a last change to the command (e.g. a namespace).
     pub fn start_from(
         program: &Path,
         s: &Scratch,
