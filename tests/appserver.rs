@@ -1,8 +1,9 @@
 //! `refresh_method = "app-server"` end to end with the real `codex app-server` (0.169, and
 //! each version of the matrix in tests/codex-compat.sh) against the mock: a due credential
-//! is refreshed by Codex in a throwaway home and committed like an OAuth answer; every failure class leaves auth.json byte-identical;
-//! a hung token endpoint gets Codex killed; no token reaches Codex's argv or environment;
-//! and (as root) two accounts refresh at once as their own users.
+//! is refreshed by Codex in a throwaway home and committed like an OAuth answer; every failure
+//! class leaves auth.json byte-identical; a hung token endpoint gets Codex killed; no token
+//! reaches Codex's argv or environment; and (as root) two accounts refresh at once as their
+//! own users.
 
 mod support;
 

@@ -133,7 +133,9 @@ async fn refresh_all_vs_max_parallel() {
             let load = load.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
             let line = format!(
                 "BENCH accounts={n:>4} max_parallel={mp:>3}: median {med:8.1} ms over {runs} runs (min {:.1}, \
-                    max {:.1}); ideal {:6.0} ms; ratio {:.2}; CPU per refresh: daemon {daemon_cpu:.2} ms + worker {worker_cpu:.2} ms; file+dir fsync {fsync:.1} ms; daemon VmHWM {} KiB (idle VmRSS {idle} KiB); workers: up to {} at once, peak {} KiB each, daemon+workers up to {} KiB; loadavg {load}",
+                    max {:.1}); ideal {:6.0} ms; ratio {:.2}; CPU per refresh: daemon {daemon_cpu:.2} ms + worker \
+                    {worker_cpu:.2} ms; file+dir fsync {fsync:.1} ms; daemon VmHWM {} KiB (idle VmRSS {idle} KiB); \
+                    workers: up to {} at once, peak {} KiB each, daemon+workers up to {} KiB; loadavg {load}",
                 times.iter().cloned().fold(f64::INFINITY, f64::min),
                 times.iter().cloned().fold(0.0, f64::max),
                 ideal.as_secs_f64() * 1000.0,

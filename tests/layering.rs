@@ -276,7 +276,8 @@ fn no_two_files_import_each_other_round_a_loop() {
 fn the_checker_sees_what_it_must() {
     // A checker that parses nothing would pass everything: prove it reads each form.
     let code = code_only(
-        "use crate::core::{clock::Clock, task::{self, Job}};\n// crate::runner::x\nlet a = crate::store::status::load();\n\
+        "use crate::core::{clock::Clock, task::{self, Job}};\n// crate::runner::x\n\
+         let a = crate::store::status::load();\n\
          let s = \"crate::daemon\";",
     );
     let got: BTreeSet<String> = crate_paths(&code).into_iter().map(|p| p.join("::")).collect();

@@ -749,7 +749,11 @@ fn check_lease_ttl(
         key: Some("agent.lease_ttl".into()),
         message: format!(
             "{given} is shorter than one refresher cycle of account {} can take ({}: the worker's deadline of \
-                {} — waiting for another cycle or a preflight (preflight_timeout {}), the refresh ({}, request_timeout {}), Codex's locks before the POST and at the commit, a yield to a running Codex and a verifying second refresh — plus {} Vault requests of up to {} each (vault.request_timeout)); a lease that runs out mid-cycle lets another refresher take it and spend the same refresh token (refresh_token_reused); set agent.lease_ttl to at least {}",
+                {} — waiting for another cycle or a preflight (preflight_timeout {}), the refresh ({}, request_timeout \
+                {}), Codex's locks before the POST and at the commit, a yield to a running Codex and a verifying \
+                second refresh — plus {} Vault requests of up to {} each (vault.request_timeout)); a lease that runs \
+                out mid-cycle lets another refresher take it and spend the same refresh token (refresh_token_reused); \
+                set agent.lease_ttl to at least {}",
             acct.name,
             fmt(minimum),
             fmt(deadline),

@@ -325,7 +325,11 @@ proptest! {
 
     /// Truncations and flipped bytes of a valid file: loads, or fails naming the file.
     #[test]
-    fn mutated_files_never_panic(cut in any::<prop::sample::Index>(), flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..), 0..4), in_drop_in in any::<bool>()) {
+    fn mutated_files_never_panic(
+        cut in any::<prop::sample::Index>(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..), 0..4),
+        in_drop_in in any::<bool>(),
+    ) {
         let valid = "[agent]\nmax_parallel = 4\nlease_ttl = \"10m\"\n\n[defaults]\nmax_age = \"3d\"\ntoken_url \
             = \"https://auth.example/oauth/token\"\non_failure = \"/usr/bin/logger -t \
                 caa\"\n\n[accounts.a]\nuser = \"root\"\ncodex_home = \"/srv/a/.codex\"\nrequest_timeout = \"9s\"\n";

@@ -232,7 +232,10 @@ mod tests {
         let rows = [
             (r#"400 Bad Request: {"error":"invalid_grant"}"#, Permanent, "invalid_grant"),
             (
-                r#"403 Forbidden: {"error":{"message":"m","type":"invalid_request_error","code":"refresh_token_reused"}"#,
+                concat!(
+                    r#"403 Forbidden: {"error":{"message":"m","type":"invalid_request_error","#,
+                    r#""code":"refresh_token_reused"}"#
+                ),
                 Permanent,
                 "refresh_token_reused",
             ),

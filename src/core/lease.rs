@@ -397,12 +397,14 @@ mod proptests {
             steps in prop::collection::vec((0usize..2, any::<bool>(), 0i64..40), 1..80),
         ) {
             let b_instance = if copied { "i-a" } else { "i-b" };
-            let mut agents = [
-                Agent { me: Me { host_id: "h".into(), instance: "i-a".into(), nonces: vec!["n0".into()] }, pending: None },
-                Agent { me: Me { host_id: "h".into(), instance: b_instance.into(), nonces: vec!["n0".into()] }, pending: None },
-            ];
+            let agent = |instance: &str| Agent {
+                me: Me { host_id: "h".into(), instance: instance.into(), nonces: vec!["n0".into()] },
+                pending: None,
+            };
+            let mut agents = [agent("i-a"), agent(b_instance)];
             // The lease both started from (a copied state dir remembers the same nonce).
-            let mut kv = Kv { record: Some(LeaseRecord::new(&agents[0].me, "n0", t(0), Duration::from_secs(TTL as u64))), version: 1 };
+            let first = LeaseRecord::new(&agents[0].me, "n0", t(0), Duration::from_secs(TTL as u64));
+            let mut kv = Kv { record: Some(first), version: 1 };
             // (agent, lease expiry) of every refresh.
             let mut refreshes: Vec<(usize, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
             let mut now = 0i64;

@@ -197,7 +197,11 @@ mod tests {
         ) {
             let now = 1_800_000_000i64;
             let mut f = facts(exp.map(|e| now + e), lr.map(|l| now + l));
-            f.mode = match mode { 0 => AuthMode::ChatGpt, 1 => AuthMode::ApiKey, _ => AuthMode::Other("headers".into()) };
+            f.mode = match mode {
+                0 => AuthMode::ChatGpt,
+                1 => AuthMode::ApiKey,
+                _ => AuthMode::Other("headers".into()),
+            };
             f.has_refresh_token = has_rt;
             let d = decide(&f, &th(rbe, max_age), at(now), force);
             let managed = f.mode == AuthMode::ChatGpt && has_rt;
@@ -206,7 +210,9 @@ mod tests {
             let unknown = exp.is_none() && lr.is_none();
             match d {
                 Decision::Inert(_) => prop_assert!(!managed),
-                Decision::Refresh(_) => prop_assert!(managed && (force || expiring || too_old || unknown), "refresh without cause"),
+                Decision::Refresh(_) => {
+                    prop_assert!(managed && (force || expiring || too_old || unknown), "refresh without cause")
+                }
                 Decision::Fresh { due_at } => {
                     prop_assert!(managed && !force && !expiring && !too_old && !unknown, "fresh despite cause");
                     prop_assert!(due_at > at(now));
@@ -215,13 +221,19 @@ mod tests {
         }
 
         #[test]
-        fn fresh_becomes_due_exactly_at_due_at(exp in 1i64..40 * DAY as i64, lr in -40i64 * DAY as i64..0, rbe in 0u64..10 * DAY, max_age in 1u64..20 * DAY) {
+        fn fresh_becomes_due_exactly_at_due_at(
+            exp in 1i64..40 * DAY as i64,
+            lr in -40i64 * DAY as i64..0,
+            rbe in 0u64..10 * DAY,
+            max_age in 1u64..20 * DAY,
+        ) {
             let now = 1_800_000_000i64;
             let f = facts(Some(now + exp), Some(now + lr));
             let t = th(rbe, max_age);
             if let Decision::Fresh { due_at } = decide(&f, &t, at(now), false) {
                 prop_assert!(matches!(decide(&f, &t, due_at, false), Decision::Refresh(_)), "not due at due_at");
-                prop_assert!(matches!(decide(&f, &t, due_at - Duration::seconds(1), false), Decision::Fresh { .. }), "due one second early");
+                let early = decide(&f, &t, due_at - Duration::seconds(1), false);
+                prop_assert!(matches!(early, Decision::Fresh { .. }), "due one second early");
             }
         }
     }

@@ -619,7 +619,8 @@ impl Run<'_> {
         loop {
             match v.write(key, bytes, cas, clock.now()) {
                 Err(e @ VaultError::Unreachable { .. }) if clock.now() + as_chrono(pause + timeout) < give_up => {
-                    tracing::warn!(account = %self.name(), "{e}; trying again in {}ms (a new credential waits)", pause.as_millis());
+                    let ms = pause.as_millis();
+                    tracing::warn!(account = %self.name(), "{e}; trying again in {ms}ms (a new credential waits)");
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }

@@ -247,7 +247,8 @@ codex_auth_agent_last_outcome{account=\"alice\",outcome=\"failed\"} 1
 # TYPE codex_auth_agent_consecutive_failures gauge
 codex_auth_agent_consecutive_failures{account=\"alice\"} 3
 codex_auth_agent_consecutive_failures{account=\"bob\"} 0
-# HELP codex_auth_agent_runner_ok 1 when the last preflight (codex exec) passed, 0 when it failed; absent when never checked.
+# HELP codex_auth_agent_runner_ok 1 when the last preflight (codex exec) passed, 0 when it failed; absent when never \
+checked.
 # TYPE codex_auth_agent_runner_ok gauge
 codex_auth_agent_runner_ok{account=\"alice\"} 0
 codex_auth_agent_runner_ok{account=\"bob\"} 1
@@ -255,14 +256,17 @@ codex_auth_agent_runner_ok{account=\"bob\"} 1
 # TYPE codex_auth_agent_needs_login gauge
 codex_auth_agent_needs_login{account=\"alice\"} 1
 codex_auth_agent_needs_login{account=\"bob\"} 0
-# HELP codex_auth_agent_refresh_before_expiry_seconds The account's refresh_before_expiry: it refreshes when the access token expires within this.
+# HELP codex_auth_agent_refresh_before_expiry_seconds The account's refresh_before_expiry: it refreshes when the \
+access token expires within this.
 # TYPE codex_auth_agent_refresh_before_expiry_seconds gauge
 codex_auth_agent_refresh_before_expiry_seconds{account=\"alice\"} 86400
 codex_auth_agent_refresh_before_expiry_seconds{account=\"bob\"} 43200
-# HELP codex_auth_agent_fleet_version Fleet mode: the rotating key's version installed here (label role: refresher or follower).
+# HELP codex_auth_agent_fleet_version Fleet mode: the rotating key's version installed here (label role: refresher or \
+follower).
 # TYPE codex_auth_agent_fleet_version gauge
 codex_auth_agent_fleet_version{account=\"alice\",role=\"follower\"} 7
-# HELP codex_auth_agent_codex_info 1, labelled with the Codex CLI version the account's last preflight ran; absent when not known.
+# HELP codex_auth_agent_codex_info 1, labelled with the Codex CLI version the account's last preflight ran; absent \
+when not known.
 # TYPE codex_auth_agent_codex_info gauge
 codex_auth_agent_codex_info{account=\"bob\",codex_version=\"0.130.0\"} 1
 # HELP codex_auth_agent_textfile_timestamp_seconds When the agent wrote this file (Unix time).

@@ -88,7 +88,8 @@ pub fn settle(state_dir: &Path, held: &Held, account: &str, keeper: &Keeper, pen
                 tracing::error!(
                     account = %account,
                     "a new credential could not be written to auth.json nor kept in {}; only this process's \
-                        memory holds it: if the agent stops before the next run writes it, a new login is needed (codex login --device-auth)",
+                        memory holds it: if the agent stops before the next run writes it, a new login is needed \
+                        (codex login --device-auth)",
                     status::account_dir(state_dir, account).display()
                 );
             }

@@ -157,7 +157,14 @@ mod tests {
         let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2lnbmF0dXJl";
         let rt = "CANARY-rt_12_3_0a1b2c3d4e5f6a7b";
         tracing::subscriber::with_default(subscriber, || {
-            tracing::error!(account = "alice", outcome = "failed", failure_class = "permanent", http_status = 401u16, reason = %format!("leaked {rt}"), "token {jwt}\nsecond line");
+            tracing::error!(
+                account = "alice",
+                outcome = "failed",
+                failure_class = "permanent",
+                http_status = 401u16,
+                reason = %format!("leaked {rt}"),
+                "token {jwt}\nsecond line"
+            );
             tracing::info!(account = "bob", "fine");
         });
         let mut buf = vec![0u8; 65536];

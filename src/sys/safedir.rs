@@ -671,7 +671,8 @@ mod tests {
             let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&new);
             proptest::prop_assume!(parsed.is_ok(), "a digit change made a number invalid by itself");
             proptest::prop_assert!(same_shape(&old, &new));
-            let mix: Vec<u8> = old.iter().zip(&new).enumerate().map(|(i, (a, b))| if mask[i % mask.len()] { *a } else { *b }).collect();
+            let pick = |(i, (a, b)): (usize, (&u8, &u8))| if mask[i % mask.len()] { *a } else { *b };
+            let mix: Vec<u8> = old.iter().zip(&new).enumerate().map(pick).collect();
             let mixed: serde_json::Value = serde_json::from_slice(&mix).expect("a mix is JSON");
             proptest::prop_assert_eq!(shape(&mixed), shape(&doc));
         }

@@ -298,7 +298,12 @@ echo '{"id":3,"error":{"code":-32603,"message":"workspace routing discovery fail
     fn auth(rt: &str) -> AuthFile {
         let id = "eyJhbGciOiJub25lIn0.e30.sig";
         let text = format!(
-            r#"{{"auth_mode":"chatgpt","tokens":{{"id_token":"{id}","access_token":"a","refresh_token":"{rt}","account_id":"acct"}},"last_refresh":"2026-01-01T00:00:00Z"}}"#
+            concat!(
+                r#"{{"auth_mode":"chatgpt","tokens":{{"id_token":"{id}","access_token":"a","refresh_token":"{rt}","#,
+                r#""account_id":"acct"}},"last_refresh":"2026-01-01T00:00:00Z"}}"#
+            ),
+            id = id,
+            rt = rt
         );
         AuthFile::parse(text.as_bytes(), Path::new("a")).unwrap()
     }

@@ -243,12 +243,14 @@ pub fn verification_failure(f: Failure, racing: &[CodexProc]) -> Failure {
     let reason = match f.class {
         FailureClass::Permanent => format!(
             "refresh collided with a running Codex of this account (pid {pids}) that sent the same refresh \
-                token (refresh_token_reused): the token endpoint revoked the login, and the new refresh token was refused when we verified it: {}",
+                token (refresh_token_reused): the token endpoint revoked the login, and the new refresh token was \
+                refused when we verified it: {}",
             f.reason
         ),
         _ => format!(
             "refreshed, but a Codex of this account (pid {pids}) ran during the refresh and the check that the \
-                login survived it failed (if that check reached the endpoint, its answer is lost and the login is spent): {}",
+                login survived it failed (if that check reached the endpoint, its answer is lost and the login is \
+                spent): {}",
             f.reason
         ),
     };
@@ -514,7 +516,8 @@ pub fn before_post<'a>(ctx: Ctx<'a>, bytes: &[u8], auth: &AuthFile) -> Before<'a
                     WhyPost::CodexGone => format!("Codex (pid {pids}) exited after {waited:.1}s without refreshing"),
                     WhyPost::TimedOut => format!("Codex (pid {pids}) did not refresh within {waited:.1}s"),
                 });
-                tracing::info!(account = %ctx.account, "{}: refreshing ourselves", watch.yielded.as_deref().unwrap_or(""));
+                let yielded = watch.yielded.as_deref().unwrap_or("");
+                tracing::info!(account = %ctx.account, "{yielded}: refreshing ourselves");
                 return Before::Post(watch);
             }
             Step::GiveUp => {
@@ -641,7 +644,8 @@ impl Watch<'_> {
                 if r.outcome == Outcome::Refreshed {
                     r.reason = format!(
                         "{}{yielded}; verified: a Codex of this account (pid {pids}) ran during the refresh, so \
-                            once its attempt was over ({settled:.1}s later) the new login was refreshed once more and is alive",
+                            once its attempt was over ({settled:.1}s later) the new login was refreshed once more and \
+                            is alive",
                         r.reason
                     );
                 }

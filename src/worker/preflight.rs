@@ -191,7 +191,8 @@ impl Probe<'_> {
             Adoption::Failed(f) => (
                 Err(Failure::transient(format!(
                     "Codex refreshed the token during the preflight but writing it to auth.json failed ({}); \
-                        the new credential is kept in the agent's state and the next refresh writes it (the old token is not sent again)",
+                        the new credential is kept in the agent's state and the next refresh writes it (the old token \
+                        is not sent again)",
                     f.reason
                 ))),
                 None,
@@ -241,7 +242,8 @@ mod tests {
     #[test]
     fn failures_carry_codex_classification_never_its_text() {
         let stderr = "ERROR codex_login::auth::manager: Failed to refresh token status=401 Unauthorized\n\
-                      ERROR: Your access token could not be refreshed because your refresh token has expired. Please log out and sign in again.\n";
+                      ERROR: Your access token could not be refreshed because your refresh token has expired. Please \
+                      log out and sign in again.\n";
         let f = verdict(Ended::Exited(1), "", stderr, T).unwrap_err();
         assert_eq!((f.class, f.http_status), (Permanent, Some(401)));
         assert!(f.reason.contains("code 1") && f.reason.contains("refresh_token_expired"), "{}", f.reason);

@@ -159,7 +159,8 @@ fn success_body() -> impl Strategy<Value = Vec<u8>> {
 
 fn sample_auth() -> AuthFile {
     let jwt = "e30.eyJleHAiOjE4MDAwMDAwMDB9.sig";
-    let doc = json!({"auth_mode": "chatgpt", "tokens": {"id_token": jwt, "access_token": jwt, "refresh_token": "old", "account_id": "a"}, "x_keep": [1.5]});
+    let tokens = json!({"id_token": jwt, "access_token": jwt, "refresh_token": "old", "account_id": "a"});
+    let doc = json!({"auth_mode": "chatgpt", "tokens": tokens, "x_keep": [1.5]});
     AuthFile::parse(doc.to_string().as_bytes(), Path::new("auth.json")).unwrap()
 }
 
@@ -169,15 +170,18 @@ proptest! {
     #[test]
     fn error_answers_follow_the_codex_table(status in status(), (body, code) in error_body()) {
         let f = classify_http(status, &body);
-        prop_assert_eq!(f.class, expected_class(status, code.as_deref()), "HTTP {} {}", status, String::from_utf8_lossy(&body));
+        let expected = expected_class(status, code.as_deref());
+        prop_assert_eq!(f.class, expected, "HTTP {} {}", status, String::from_utf8_lossy(&body));
         prop_assert_eq!(f.http_status, Some(status));
         match f.class {
             FailureClass::Permanent => prop_assert!(f.reason.contains(RELOGIN), "{}", f.reason),
             _ => prop_assert!(f.reason.ends_with("will retry"), "{}", f.reason),
         }
-        prop_assert!(f.reason.contains(&format!("HTTP {status}")) || f.reason.contains("invalid_grant"), "{}", f.reason);
+        let names_it = f.reason.contains(&format!("HTTP {status}")) || f.reason.contains("invalid_grant");
+        prop_assert!(names_it, "{}", f.reason);
         // Only the error code may show, filtered to [A-Za-z0-9_] and 64 characters.
-        let shown: String = code.unwrap_or_default().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+        let shown: String =
+            code.unwrap_or_default().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
         let rest = if shown.is_empty() { f.reason.clone() } else { f.reason.replace(&shown, "") };
         prop_assert!(!rest.contains(CANARY) && f.reason.len() < 300, "server text echoed: {}", f.reason);
     }
@@ -187,7 +191,8 @@ proptest! {
         let parsed = serde_json::from_slice::<Value>(&body).ok();
         let obj = parsed.as_ref().and_then(Value::as_object);
         let well_typed = obj.is_some_and(|o| {
-            ["id_token", "access_token", "refresh_token"].iter().all(|k| matches!(o.get(*k), None | Some(Value::Null) | Some(Value::String(_))))
+            let string_or_absent = |k: &&str| matches!(o.get(*k), None | Some(Value::Null) | Some(Value::String(_)));
+            ["id_token", "access_token", "refresh_token"].iter().all(string_or_absent)
         });
         let id_ok = obj
             .and_then(|o| o.get("id_token"))
@@ -197,7 +202,8 @@ proptest! {
             Ok(new) => {
                 prop_assert!(well_typed && id_ok, "accepted {}", String::from_utf8_lossy(&body));
                 let o = obj.unwrap();
-                for (k, got) in [("id_token", &new.id_token), ("access_token", &new.access_token), ("refresh_token", &new.refresh_token)] {
+                let tokens = [&new.id_token, &new.access_token, &new.refresh_token];
+                for (k, got) in ["id_token", "access_token", "refresh_token"].into_iter().zip(tokens) {
                     let want = o.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
                     prop_assert_eq!(got.as_deref(), want, "{}", k);
                 }
@@ -228,7 +234,11 @@ proptest! {
         tail in "( [A-Za-z]{1,8}\\PC{0,4})?",
         with_marker in any::<bool>(),
     ) {
-        let log = if with_marker { format!("{noise}{CANARY} Failed to refresh token status={digits}{tail}") } else { format!("{noise}{CANARY}") };
+        let log = if with_marker {
+            format!("{noise}{CANARY} Failed to refresh token status={digits}{tail}")
+        } else {
+            format!("{noise}{CANARY}")
+        };
         if let Some(f) = from_codex_log(&log) {
             prop_assert!(!f.reason.contains(CANARY), "{}", f.reason);
             let s: Option<u16> = digits.parse().ok();

@@ -69,9 +69,10 @@ mod tests {
         let t = format!(
             "{}.{}.x",
             enc("{}"),
-            enc(
-                r#"{"exp":1700000000,"https://api.openai.com/profile":{"email":"p@e"},"https://api.openai.com/auth":{"chatgpt_account_id":"a","chatgpt_plan_type":"plus"}}"#
-            )
+            enc(concat!(
+                r#"{"exp":1700000000,"https://api.openai.com/profile":{"email":"p@e"},"#,
+                r#""https://api.openai.com/auth":{"chatgpt_account_id":"a","chatgpt_plan_type":"plus"}}"#
+            ))
         );
         let c = claims(&t).unwrap();
         assert_eq!(c.exp.unwrap().timestamp(), 1_700_000_000);

@@ -278,11 +278,13 @@ mod tests {
     fn sample() -> String {
         format!(
             r#"{{"auth_mode":"chatgpt","OPENAI_API_KEY":null,"extra_top":{{"keep":1}},
-            "tokens":{{"id_token":"{}","access_token":"{}","refresh_token":"SECRET-RT","account_id":"acc-1","extra_tok":"k"}},
+            "tokens":{{"id_token":"{}","access_token":"{}","refresh_token":"SECRET-RT","account_id":"acc-1",
+                "extra_tok":"k"}},
             "last_refresh":"2026-11-20T03:55:51.863408880Z"}}"#,
-            jwt(
-                r#"{"email":"a@example.com","https://api.openai.com/auth":{"chatgpt_account_id":"acc-1","chatgpt_plan_type":"pro"}}"#
-            ),
+            jwt(concat!(
+                r#"{"email":"a@example.com","#,
+                r#""https://api.openai.com/auth":{"chatgpt_account_id":"acc-1","chatgpt_plan_type":"pro"}}"#
+            )),
             jwt(r#"{"exp":1800000000}"#)
         )
     }

@@ -347,9 +347,14 @@ proptest! {
         secs in 0i64..4_000_000_000,
     ) {
         let mut a = AuthFile::parse(&serde_json::to_vec(&doc).unwrap(), Path::new(PATH)).unwrap();
-        let new = NewTokens { id_token: id.as_ref().map(jwt_with), access_token: access.clone(), refresh_token: refresh.clone() };
+        let new = NewTokens {
+            id_token: id.as_ref().map(jwt_with),
+            access_token: access.clone(),
+            refresh_token: refresh.clone(),
+        };
         a.apply_refresh(&new, DateTime::from_timestamp(secs, 0).unwrap());
-        let again = AuthFile::parse(&a.to_bytes(), Path::new(PATH)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let again =
+            AuthFile::parse(&a.to_bytes(), Path::new(PATH)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let out: Value = serde_json::from_slice(&again.to_bytes()).unwrap();
         for (k, v) in doc.iter().filter(|(k, _)| k.starts_with("x_")) {
             prop_assert_eq!(&out[k], v);
@@ -398,7 +403,8 @@ proptest! {
         match AuthFile::parse(&b, Path::new(PATH)) {
             Ok(a) => {
                 let _ = a.facts();
-                let again = AuthFile::parse(&a.to_bytes(), Path::new(PATH)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let again =
+                    AuthFile::parse(&a.to_bytes(), Path::new(PATH)).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(again, a);
             }
             Err(e) => assert_clear(&e, None)?,
@@ -428,7 +434,8 @@ proptest! {
         match jwt::claims(&token) {
             Ok(c) => {
                 let p = jwt::payload(&token).unwrap();
-                let want = p.get("exp").and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64))).and_then(|s| DateTime::from_timestamp(s, 0));
+                let secs = p.get("exp").and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)));
+                let want = secs.and_then(|s| DateTime::from_timestamp(s, 0));
                 prop_assert_eq!(c.exp, want);
                 if p.get("exp").is_some_and(|v| !v.is_number()) {
                     prop_assert_eq!(c.exp, None, "a non-number exp is no expiry");
@@ -450,7 +457,8 @@ proptest! {
         r.expires_at = a.access_expires_at();
         r.last_refresh = a.last_refresh();
         let text = serde_json::to_string(&r).unwrap();
-        let back: crate::core::outcome::Report = serde_json::from_str(&text).map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
+        let back: crate::core::outcome::Report =
+            serde_json::from_str(&text).map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
         prop_assert_eq!(back, r.clone());
         let _ = (r.json_line(), r.human_line());
     }
