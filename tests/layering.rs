@@ -1,7 +1,8 @@
 //! The layer rule of docs/ARCHITECTURE.md, checked on the source: every `crate::` path in
 //! src/ may name only its own layer or a layer below it; worker and runner never name each
 //! other; core names no I/O crate; and no two files import each other, directly or round a
-//! loop. The failures print the file and the path that broke the rule.
+//! loop; and no line of src/ or tests/ is wider than 120 columns. The failures print the file
+//! and the path (or line) that broke the rule.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -287,4 +288,25 @@ fn the_checker_sees_what_it_must() {
         .collect();
     assert_eq!(got, want);
     assert!(uses("let f = std::fs::read(p);", "std::fs") && !uses("AuthFile::parse(b)", "File::"));
+}
+
+/// rustfmt keeps code within 120 columns but leaves long strings and macro bodies (proptest!)
+/// alone; this keeps those within it too.
+#[test]
+fn no_line_is_wider_than_120_columns() {
+    let mut files = Vec::new();
+    for dir in ["src", "tests"] {
+        sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir), &mut files);
+    }
+    let wide: Vec<String> = files
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            let lines: Vec<(usize, usize)> =
+                text.lines().enumerate().map(|(i, l)| (i + 1, l.chars().count())).filter(|(_, n)| *n > 120).collect();
+            lines.into_iter().map(move |(i, n)| format!("{}:{i}: {n} columns", f.display()))
+        })
+        .collect();
+    assert!(files.len() > 50, "the sources were found ({} files)", files.len());
+    assert!(wide.is_empty(), "lines over 120 columns (split the string or the expression):\n{}", wide.join("\n"));
 }
