@@ -1,8 +1,9 @@
 //! Running a job as the account's Unix user. Root never opens a path inside a user's
-//! CODEX_HOME: it re-executes itself as `codex-auth-agent worker`, hands the job over a
-//! pipe (seed bytes included — never argv or env), and the child drops to the user
-//! (setgroups with the groups resolved here → setgid → setuid, verified irreversible, not
-//! dumpable) before it touches anything. A child past its deadline is killed with its whole process group.
+//! CODEX_HOME: it re-executes itself (/proc/self/exe) as `codex-auth-agent worker`, hands
+//! the job over a pipe (seed bytes included — never argv or env), and the child drops to
+//! the user (setgroups with the groups resolved here → setgid → setuid, verified
+//! irreversible, not dumpable) before it touches anything. A child past its deadline is
+//! killed with its whole process group.
 
 use crate::core::clock::Clock;
 use crate::core::outcome::{Failure, PreflightReport, Report};
