@@ -138,7 +138,8 @@ async fn workers_still_start_after_the_executable_is_replaced_on_disk() {
     let dir = w.s.path().join("usr-bin");
     std::fs::create_dir(&dir).unwrap();
     let exe = dir.join("codex-auth-agent");
-    std::fs::copy(BIN, &exe).unwrap();
+    // A second name for the same file (a copy where the scratch is on another file system).
+    std::fs::hard_link(BIN, &exe).or_else(|_| std::fs::copy(BIN, &exe).map(drop)).unwrap();
     let mut d = AgentDaemon::start_from(&exe, &w.s, &w.m, &cfg, &w.bus, |_| {});
     let conn = w.conn().await;
     wait_state(&conn, "alice", "ok").await;
