@@ -176,9 +176,6 @@ fn a_root_only_seed_reaches_the_user_through_the_pipe() {
     assert_eq!(m.token_requests(), 0);
 }
 
-/// The worker runs with exactly its user's groups — the supplementary ones included, looked
-/// up by root before the spawn as initgroups would — and none of root's: the Codex it starts
-/// (a stand-in that records `id -G`) shows them.
 /// `preflight --account alice` as root for `alice`'s account, with a stand-in Codex that
 /// runs `script` (OUT names a directory it may write) and answers Banana. Returns OUT.
 fn preflight_with_stand_in(alice: &nix::unistd::User, script: &str) -> Scratch {
@@ -226,6 +223,9 @@ fn the_worker_is_named_after_the_agent() {
     assert_eq!((read("comm").trim(), read("cmdline").trim()), ("codex-auth-agen", format!("{BIN} worker").as_str()));
 }
 
+/// The worker runs with exactly its user's groups — the supplementary ones included, looked
+/// up by root before the spawn as initgroups would — and none of root's: the Codex it starts
+/// (a stand-in that records `id -G`) shows them.
 #[test]
 fn the_worker_has_its_users_groups_and_none_of_roots() {
     if !require_root("the_worker_has_its_users_groups_and_none_of_roots") {

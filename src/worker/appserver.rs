@@ -297,15 +297,9 @@ echo '{"id":3,"error":{"code":-32603,"message":"workspace routing discovery fail
 
     fn auth(rt: &str) -> AuthFile {
         let id = "eyJhbGciOiJub25lIn0.e30.sig";
-        let text = format!(
-            concat!(
-                r#"{{"auth_mode":"chatgpt","tokens":{{"id_token":"{id}","access_token":"a","refresh_token":"{rt}","#,
-                r#""account_id":"acct"}},"last_refresh":"2026-01-01T00:00:00Z"}}"#
-            ),
-            id = id,
-            rt = rt
-        );
-        AuthFile::parse(text.as_bytes(), Path::new("a")).unwrap()
+        let tokens = json!({"id_token": id, "access_token": "a", "refresh_token": rt, "account_id": "acct"});
+        let text = json!({"auth_mode": "chatgpt", "tokens": tokens, "last_refresh": "2026-01-01T00:00:00Z"});
+        AuthFile::parse(text.to_string().as_bytes(), Path::new("a")).unwrap()
     }
 
     #[test]
