@@ -128,6 +128,36 @@ fn a_full_disk_is_found_before_the_post_and_the_login_survives_it() {
     assert_eq!((m.token_requests(), m.reuse_detections()), (1, 0));
 }
 
+/// The kept copy outlives its write when the run is killed after auth.json's rename (or a
+/// power cut brings back its removal, which is not fsynced): the next run finds auth.json
+/// already holding it, drops the copy and says so ("fresh"); it does not claim to have
+/// written a credential an earlier run "could not save", and sends nothing.
+#[test]
+fn a_kept_copy_that_auth_json_already_holds_is_dropped_and_the_run_goes_on() {
+    let (m, s) = (mock(), Scratch::new());
+    let c = m.issue_family("w");
+    let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
+    let mut cmd = agent(&s, &m);
+    cmd.env("CODEX_AUTH_AGENT_FAULT", "after_rename").args(["refresh", "--codex-home"]).arg(&home);
+    let st = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    assert!(!st.success(), "the fault hook aborts the run");
+    let live = m.current_refresh_token("w").expect("the family's live token");
+    assert_eq!(disk_token(&home), live, "auth.json was renamed into place before the kill");
+    assert!(pending_file(&s).exists(), "the kill came before the copy was dropped");
+    let r = refresh(&s, &m, &home, &[]);
+    let j = r.one();
+    assert_eq!((r.code, j["outcome"].as_str()), (0, Some("fresh")), "{j} {}", r.stderr);
+    assert!(j["reason"].as_str().unwrap().contains("already holds"), "{j}");
+    assert!(!pending_file(&s).exists(), "the copy auth.json already holds is dropped");
+    assert_eq!(disk_token(&home), live);
+    assert_eq!((m.token_requests(), m.reuse_detections()), (1, 0));
+    // And the login goes on living.
+    let r = refresh(&s, &m, &home, &["--force"]);
+    assert_eq!((r.code, r.one()["outcome"].as_str()), (0, Some("refreshed")), "{}", r.stderr);
+    assert!(m.is_live_refresh_token(&disk_token(&home)));
+    assert_eq!(m.reuse_detections(), 0);
+}
+
 #[test]
 fn killed_between_post_and_commit_the_next_run_writes_the_kept_credential() {
     let (m, s) = (mock(), Scratch::new());

@@ -40,14 +40,11 @@ pub fn load(state_dir: &Path, account: &str) -> Result<Option<PendingCredential>
 /// Drop the kept copy once auth.json holds it (or a newer login replaced it).
 pub fn clear(state_dir: &Path, account: &str) {
     let p = path(state_dir, account);
+    // Without a directory fsync: a power cut may bring the copy back, and the next run then
+    // finds auth.json already holding it and drops it again (`finish_pending`); the fsync
+    // was one of a refresh's seven.
     match std::fs::remove_file(&p) {
-        Ok(()) => {
-            // The removal is durable only with the directory; a lost removal is harmless
-            // (the next run finds auth.json already holds it).
-            if let Ok(d) = std::fs::File::open(status::account_dir(state_dir, account)) {
-                let _ = d.sync_all();
-            }
-        }
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(account = %account, "could not remove {}: {e}", p.display()),
     }

@@ -237,8 +237,8 @@ impl Cycle<'_> {
     }
 
     /// Write a credential an earlier run received but could not save, before anything
-    /// else. Some(report) ends the cycle (written, or still pending); None: a newer
-    /// login replaced it and the cycle goes on with that.
+    /// else. Some(report) ends the cycle (written now or found written, or still pending);
+    /// None: a newer login replaced it and the cycle goes on with that.
     fn finish_pending(&self, p: &PendingCredential) -> Option<Report> {
         let new = p.bytes();
         let since = p.received_at.to_rfc3339();
@@ -273,7 +273,10 @@ impl Cycle<'_> {
             Ok(a) => a,
             Err(e) => return still_pending(Failure::permanent(format!("the kept credential does not parse: {e}"))),
         };
-        if current.as_ref().is_none_or(|f| f.bytes != new) {
+        // Written already: the run that wrote it was killed before dropping the copy, or a
+        // power cut brought back a removal that was not fsynced (see `pending::clear`).
+        let written = current.as_ref().is_some_and(|f| f.bytes == new);
+        if !written {
             match commit(self.home, current.as_ref().map(|f| f.bytes.as_slice()), &new, None) {
                 Ok(Committed::Written) => {}
                 Ok(Committed::Changed(_)) => return still_pending(Failure::transient("auth.json changed meanwhile")),
@@ -281,11 +284,19 @@ impl Cycle<'_> {
             }
         }
         self.pending_open.set(false);
-        let r = Report::new(
-            self.account(),
-            Outcome::Refreshed,
-            format!("wrote the credential received at {since}, which an earlier run could not save"),
-        );
+        let r = if written {
+            Report::new(
+                self.account(),
+                Outcome::Fresh,
+                format!("auth.json already holds the credential received at {since}; dropped the agent's copy of it"),
+            )
+        } else {
+            Report::new(
+                self.account(),
+                Outcome::Refreshed,
+                format!("wrote the credential received at {since}, which an earlier run could not save"),
+            )
+        };
         Some(self.describe(r, &new, &auth))
     }
 
