@@ -429,21 +429,18 @@ impl Core {
         self.emit(Event::Account(name.to_string()));
         let (s, a, sh) = (settings.clone(), acct.clone(), self.shared.clone());
         let opts = RefreshOptions { force: req.force, dry_run: false };
-        let report = tokio::task::spawn_blocking(move || run::refresh_unrecorded(&s, &a, opts, req.store, &sh.rt()))
-            .await
-            .unwrap_or_else(|e| Report::failed(name, Failure::transient(format!("the run failed internally: {e}"))));
-        // The permit bounds workers and token requests in flight, not our bookkeeping: the
-        // next account's worker starts while this run is recorded (its fsyncs included).
+        let report = tokio::task::spawn_blocking(move || {
+            let (report, hook) = run::refresh_deferred(&s, &a, opts, req.store, &sh.rt());
+            (report, hook, seed_hash(&a))
+        })
+        .await;
         drop(_permit);
-        let (s, a, sh) = (settings.clone(), acct.clone(), self.shared.clone());
-        let recorded =
-            tokio::task::spawn_blocking(move || (record::record(&s, &report, &sh.rt()), seed_hash(&a), report));
-        let (hook, seed, report) = match recorded.await {
+        let (report, hook, seed) = match report {
             Ok(x) => x,
             Err(e) => (
+                Report::failed(name, Failure::transient(format!("the run failed internally: {e}"))),
                 None,
                 seed_hash(&acct),
-                Report::failed(name, Failure::transient(format!("recording the run failed internally: {e}"))),
             ),
         };
         let schedule = {

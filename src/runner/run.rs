@@ -80,22 +80,7 @@ pub fn refresh_deferred(
     store: Option<SeedInput>,
     rt: &Runtime<'_>,
 ) -> (Report, Option<hooks::HookEvent>) {
-    let report = refresh_unrecorded(settings, acct, opts, store, rt);
-    let hook = if opts.dry_run { None } else { record(settings, &report, rt) };
-    (report, hook)
-}
-
-/// The run itself, not yet recorded: the daemon records it (status.json, journal, metrics)
-/// after releasing the run's permit, so another account's worker starts meanwhile instead of
-/// waiting for this one's status fsyncs. The kept credential is settled before this returns.
-pub fn refresh_unrecorded(
-    settings: &Settings,
-    acct: &AccountSettings,
-    opts: RefreshOptions,
-    store: Option<SeedInput>,
-    rt: &Runtime<'_>,
-) -> Report {
-    match &acct.fleet {
+    let report = match &acct.fleet {
         // Fleet mode: Vault is the source of truth; a refresher writes an operator's Store
         // there too (else its next run would install Vault's credential over it). A dry
         // run stays local.
@@ -106,10 +91,12 @@ pub fn refresh_unrecorded(
         _ => {
             let id = match Identity::lookup(&acct.user) {
                 Ok(id) => id,
-                Err(e) => return Report::failed(&acct.name, Failure::permanent(e)),
+                Err(e) => return (Report::failed(&acct.name, Failure::permanent(e)), None),
             };
             let job = Job { store: store.map(Install::Operator), ..account::job_for(settings, acct, &id, opts, rt) };
             account::run_job(settings, &id, &job, rt)
         }
-    }
+    };
+    let hook = if opts.dry_run { None } else { record(settings, &report, rt) };
+    (report, hook)
 }
