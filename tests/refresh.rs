@@ -457,6 +457,42 @@ fn seeds_install_once_and_a_new_seed_replaces() {
     assert_clean(&r, &s.state_dir(), &all);
 }
 
+/// status.json is replaced without fsync after most runs: a power cut can leave it older or,
+/// on a file system that orders nothing, empty. The applied seed's hash is also kept on its
+/// own, durably, so the seed — whose refresh token our first refresh spent — is not applied
+/// again over the rotated login (which would send the spent token and revoke the family).
+#[test]
+fn an_applied_seed_stays_applied_when_status_json_is_lost() {
+    use std::os::unix::fs::PermissionsExt;
+    let (m, s) = (mock(), Scratch::new());
+    let home = s.codex_home("codex", None);
+    let seed_path = s.path().join("etc/seeds/me.json");
+    std::fs::create_dir_all(seed_path.parent().unwrap()).unwrap();
+    let first = m.issue_family("acct");
+    std::fs::write(&seed_path, auth_json(&first, OLD)).unwrap();
+    std::fs::set_permissions(&seed_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = config_for(&s, &home, "");
+    let refresh = || {
+        let mut cmd = agent(&s, &m);
+        cmd.arg("--config").arg(&cfg).args(["refresh", "--account", "me", "--json"]);
+        run(cmd)
+    };
+    let r = refresh();
+    assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "refreshed"), "{}", r.stderr);
+    assert!(r.stderr.contains("seeded"), "{}", r.stderr);
+    let rotated = read_json(&home.join("auth.json"))["tokens"]["refresh_token"].as_str().unwrap().to_string();
+    let status = s.state_dir().join("accounts/me/status.json");
+    for lost in [&b""[..], b"{\"account\":\"me\",\"outc"] {
+        std::fs::write(&status, lost).unwrap();
+        let r = refresh();
+        assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "fresh"), "{}", r.stderr);
+        assert!(!r.stderr.contains("seeded"), "the spent seed was applied again: {}", r.stderr);
+        assert_eq!(read_json(&home.join("auth.json"))["tokens"]["refresh_token"], rotated.as_str());
+        assert_eq!((m.token_requests(), m.reuse_detections()), (1, 0));
+    }
+    assert!(m.is_live_refresh_token(&rotated));
+}
+
 #[test]
 fn check_config_prints_or_names_the_bad_key() {
     let (m, s) = (mock(), Scratch::new());

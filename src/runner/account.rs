@@ -13,6 +13,7 @@ use crate::runner::seed;
 use crate::runner::vault::Clients;
 use crate::store::Memory;
 use crate::store::pending::{self, Keeper};
+use crate::store::status;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -65,7 +66,9 @@ pub fn job_for(
     rt: &Runtime<'_>,
 ) -> Job {
     let st = rt.mem.statuses.reload(&settings.agent.state_dir, &acct.name);
-    let seed = acct.seed.as_deref().and_then(|p| match seed::load(p, st.seed_sha256.as_deref()) {
+    let kept = acct.seed.as_ref().and_then(|_| status::seed_applied(&settings.agent.state_dir, &acct.name));
+    let applied = [st.seed_sha256.as_deref(), kept.as_deref()];
+    let seed = acct.seed.as_deref().and_then(|p| match seed::load(p, &applied) {
         Ok(s) => s,
         Err(w) => {
             tracing::warn!(account = %acct.name, "{w}");

@@ -40,10 +40,16 @@ fn warn_untested_codex(account: &str, before: Option<&str>, now: Option<&str>) {
 /// Fold a report into status.json, write its journal entry and the metrics textfile;
 /// returns the hook to run, if one is configured.
 pub fn record(settings: &Settings, report: &Report, rt: &Runtime<'_>) -> Option<hooks::HookEvent> {
+    let state_dir = &settings.agent.state_dir;
+    if let Some(sha) = &report.seed_applied
+        && let Err(e) = status::keep_seed_applied(state_dir, &report.account, sha)
+    {
+        tracing::warn!(account = %report.account, "could not keep the applied seed's hash: {e}");
+    }
     // A fresh check changes nothing worth an fsync; every other outcome is kept durably.
     let durable = !matches!(report.outcome, Outcome::Fresh | Outcome::Inert);
     let now = rt.clock.now();
-    rt.mem.statuses.update(&settings.agent.state_dir, &report.account, durable, |st| {
+    rt.mem.statuses.update(state_dir, &report.account, durable, |st| {
         warn_untested_codex(&report.account, st.codex_version.as_deref(), report.codex_version.as_deref());
         st.update(report, now)
     });

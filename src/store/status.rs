@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const STATUS_FILE: &str = "status.json";
+/// The hash of the last seed applied, on its own and durable: status.json is replaced
+/// without fsync after a fresh check, and a power cut that emptied or aged it must not make
+/// an applied seed, whose refresh token is spent, look new.
+pub const SEED_APPLIED_FILE: &str = "seed-applied";
 /// Persistent per-account status.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -143,6 +147,20 @@ pub fn load(state_dir: &Path, account: &str) -> AccountStatus {
         .unwrap_or_else(|| AccountStatus { account: account.to_string(), ..Default::default() })
 }
 
+/// The hash kept by [`keep_seed_applied`], if any (a file that is not one is none).
+pub fn seed_applied(state_dir: &Path, account: &str) -> Option<String> {
+    let dir = SafeDir::open(&account_dir(state_dir, account), nix::unistd::geteuid().as_raw()).ok()?;
+    let f = dir.read(SEED_APPLIED_FILE).ok().flatten()?;
+    let sha = std::str::from_utf8(&f.bytes).ok()?.trim();
+    (sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then(|| sha.to_string())
+}
+
+/// Remember durably that the seed with hash `sha` was applied to `account`.
+pub fn keep_seed_applied(state_dir: &Path, account: &str, sha: &str) -> Result<(), DirError> {
+    let dir = SafeDir::create_private(&account_dir(state_dir, account))?;
+    dir.write_atomic(SEED_APPLIED_FILE, format!("{sha}\n").as_bytes())
+}
+
 /// The statuses this process last read or wrote, so a run reads its account's status.json
 /// once and the textfile is rendered without reading every account's file again.
 #[derive(Default)]
@@ -170,8 +188,9 @@ impl Cache {
     }
 
     /// Change `account`'s status with `f` and save it; returns the new status. `durable`:
-    /// fsync it (an outcome worth keeping through a power cut); else only replace it
-    /// atomically (a fresh check: losing it costs nothing).
+    /// fsync it (an outcome worth keeping through a power cut); else only replace it (a
+    /// fresh check: a power cut may bring back an older version, or on a file system that
+    /// orders nothing leave it unreadable; the applied seed's hash is kept apart for that).
     pub fn update(
         &self,
         state_dir: &Path,
