@@ -8,10 +8,9 @@
 //! (`BENCH_RUNS=N`: runs per setting, default 11; a setting whose ideal is ≥ 10 s runs 3
 //! times; `BENCH_ACCOUNTS=1,100` for other account counts, `BENCH_MAX_PARALLEL=8` for other
 //! settings). Each line also gives the CPU time per refresh (daemon; workers, from the
-//! daemon's cutime/cstime) and what one
-//! durable commit (file + directory fsync) costs on this disk meanwhile: a refresh makes
-//! four (auth.json and its sidecar in the worker, status.json and schedule.json in the
-//! daemon). Figures go to docs/PERFORMANCE.md.
+//! daemon's cutime/cstime) and what one durable commit (file + directory fsync) costs on
+//! this disk meanwhile: a refresh makes three (pending.json and status.json in the daemon,
+//! auth.json in the worker). Figures go to docs/PERFORMANCE.md.
 
 mod support;
 
