@@ -128,6 +128,46 @@ fn a_full_disk_is_found_before_the_post_and_the_login_survives_it() {
     assert_eq!((m.token_requests(), m.reuse_detections()), (1, 0));
 }
 
+/// A new seed is installed and, being old, refreshed in the same run. Killed right after
+/// the POST, that run never recorded the seed as applied: the next run wrote the kept
+/// credential, and the one after installed the seed again — its refresh token spent — and
+/// sent it: `refresh_token_reused`, login revoked. The seed is now marked applied before
+/// its token is spent.
+#[test]
+fn a_seed_whose_token_was_spent_by_a_killed_run_is_not_installed_again() {
+    let (m, s) = (mock(), Scratch::new());
+    let home = s.codex_home("codex", None);
+    let seed_path = s.path().join("etc/seeds/me.json");
+    std::fs::create_dir_all(seed_path.parent().unwrap()).unwrap();
+    let c = m.issue_family("sd");
+    std::fs::write(&seed_path, auth_json(&c, OLD)).unwrap();
+    std::fs::set_permissions(&seed_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = s.config(&format!("[accounts.me]\nuser = \"{}\"\ncodex_home = \"{}\"\n", me(), home.display()));
+    let refresh = |fault: Option<&str>| {
+        let mut cmd = agent(&s, &m);
+        cmd.arg("--config").arg(&cfg).args(["refresh", "--account", "me", "--json"]);
+        if let Some(f) = fault {
+            cmd.env("CODEX_AUTH_AGENT_FAULT", f);
+        }
+        run(cmd)
+    };
+    let r = refresh(Some("after_post"));
+    assert_ne!(r.code, 0, "the fault hook aborts the run: {}", r.stderr);
+    assert!(!m.is_live_refresh_token(&c.refresh_token), "the POST spent the seed's token");
+    let r = refresh(None);
+    assert_eq!((r.code, r.one()["outcome"].as_str()), (0, Some("refreshed")), "{}", r.stderr);
+    assert!(r.one()["reason"].as_str().unwrap().contains("could not save"), "{}", r.stdout);
+    let live = disk_token(&home);
+    assert!(m.is_live_refresh_token(&live));
+    for _ in 0..2 {
+        let r = refresh(None);
+        assert_eq!((r.code, r.one()["outcome"].as_str()), (0, Some("fresh")), "{}", r.stderr);
+        assert!(!r.stderr.contains("seeded"), "the spent seed was installed again: {}", r.stderr);
+    }
+    assert_eq!(disk_token(&home), live);
+    assert_eq!((m.token_requests(), m.reuse_detections()), (1, 0));
+}
+
 /// The kept copy outlives its write when the run is killed after auth.json's rename (or a
 /// power cut brings back its removal, which is not fsynced): the next run finds auth.json
 /// already holding it, drops the copy and says so ("fresh"); it does not claim to have

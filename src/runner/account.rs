@@ -97,10 +97,22 @@ pub fn job_for(
 }
 
 /// The caller's answers to a cycle's questions: `before_post` (a fleet refresher's own
-/// check), then room for a durable copy of the new credential; that copy after the POST.
+/// check), then room for a durable copy of the new credential and the new seed marked as
+/// applied; that copy after the POST.
 struct CallerSupervisor<'a> {
     keeper: Keeper,
     before_post: &'a dyn Fn() -> Result<(), Failure>,
+    seed: Option<SeedMark<'a>>,
+}
+
+/// A new seed the job carries. A cycle installs it before anything else, so when the
+/// worker asks to spend a token the seed is auth.json and its refresh token is the one
+/// about to be spent: it is marked applied first, durably. Recorded only after the run, a
+/// kill in between left it looking new, and a later run installed the spent token again.
+struct SeedMark<'a> {
+    state_dir: &'a std::path::Path,
+    account: &'a str,
+    sha256: &'a str,
 }
 
 impl Supervisor for CallerSupervisor<'_> {
@@ -110,6 +122,13 @@ impl Supervisor for CallerSupervisor<'_> {
             Failure::transient(format!(
                 "cannot make room to keep the new credential in the agent's state ({e}); no token request was \
                     sent (the refresh token is unspent); will retry"
+            ))
+        })?;
+        let Some(m) = &self.seed else { return Ok(()) };
+        status::keep_seed_applied(m.state_dir, m.account, m.sha256).map_err(|e| {
+            Failure::transient(format!(
+                "cannot record that the new seed was applied ({e}); no token request was sent (the seed's refresh \
+                    token is unspent); will retry"
             ))
         })
     }
@@ -134,7 +153,9 @@ pub fn run_job_checked(
     before_post: &dyn Fn() -> Result<(), Failure>,
 ) -> Report {
     let state_dir = &settings.agent.state_dir;
-    let sup = CallerSupervisor { keeper: Keeper::new(state_dir, &job.account), before_post };
+    let seed = job.seed.as_ref().filter(|s| s.is_new && job.store.is_none() && !job.mode.dry_run());
+    let seed = seed.map(|s| SeedMark { state_dir, account: &job.account, sha256: &s.sha256 });
+    let sup = CallerSupervisor { keeper: Keeper::new(state_dir, &job.account), before_post, seed };
     let report = privsep::run_as(rt.exec, id, job, rt.clock, &sup);
     if !job.mode.dry_run() {
         pending::settle(state_dir, &rt.mem.held, &job.account, &sup.keeper, report.pending_left);
@@ -166,7 +187,7 @@ pub fn run_preflight_job(
     rt: &Runtime<'_>,
 ) -> PreflightReport {
     let state_dir = &settings.agent.state_dir;
-    let sup = CallerSupervisor { keeper: Keeper::new(state_dir, &acct.name), before_post: &|| Ok(()) };
+    let sup = CallerSupervisor { keeper: Keeper::new(state_dir, &acct.name), before_post: &|| Ok(()), seed: None };
     let report = privsep::preflight_as(rt.exec, id, &preflight_job_for(settings, acct, id), rt.clock, &sup);
     pending::settle(state_dir, &rt.mem.held, &acct.name, &sup.keeper, report.pending_left);
     report
