@@ -3,7 +3,8 @@
 
 mod support;
 
-use mock_openai::{Fault, MockConfig, MockServer};
+use mock_openai::{Credentials, Fault, MockConfig, MockServer};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::*;
 
@@ -407,31 +408,33 @@ fn dry_run_sends_and_writes_nothing() {
     assert!(!home.join("auth_refresh_status.json").exists());
 }
 
-#[test]
-fn seeds_install_once_and_a_new_seed_replaces() {
-    use std::os::unix::fs::PermissionsExt;
-    let (m, s) = (mock(), Scratch::new());
-    let home = s.codex_home("codex", None);
-    let seed_path = s.path().join("etc/seeds/me.json");
-    std::fs::create_dir_all(seed_path.parent().unwrap()).unwrap();
-    let write_seed = |text: &str| {
-        std::fs::write(&seed_path, text).unwrap();
-        std::fs::set_permissions(&seed_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    };
+/// `refresh --account me --json` with `cfg`.
+fn refresh_me(s: &Scratch, m: &MockServer, cfg: &Path) -> Run {
+    let mut cmd = agent(s, m);
+    cmd.arg("--config").arg(cfg).args(["refresh", "--account", "me", "--json"]);
+    run(cmd)
+}
+
+/// An old seed of a new login at me's default seed path (beside the config): the first
+/// run installs it, then refreshes it. Returns the config and the rotated refresh token.
+fn seeded_and_refreshed(s: &Scratch, m: &MockServer, home: &Path) -> (PathBuf, Credentials, String) {
     let first = m.issue_family("acct");
-    write_seed(&auth_json(&first, OLD));
-    let cfg = config_for(&s, &home, "");
-    let refresh = || {
-        let mut cmd = agent(&s, &m);
-        cmd.arg("--config").arg(&cfg).args(["refresh", "--account", "me", "--json"]);
-        run(cmd)
-    };
-    // Installed (default seed path beside the config), then refreshed because it is old.
-    let r = refresh();
+    s.seed("me", &auth_json(&first, OLD));
+    let cfg = config_for(s, home, "");
+    let r = refresh_me(s, m, &cfg);
     assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "refreshed"), "{}", r.stderr);
     assert!(r.stderr.contains("seeded"), "{}", r.stderr);
     let rotated = read_json(&home.join("auth.json"))["tokens"]["refresh_token"].as_str().unwrap().to_string();
     assert!(m.is_live_refresh_token(&rotated));
+    (cfg, first, rotated)
+}
+
+#[test]
+fn seeds_install_once_and_a_new_seed_replaces() {
+    let (m, s) = (mock(), Scratch::new());
+    let home = s.codex_home("codex", None);
+    let (cfg, first, _) = seeded_and_refreshed(&s, &m, &home);
+    let refresh = || refresh_me(&s, &m, &cfg);
     // The same seed is never applied again over the rotated credential.
     let r = run({
         let mut cmd = agent(&s, &m);
@@ -448,7 +451,7 @@ fn seeds_install_once_and_a_new_seed_replaces() {
     assert!(r.one()["reason"].as_str().unwrap().contains("already applied"));
     // A new seed (an operator's re-login) replaces whatever is there.
     let second = m.issue_family("acct");
-    write_seed(&auth_json(&second, &recent()));
+    s.seed("me", &auth_json(&second, &recent()));
     let r = refresh();
     assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "fresh"), "{}", r.stderr);
     assert_eq!(read_json(&home.join("auth.json"))["tokens"]["refresh_token"], second.refresh_token.as_str());
@@ -463,28 +466,13 @@ fn seeds_install_once_and_a_new_seed_replaces() {
 /// again over the rotated login (which would send the spent token and revoke the family).
 #[test]
 fn an_applied_seed_stays_applied_when_status_json_is_lost() {
-    use std::os::unix::fs::PermissionsExt;
     let (m, s) = (mock(), Scratch::new());
     let home = s.codex_home("codex", None);
-    let seed_path = s.path().join("etc/seeds/me.json");
-    std::fs::create_dir_all(seed_path.parent().unwrap()).unwrap();
-    let first = m.issue_family("acct");
-    std::fs::write(&seed_path, auth_json(&first, OLD)).unwrap();
-    std::fs::set_permissions(&seed_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let cfg = config_for(&s, &home, "");
-    let refresh = || {
-        let mut cmd = agent(&s, &m);
-        cmd.arg("--config").arg(&cfg).args(["refresh", "--account", "me", "--json"]);
-        run(cmd)
-    };
-    let r = refresh();
-    assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "refreshed"), "{}", r.stderr);
-    assert!(r.stderr.contains("seeded"), "{}", r.stderr);
-    let rotated = read_json(&home.join("auth.json"))["tokens"]["refresh_token"].as_str().unwrap().to_string();
+    let (cfg, _, rotated) = seeded_and_refreshed(&s, &m, &home);
     let status = s.state_dir().join("accounts/me/status.json");
     for lost in [&b""[..], b"{\"account\":\"me\",\"outc"] {
         std::fs::write(&status, lost).unwrap();
-        let r = refresh();
+        let r = refresh_me(&s, &m, &cfg);
         assert_eq!((r.code, r.one()["outcome"].as_str().unwrap()), (0, "fresh"), "{}", r.stderr);
         assert!(!r.stderr.contains("seeded"), "the spent seed was applied again: {}", r.stderr);
         assert_eq!(read_json(&home.join("auth.json"))["tokens"]["refresh_token"], rotated.as_str());

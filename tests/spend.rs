@@ -137,11 +137,8 @@ fn a_full_disk_is_found_before_the_post_and_the_login_survives_it() {
 fn a_seed_whose_token_was_spent_by_a_killed_run_is_not_installed_again() {
     let (m, s) = (mock(), Scratch::new());
     let home = s.codex_home("codex", None);
-    let seed_path = s.path().join("etc/seeds/me.json");
-    std::fs::create_dir_all(seed_path.parent().unwrap()).unwrap();
     let c = m.issue_family("sd");
-    std::fs::write(&seed_path, auth_json(&c, OLD)).unwrap();
-    std::fs::set_permissions(&seed_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    s.seed("me", &auth_json(&c, OLD));
     let cfg = s.config(&format!("[accounts.me]\nuser = \"{}\"\ncodex_home = \"{}\"\n", me(), home.display()));
     let refresh = |fault: Option<&str>| {
         let mut cmd = agent(&s, &m);

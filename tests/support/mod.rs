@@ -64,6 +64,15 @@ impl Scratch {
         self.dir.path()
     }
 
+    /// `account`'s seed at its default path beside the config (etc/seeds/), 0600.
+    pub fn seed(&self, account: &str, auth: &str) -> PathBuf {
+        let p = self.path().join("etc/seeds").join(format!("{account}.json"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, auth).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
     /// A CODEX_HOME (0700) holding `auth` as auth.json (0600).
     pub fn codex_home(&self, name: &str, auth: Option<&str>) -> PathBuf {
         let home = self.path().join(name);
