@@ -24,6 +24,21 @@ fn refresh(s: &Scratch, m: &MockServer, home: &Path, extra: &[&str]) -> Run {
     run(c)
 }
 
+/// A config with one account `name` of `user` at `home`.
+fn account_config(s: &Scratch, name: &str, user: &str, home: &Path) -> PathBuf {
+    s.config(&format!("[accounts.{name}]\nuser = \"{user}\"\ncodex_home = \"{}\"\n", home.display()))
+}
+
+/// `refresh --account NAME --json` with `cfg`, the fault hook armed at `fault` if given.
+fn refresh_account(s: &Scratch, m: &MockServer, cfg: &Path, name: &str, fault: Option<&str>) -> Run {
+    let mut cmd = agent(s, m);
+    cmd.arg("--config").arg(cfg).args(["refresh", "--json", "--account", name]);
+    if let Some(f) = fault {
+        cmd.env("CODEX_AUTH_AGENT_FAULT", f);
+    }
+    run(cmd)
+}
+
 /// Single-user mode keeps its state under XDG_STATE_HOME (see `support::agent`).
 fn pending_file(s: &Scratch) -> PathBuf {
     s.path().join("xdg-state/codex-auth-agent/accounts/default/pending.json")
@@ -139,15 +154,8 @@ fn a_seed_whose_token_was_spent_by_a_killed_run_is_not_installed_again() {
     let home = s.codex_home("codex", None);
     let c = m.issue_family("sd");
     s.seed("me", &auth_json(&c, OLD));
-    let cfg = s.config(&format!("[accounts.me]\nuser = \"{}\"\ncodex_home = \"{}\"\n", me(), home.display()));
-    let refresh = |fault: Option<&str>| {
-        let mut cmd = agent(&s, &m);
-        cmd.arg("--config").arg(&cfg).args(["refresh", "--account", "me", "--json"]);
-        if let Some(f) = fault {
-            cmd.env("CODEX_AUTH_AGENT_FAULT", f);
-        }
-        run(cmd)
-    };
+    let cfg = account_config(&s, "me", &me(), &home);
+    let refresh = |fault: Option<&str>| refresh_account(&s, &m, &cfg, "me", fault);
     let r = refresh(Some("after_post"));
     assert_ne!(r.code, 0, "the fault hook aborts the run: {}", r.stderr);
     assert!(!m.is_live_refresh_token(&c.refresh_token), "the POST spent the seed's token");
@@ -320,15 +328,8 @@ fn as_root_the_worker_hands_the_new_credential_to_root_state_before_its_commit()
     let (m, s) = (mock(), Scratch::new());
     let c = m.issue_family("alice-acct");
     let home = home_for(&s, &alice, Some(&auth_json(&c, OLD)));
-    let cfg = s.config(&format!("[accounts.alice]\nuser = \"{}\"\ncodex_home = \"{}\"\n", alice.name, home.display()));
-    let refresh = |fault: Option<&str>| {
-        let mut cmd = agent(&s, &m);
-        cmd.arg("--config").arg(&cfg).args(["refresh", "--json", "--account", "alice"]);
-        if let Some(f) = fault {
-            cmd.env("CODEX_AUTH_AGENT_FAULT", f);
-        }
-        run(cmd)
-    };
+    let cfg = account_config(&s, "alice", &alice.name, &home);
+    let refresh = |fault: Option<&str>| refresh_account(&s, &m, &cfg, "alice", fault);
     // The worker (alice) dies between the POST and the commit; root kept the copy.
     let r = refresh(Some("after_post"));
     assert_eq!(r.code, 4, "the parent reports the dead worker as transient: {} {}", r.stdout, r.stderr);

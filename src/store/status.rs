@@ -155,8 +155,12 @@ pub fn seed_applied(state_dir: &Path, account: &str) -> Option<String> {
     (sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then(|| sha.to_string())
 }
 
-/// Remember durably that the seed with hash `sha` was applied to `account`.
+/// Remember durably that the seed with hash `sha` was applied to `account` (once: the
+/// caller marks it before the POST and records it again after the run).
 pub fn keep_seed_applied(state_dir: &Path, account: &str, sha: &str) -> Result<(), DirError> {
+    if seed_applied(state_dir, account).as_deref() == Some(sha) {
+        return Ok(());
+    }
     let dir = SafeDir::create_private(&account_dir(state_dir, account))?;
     dir.write_atomic(SEED_APPLIED_FILE, format!("{sha}\n").as_bytes())
 }

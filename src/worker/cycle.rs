@@ -284,20 +284,18 @@ impl Cycle<'_> {
             }
         }
         self.pending_open.set(false);
-        let r = if written {
-            Report::new(
-                self.account(),
+        let (outcome, reason) = if written {
+            (
                 Outcome::Fresh,
                 format!("auth.json already holds the credential received at {since}; dropped the agent's copy of it"),
             )
         } else {
-            Report::new(
-                self.account(),
+            (
                 Outcome::Refreshed,
                 format!("wrote the credential received at {since}, which an earlier run could not save"),
             )
         };
-        Some(self.describe(r, &new, &auth))
+        Some(self.describe(Report::new(self.account(), outcome, reason), &new, &auth))
     }
 
     /// `cli_auth_credentials_store` from CODEX_HOME/config.toml when it is not "file".
