@@ -39,6 +39,14 @@ fn refresh_account(s: &Scratch, m: &MockServer, cfg: &Path, name: &str, fault: O
     run(cmd)
 }
 
+/// `refresh --codex-home HOME` aborted by the fault hook at `fault`.
+fn killed_at(s: &Scratch, m: &MockServer, home: &Path, fault: &str) {
+    let mut cmd = agent(s, m);
+    cmd.env("CODEX_AUTH_AGENT_FAULT", fault).args(["refresh", "--codex-home"]).arg(home);
+    let st = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    assert!(!st.success(), "the fault hook aborts the run");
+}
+
 /// Single-user mode keeps its state under XDG_STATE_HOME (see `support::agent`).
 fn pending_file(s: &Scratch) -> PathBuf {
     s.path().join("xdg-state/codex-auth-agent/accounts/default/pending.json")
@@ -182,10 +190,7 @@ fn a_kept_copy_that_auth_json_already_holds_is_dropped_and_the_run_goes_on() {
     let (m, s) = (mock(), Scratch::new());
     let c = m.issue_family("w");
     let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
-    let mut cmd = agent(&s, &m);
-    cmd.env("CODEX_AUTH_AGENT_FAULT", "after_rename").args(["refresh", "--codex-home"]).arg(&home);
-    let st = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
-    assert!(!st.success(), "the fault hook aborts the run");
+    killed_at(&s, &m, &home, "after_rename");
     let live = m.current_refresh_token("w").expect("the family's live token");
     assert_eq!(disk_token(&home), live, "auth.json was renamed into place before the kill");
     assert!(pending_file(&s).exists(), "the kill came before the copy was dropped");
@@ -208,10 +213,7 @@ fn killed_between_post_and_commit_the_next_run_writes_the_kept_credential() {
     let (m, s) = (mock(), Scratch::new());
     let c = m.issue_family("k");
     let home = s.codex_home("codex", Some(&auth_json(&c, OLD)));
-    let mut cmd = agent(&s, &m);
-    cmd.env("CODEX_AUTH_AGENT_FAULT", "after_post").args(["refresh", "--codex-home"]).arg(&home);
-    let st = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
-    assert!(!st.success(), "the fault hook aborts the run");
+    killed_at(&s, &m, &home, "after_post");
     // The POST rotated the token; the old one on disk is dead, the new one is kept.
     assert_eq!(disk_token(&home), c.refresh_token);
     assert!(!m.is_live_refresh_token(&c.refresh_token));
