@@ -258,6 +258,14 @@ impl Task {
         }
     }
 
+    /// Whether a worker may take another task after this one: only a refresh by our own
+    /// token request, which starts no process (app-server runs Codex, a preflight `codex
+    /// exec`). A worker that started one is killed with its process group when it ends, so
+    /// nothing it started outlives it; a worker kept for the next task could not be.
+    pub fn leaves_worker_reusable(&self) -> bool {
+        matches!(self, Task::Refresh(j) if j.refresh_method == RefreshMethod::Oauth)
+    }
+
     /// After this the parent kills the worker.
     pub fn deadline(&self) -> Duration {
         match self {
@@ -317,6 +325,9 @@ pub enum ToWorker {
 /// that user. The front ends choose one and hand it to the runner.
 pub trait Executor: Send + Sync {
     fn run(&self, who: &Identity, task: Task, clock: &dyn Clock, sup: &dyn Supervisor) -> TaskReport;
+
+    /// Nothing runs now: let go of what was kept for the next task (waiting workers).
+    fn idle(&self) {}
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ pub enum Step {
     AfterTempWrite,
     /// auth.json renamed into place; the directory not yet fsynced.
     AfterRename,
+    /// A worker sent its report; it has not read its next request (it dies while its
+    /// parent keeps it for the next task).
+    AfterReport,
 }
 
 impl Step {
@@ -29,6 +32,7 @@ impl Step {
             "after_post" => Step::AfterPost,
             "after_temp_write" => Step::AfterTempWrite,
             "after_rename" => Step::AfterRename,
+            "after_report" => Step::AfterReport,
             _ => return None,
         })
     }

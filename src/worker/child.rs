@@ -1,11 +1,14 @@
-//! `codex-auth-agent worker`: the child a root caller starts for one task. It reads the
-//! request on stdin, drops to the account's user, runs the task here, and asks its parent
-//! the cycle's questions (Supervisor) over its pipes.
+//! `codex-auth-agent worker`: the child a root caller starts for a task (or for several
+//! of one user's tasks in a row). It reads the request on stdin, drops to the account's
+//! user, runs the task here, and asks its parent the cycle's questions (Supervisor) over
+//! its pipes.
 
 use crate::core::clock::Clock;
 use crate::core::outcome::{Failure, exit};
 use crate::core::pending::PendingCredential;
-use crate::core::task::{Executor, FromWorker, MAX_PIPE_BYTES, Supervisor, ToWorker, WORKER_NAME, WorkerRequest};
+use crate::core::task::{
+    Executor, FromWorker, MAX_PIPE_BYTES, Supervisor, TaskReport, ToWorker, WORKER_NAME, WorkerRequest,
+};
 use crate::sys::process::{harden_process, set_process_name};
 use crate::sys::user::drop_privileges;
 use std::io::{BufRead, Read, Write};
@@ -47,33 +50,69 @@ impl Supervisor for PipeSupervisor {
     }
 }
 
-/// Entry point of `codex-auth-agent worker`: read the request, drop privileges, run,
-/// print the report as one JSON line.
-pub fn main(clock: &dyn Clock) -> i32 {
-    harden_process();
-    set_process_name(WORKER_NAME);
-    let mut stdin = std::io::stdin().lock();
-    let mut input = Vec::new();
-    if let Err(e) = (&mut stdin).take(MAX_PIPE_BYTES).read_until(b'\n', &mut input) {
-        eprintln!("codex-auth-agent worker: reading the job failed: {e}");
-        return exit::USAGE;
-    }
-    let req: WorkerRequest = match serde_json::from_slice(&input) {
-        Ok(r) => r,
-        Err(e) => {
+impl PipeSupervisor {
+    /// The next request on stdin: None at end of file (the parent is done with this
+    /// worker), Err(exit code) for a request that cannot be read.
+    fn next_request(&self) -> Result<Option<WorkerRequest>, i32> {
+        let mut input = self.input.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut line = Vec::new();
+        if let Err(e) = (&mut *input).take(MAX_PIPE_BYTES).read_until(b'\n', &mut line) {
+            eprintln!("codex-auth-agent worker: reading the job failed: {e}");
+            return Err(exit::USAGE);
+        }
+        if line.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&line).map(Some).map_err(|e| {
             eprintln!(
                 "codex-auth-agent worker: the job is not valid (line {}, column {}); this command is internal",
                 e.line(),
                 e.column()
             );
+            exit::USAGE
+        })
+    }
+}
+
+fn answer(report: TaskReport) {
+    println!("{}", serde_json::to_string(&FromWorker::Done(Box::new(report))).unwrap_or_default());
+    crate::sys::fault::point(crate::sys::fault::Step::AfterReport);
+}
+
+/// Entry point of `codex-auth-agent worker`: read a request, drop privileges, run, print
+/// the report as one JSON line; then the next request, until stdin ends. A parent may hand
+/// one worker several tasks of the same user in a row (runner::privsep's pool); the drop
+/// cannot be undone, so a request for anyone else is refused.
+pub fn main(clock: &dyn Clock) -> i32 {
+    harden_process();
+    set_process_name(WORKER_NAME);
+    let sup = PipeSupervisor { input: std::sync::Mutex::new(std::io::stdin().lock()) };
+    let mut req = match sup.next_request() {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            eprintln!("codex-auth-agent worker: no job on stdin; this command is internal");
             return exit::USAGE;
         }
+        Err(code) => return code,
     };
-    let sup = PipeSupervisor { input: std::sync::Mutex::new(stdin) };
-    let report = match drop_privileges(&req.identity, req.groups.as_deref()) {
-        Ok(()) => super::Local.run(&req.identity, req.task, clock, &sup),
-        Err(e) => req.task.failed(Failure::transient(format!("cannot run as {}: {e}", req.identity.user))),
-    };
-    println!("{}", serde_json::to_string(&FromWorker::Done(Box::new(report))).unwrap_or_default());
-    exit::OK
+    let (who, groups) = (req.identity.clone(), req.groups.clone());
+    if let Err(e) = drop_privileges(&who, groups.as_deref()) {
+        answer(req.task.failed(Failure::transient(format!("cannot run as {}: {e}", who.user))));
+        return exit::OK;
+    }
+    loop {
+        answer(if req.identity == who && req.groups == groups {
+            super::Local.run(&req.identity, req.task, clock, &sup)
+        } else {
+            req.task.failed(Failure::transient(format!(
+                "this worker runs as {}, not as {}: a bug of the agent; will retry",
+                who.user, req.identity.user
+            )))
+        });
+        req = match sup.next_request() {
+            Ok(Some(r)) => r,
+            Ok(None) => return exit::OK,
+            Err(code) => return code,
+        };
+    }
 }
