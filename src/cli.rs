@@ -11,11 +11,11 @@ use crate::worker::Local;
 
 /// The one-shot commands' executor: a worker child for another user's account, in-process
 /// for our own.
-const WORKERS: Workers<Local> = Workers { local: Local, always: false };
+static WORKERS: Workers<Local> = Workers::new(Local, false);
 use crate::config::{self, AccountSettings, Env, Settings};
 use crate::core::clock::SystemClock;
 use crate::core::outcome::exit;
-use crate::core::task::Identity;
+use crate::core::task::{Executor, Identity};
 use crate::sys::args::say;
 use crate::sys::logging;
 use clap::{ArgGroup, Args, Parser, Subcommand};
@@ -127,7 +127,7 @@ pub fn main() -> i32 {
     logging::init(cli.verbose, matches!(cli.command, Command::Refresh(_) | Command::Preflight(_)));
     let clock = SystemClock;
     let (mem, vault) = (Memory::default(), Clients::default());
-    match cli.command {
+    let code = match cli.command {
         Command::Worker => crate::worker::child::main(&clock),
         Command::SystemdGenerator { dirs } => systemd_generator(&dirs),
         Command::CheckConfig => check_config(cli.config.as_deref()),
@@ -143,7 +143,10 @@ pub fn main() -> i32 {
         Command::Login { account, timeout, expect_user } => {
             login(cli.config.as_deref(), &account, timeout, expect_user.as_deref())
         }
-    }
+    };
+    // Workers kept for a next task exit on their closed stdin anyway; this reaps them.
+    WORKERS.idle();
+    code
 }
 
 /// Set by SIGINT/SIGTERM/SIGHUP during `login`: the login is cancelled cleanly.

@@ -263,7 +263,7 @@ impl Agent {
 
     fn run(&self, a: usize, clock: &SimClock) -> Report {
         let acct = &self.settings.accounts[&account_name(a)];
-        let exec = Workers { local: Local, always: false };
+        let exec = Workers::new(Local, false);
         run::refresh(
             &self.settings,
             acct,

@@ -244,3 +244,132 @@ fn the_worker_has_its_users_groups_and_none_of_roots() {
     want.sort_unstable();
     assert_eq!(seen, want, "the worker's groups: the user's primary and supplementary ones only");
 }
+
+/// Run `cmd`, sampling every 2 ms which of its children run `codex-auth-agent worker`:
+/// (pid, uid) of each (other tests' workers run as the same users).
+fn run_watching_workers(mut cmd: std::process::Command) -> (Run, Vec<(u32, u32)>) {
+    use std::process::Stdio;
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let parent = format!("PPid:\t{}", child.id());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeSet::new();
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+                let argv = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                if status.lines().any(|l| l == parent) && argv.split(|b| *b == 0).nth(1) == Some(b"worker".as_slice()) {
+                    let uid =
+                        status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1));
+                    seen.insert((e.file_name().to_string_lossy().parse().unwrap(), uid.unwrap().parse().unwrap()));
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        seen.into_iter().collect::<Vec<_>>()
+    });
+    let out = child.wait_with_output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (run, sampler.join().unwrap())
+}
+
+/// A pass over several accounts of one user hands them to one worker in turn (starting a
+/// worker costs about what its refresh does); every user still has workers of its own, and
+/// each account is refreshed by its user.
+#[test]
+fn one_users_accounts_share_a_worker_and_no_worker_serves_two_users() {
+    if !require_root("one_users_accounts_share_a_worker_and_no_worker_serves_two_users") {
+        return;
+    }
+    let (u, m, s) = (users(), MockServer::start(MockConfig::default()), Scratch::new());
+    m.set_latency(std::time::Duration::from_millis(150));
+    let mut list = Vec::new();
+    for (name, user) in [("a1", &u.alice), ("a2", &u.alice), ("a3", &u.alice), ("b1", &u.bob), ("b2", &u.bob)] {
+        let c = m.issue_family(name);
+        list.push((name, user, home_at(&s, user, name, Some(&auth_json(&c, OLD))), c));
+    }
+    let mut body = String::from("max_parallel = 1\n\n[defaults]\nrequest_timeout = \"3s\"\n");
+    for (name, user, home, _) in &list {
+        body.push_str(&format!("\n[accounts.{name}]\nuser = \"{}\"\ncodex_home = \"{}\"\n", user.name, home.display()));
+    }
+    let cfg = s.config(&body);
+    let (alice, bob) = (u.alice.uid.as_raw(), u.bob.uid.as_raw());
+    let mut cmd = agent(&s, &m);
+    cmd.arg("--config").arg(&cfg).args(["refresh", "--all", "--json"]);
+    let (r, seen) = run_watching_workers(cmd);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.json().iter().all(|l| l["outcome"] == "refreshed"), "{}", r.stdout);
+    let pids_of = |uid| seen.iter().filter(|(_, u)| *u == uid).map(|(p, _)| *p).collect::<Vec<_>>();
+    assert_eq!(pids_of(alice).len(), 1, "alice's three accounts, one after another: one worker ({seen:?})");
+    assert_eq!(pids_of(bob).len(), 1, "bob's two: one worker of bob's own ({seen:?})");
+    for (_, user, home, c) in &list {
+        let f = home.join("auth.json");
+        assert_eq!(std::fs::metadata(&f).unwrap().uid(), user.uid.as_raw());
+        let rt = read_json(&f)["tokens"]["refresh_token"].as_str().unwrap().to_string();
+        assert!(rt != c.refresh_token && m.is_live_refresh_token(&rt));
+        assert_all_owned_by(home, user.uid.as_raw());
+    }
+    let mut all: Vec<String> = list.iter().flat_map(|(_, _, _, c)| secrets(c)).collect();
+    all.sort();
+    assert_clean(&r, &s.state_dir(), &all);
+}
+
+/// A worker has dropped to its first request's user for good: a request for anybody else
+/// is answered with a failure, not run.
+#[test]
+fn a_worker_refuses_a_task_of_another_user() {
+    use codex_auth_agent::core::task::{Identity, PreflightJob, Task, WorkerRequest};
+    if !require_root("a_worker_refuses_a_task_of_another_user") {
+        return;
+    }
+    let (u, s) = (users(), Scratch::new());
+    let request = |user: &nix::unistd::User| {
+        let identity = Identity {
+            user: user.name.clone(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir.clone(),
+        };
+        let job = PreflightJob {
+            account: format!("{}-acct", user.name),
+            codex_home: s.path().join("missing"),
+            owner_uid: identity.uid,
+            timeout: std::time::Duration::from_secs(5),
+            lock_wait: std::time::Duration::from_secs(1),
+            codex_bin: "/nonexistent/codex".into(),
+            codex_base_url: "http://127.0.0.1:9".into(),
+            token_url: "http://127.0.0.1:9/oauth/token".into(),
+            temp_dir: std::env::temp_dir(),
+        };
+        let mut line =
+            serde_json::to_vec(&WorkerRequest { identity, groups: None, task: Task::Preflight(job) }).unwrap();
+        line.push(b'\n');
+        line
+    };
+    let mut child = std::process::Command::new(BIN)
+        .arg("worker")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &[request(&u.alice), request(&u.bob)].concat()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "one report per request: {lines:?}");
+    let report = |i: usize| lines[i]["done"]["preflight"].clone();
+    assert_eq!(report(0)["account"], "caa-alice-acct");
+    assert_eq!(report(1)["account"], "caa-bob-acct");
+    let why = report(1).to_string();
+    assert!(why.contains("this worker runs as caa-alice, not as caa-bob"), "{why}");
+}

@@ -348,3 +348,38 @@ fn as_root_the_worker_hands_the_new_credential_to_root_state_before_its_commit()
     assert_eq!((m.token_requests(), m.reuse_detections()), (1, 0));
     assert!(!pending.exists());
 }
+
+/// A worker kept for its user's next account can die while it waits (its user may kill
+/// it; here the fault hook ends every worker right after its report): each next account
+/// goes to a new worker, is refreshed once, and no token is sent twice.
+#[test]
+fn a_kept_worker_that_died_while_it_waited_hands_the_next_account_to_a_new_one() {
+    if !require_root("a_kept_worker_that_died_while_it_waited_hands_the_next_account_to_a_new_one") {
+        return;
+    }
+    let (m, s, alice) = (mock(), Scratch::new(), ensure_user("caa-alice"));
+    let mut body = String::from("max_parallel = 1\n");
+    let mut homes = Vec::new();
+    for name in ["a1", "a2", "a3"] {
+        let c = m.issue_family(name);
+        let home = home_at(&s, &alice, name, Some(&auth_json(&c, OLD)));
+        body.push_str(&format!(
+            "\n[accounts.{name}]\nuser = \"{}\"\ncodex_home = \"{}\"\n",
+            alice.name,
+            home.display()
+        ));
+        homes.push((home, c));
+    }
+    let cfg = s.config(&body);
+    let mut cmd = agent(&s, &m);
+    cmd.env("CODEX_AUTH_AGENT_FAULT", "after_report").arg("--config").arg(&cfg).args(["refresh", "--all", "--json"]);
+    let r = run(cmd);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.json().iter().all(|l| l["outcome"] == "refreshed"), "{}", r.stdout);
+    assert_eq!(m.token_requests(), 3);
+    assert_eq!(m.reuse_detections(), 0);
+    for (home, c) in &homes {
+        let rt = disk_token(home);
+        assert!(rt != c.refresh_token && m.is_live_refresh_token(&rt));
+    }
+}

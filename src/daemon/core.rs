@@ -30,6 +30,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 pub const SCHEDULE_FILE: &str = "schedule.json";
 
+/// How long workers kept for a next task outlive the last run (see `join_or_start`).
+const KEPT_WORKERS_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What changed, for the D-Bus layer and STATUS=.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -146,7 +149,7 @@ impl Core {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> (Arc<Core>, mpsc::UnboundedReceiver<Event>) {
-        let exec = Arc::new(Workers { local: Local, always: false });
+        let exec = Arc::new(Workers::new(Local, false));
         Core::with_executor(config_path, settings, Shared { clock, exec, mem: Arc::default(), vault: Arc::default() })
     }
 
@@ -327,6 +330,13 @@ impl Core {
             let _ = tx.send(Some(result));
             if me.busy() == 0 {
                 crate::sys::process::release_free_memory();
+                // A pass at max_parallel 1 starts its next run right after this one: the
+                // workers kept for it end only if nothing started meanwhile.
+                tokio::time::sleep(KEPT_WORKERS_GRACE).await;
+                if me.busy() == 0 {
+                    let exec = me.shared.exec.clone();
+                    let _ = tokio::task::spawn_blocking(move || exec.idle()).await;
+                }
             }
         });
         rx

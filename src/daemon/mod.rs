@@ -62,7 +62,7 @@ pub fn main(config_flag: Option<&Path>, bus: BusChoice) -> i32 {
 async fn run(path: &Path, settings: config::Settings, bus: BusChoice) -> i32 {
     // Every task in a worker child, even for an account of the daemon's own user: the
     // long-lived daemon never opens a user's files itself, and its memory stays flat.
-    let exec = Arc::new(Workers { local: Local, always: true });
+    let exec = Arc::new(Workers::new(Local, true));
     let shared = Shared { clock: Arc::new(SystemClock), exec, mem: Arc::default(), vault: Arc::default() };
     let (core, mut events) = core::Core::with_executor(path.to_path_buf(), settings, shared);
     let denials = bus::Denials::default();

@@ -259,7 +259,12 @@ pub fn ensure_group_member(group: &str, user: &str) -> u32 {
 
 /// A CODEX_HOME for `u` under the scratch area, owned by `u`.
 pub fn home_for(s: &Scratch, u: &nix::unistd::User, auth: Option<&str>) -> PathBuf {
-    let home = s.codex_home(&format!("{}/.codex", u.name), auth);
+    home_at(s, u, ".codex", auth)
+}
+
+/// Like [`home_for`], at `sub` under `u`'s directory (one user's second CODEX_HOME).
+pub fn home_at(s: &Scratch, u: &nix::unistd::User, sub: &str, auth: Option<&str>) -> PathBuf {
+    let home = s.codex_home(&format!("{}/{sub}", u.name), auth);
     std::fs::set_permissions(home.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
     chown_r(&home, u.uid.as_raw(), u.gid.as_raw());
     home
