@@ -8,7 +8,8 @@
 //! (`BENCH_RUNS=N`: runs per setting, default 11; a setting whose ideal is ≥ 10 s runs 3
 //! times; `BENCH_ACCOUNTS=1,100` for other account counts, `BENCH_MAX_PARALLEL=8` for other
 //! settings). Each line also gives the CPU time per refresh (daemon; workers, from the
-//! daemon's cutime/cstime) and what one durable commit (file + directory fsync) costs on
+//! daemon's cutime/cstime once it has reaped them all: it keeps some for a next task
+//! while it runs) and what one durable commit (file + directory fsync) costs on
 //! this disk meanwhile: a refresh makes three (pending.json and status.json in the daemon,
 //! auth.json in the worker). Figures go to docs/PERFORMANCE.md.
 
@@ -35,22 +36,37 @@ struct Workers {
     tree_kib: u64,
 }
 
-/// Samples the daemon's children (/proc/<pid>/task/*/children) every 10 ms until stopped.
+/// The daemon's children (/proc/<pid>/task/*/children) that run `codex-auth-agent worker`
+/// already (one between spawn and exec shares or copies the daemon's memory).
+fn workers_of(daemon: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{daemon}/task")).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        kids.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    kids.retain(|k| {
+        let argv = std::fs::read(format!("/proc/{k}/cmdline")).unwrap_or_default();
+        argv.split(|b| *b == 0).nth(1) == Some(b"worker".as_slice())
+    });
+    kids
+}
+
+/// Wait until the daemon has reaped every worker (the ones it keeps for a next task end
+/// once nothing runs): only a reaped child's CPU is in the daemon's cutime/cstime.
+async fn workers_reaped(daemon: u32) {
+    let t0 = Instant::now();
+    while !workers_of(daemon).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the daemon's workers did not end once it was idle");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Samples the daemon's workers every 10 ms until stopped.
 fn sample_workers(daemon: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Workers> {
     std::thread::spawn(move || {
         let mut w = Workers::default();
         while !stop.load(Ordering::SeqCst) {
-            let mut kids = Vec::new();
-            for t in std::fs::read_dir(format!("/proc/{daemon}/task")).into_iter().flatten().flatten() {
-                let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                kids.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-            }
-            // A child still between spawn and exec shares or copies the daemon's memory:
-            // count only workers that run `codex-auth-agent worker` already.
-            kids.retain(|k| {
-                let argv = std::fs::read(format!("/proc/{k}/cmdline")).unwrap_or_default();
-                argv.split(|b| *b == 0).nth(1) == Some(b"worker".as_slice())
-            });
+            let kids = workers_of(daemon);
             let mut tree = status_kib(daemon, "VmRSS:");
             for k in &kids {
                 w.peak_kib = w.peak_kib.max(status_kib(*k, "VmHWM:"));
@@ -110,6 +126,7 @@ async fn refresh_all_vs_max_parallel() {
             let () = m.call("Reload", &()).await.unwrap();
             let ideal = LATENCY * n.div_ceil(mp) as u32;
             let runs = if ideal >= Duration::from_secs(10) { 3.min(runs()) } else { runs() };
+            workers_reaped(pid).await;
             reset_hwm(pid);
             let cpu0 = cpu_ms(pid);
             let mut times = Vec::new();
@@ -117,6 +134,7 @@ async fn refresh_all_vs_max_parallel() {
                 times.push(refresh_all(&m, &mock, n).await.as_secs_f64() * 1000.0);
             }
             let hwm = status_kib(pid, "VmHWM:");
+            workers_reaped(pid).await;
             let cpu1 = cpu_ms(pid);
             let per_refresh = |a: f64, b: f64| (b - a) / (runs * n) as f64;
             let (daemon_cpu, worker_cpu) = (per_refresh(cpu0.0, cpu1.0), per_refresh(cpu0.1, cpu1.1));
