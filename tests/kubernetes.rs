@@ -328,6 +328,39 @@ fn podman_usable(test: &str) -> bool {
     true
 }
 
+/// The OCI runtime podman runs the image with: its default (crun on Debian) where that can
+/// start a container, else runc. crun refuses a host with hybrid cgroups ("cgroups in hybrid
+/// mode not supported, drop all controllers from cgroupv2": v1 controllers beside a v2
+/// hierarchy that holds one), which runc runs on.
+fn runtime() -> &'static [&'static str] {
+    static CHOSEN: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        let mut errors = String::new();
+        for choice in [&[][..], &["--runtime", "runc"][..]] {
+            let out = Command::new("podman")
+                .args(choice)
+                .args(["run", "--rm", "--network", "host"])
+                .args(rlimits())
+                .args([image(), "--version"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return choice;
+            }
+            errors.push_str(&format!("podman {choice:?}: {}\n", String::from_utf8_lossy(&out.stderr)));
+        }
+        panic!("podman cannot run the image with crun or runc:\n{errors}");
+    })
+}
+
+/// podman's default rlimits exceed this machine's hard limits (docs: README "Kubernetes");
+/// the kubelet sets none.
+fn rlimits() -> [String; 2] {
+    let hard = Command::new("sh").args(["-c", "ulimit -Hn"]).output().unwrap();
+    let hard_nofile = String::from_utf8_lossy(&hard.stdout).trim().to_string();
+    [format!("--ulimit=nofile={hard_nofile}:{hard_nofile}"), "--ulimit=nproc=4096:4096".to_string()]
+}
+
 /// The image of this build, made once per test binary (rebuilt only when an input changed).
 fn image() -> &'static str {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
@@ -394,15 +427,11 @@ impl Pod {
     /// non-root user, no capabilities, no new privileges, the volumes above.
     fn command(&self, mock: &mock_openai::MockServer, args: &[&str]) -> Command {
         let p = self.dir.path();
-        let hard = Command::new("sh").args(["-c", "ulimit -Hn"]).output().unwrap();
-        let hard_nofile = String::from_utf8_lossy(&hard.stdout).trim().to_string();
         let mut c = Command::new("podman");
-        c.args(["run", "--rm", "--read-only", "--network", "host", "--cap-drop", "ALL"])
+        c.args(runtime())
+            .args(["run", "--rm", "--read-only", "--network", "host", "--cap-drop", "ALL"])
             .args(["--security-opt", "no-new-privileges", "--hostname", &self.name])
-            // podman's default rlimits exceed this machine's hard limits (docs: README
-            // "Kubernetes"); the kubelet sets none.
-            .arg(format!("--ulimit=nofile={hard_nofile}:{hard_nofile}"))
-            .arg("--ulimit=nproc=4096:4096")
+            .args(rlimits())
             .args(["--tmpfs", "/tmp:rw,mode=1777,size=64m"])
             .arg("-v")
             .arg(format!("{}:/work:rw", p.join("work").display()))

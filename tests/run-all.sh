@@ -13,6 +13,9 @@ if [ "$(id -u)" = 0 ]; then
   # tests/kubernetes.rs: the refresher image is built with buildah and run with podman.
   command -v podman >/dev/null || need+=(podman)
   command -v buildah >/dev/null || need+=(buildah)
+  # crun refuses a host whose cgroups are hybrid (v1 controllers beside a v2 hierarchy that
+  # has one): the tests then run the image with runc.
+  command -v runc >/dev/null || need+=(runc)
   [ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates) # the image's CA roots
   python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv) # tests/k8s/validate.sh
   if [ ${#need[@]} -gt 0 ]; then
