@@ -19,7 +19,12 @@ fn users() -> Users {
 }
 
 fn accounts(s: &Scratch, list: &[(&str, &nix::unistd::User, &Path)], extra: &str) -> PathBuf {
-    let mut body = String::from("[defaults]\nrequest_timeout = \"3s\"\n");
+    accounts_with_agent(s, "", list, extra)
+}
+
+/// Like [`accounts`], with `agent` keys ([agent] section) first.
+fn accounts_with_agent(s: &Scratch, agent: &str, list: &[(&str, &nix::unistd::User, &Path)], extra: &str) -> PathBuf {
+    let mut body = format!("{agent}\n[defaults]\nrequest_timeout = \"3s\"\n");
     for (name, u, home) in list {
         body.push_str(&format!("\n[accounts.{name}]\nuser = \"{}\"\ncodex_home = \"{}\"\n", u.name, home.display()));
     }
@@ -28,9 +33,13 @@ fn accounts(s: &Scratch, list: &[(&str, &nix::unistd::User, &Path)], extra: &str
 }
 
 fn refresh_all(s: &Scratch, m: &MockServer, cfg: &Path) -> Run {
+    run(refresh_all_command(s, m, cfg))
+}
+
+fn refresh_all_command(s: &Scratch, m: &MockServer, cfg: &Path) -> std::process::Command {
     let mut cmd = agent(s, m);
     cmd.arg("--config").arg(cfg).args(["refresh", "--all", "--json"]);
-    run(cmd)
+    cmd
 }
 
 #[test]
@@ -271,12 +280,7 @@ fn run_watching_workers(mut cmd: std::process::Command) -> (Run, Vec<(u32, u32)>
     });
     let out = child.wait_with_output().unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    (run, sampler.join().unwrap())
+    (Run::from(out), sampler.join().unwrap())
 }
 
 /// A pass over several accounts of one user hands them to one worker in turn (starting a
@@ -294,15 +298,10 @@ fn one_users_accounts_share_a_worker_and_no_worker_serves_two_users() {
         let c = m.issue_family(name);
         list.push((name, user, home_at(&s, user, name, Some(&auth_json(&c, OLD))), c));
     }
-    let mut body = String::from("max_parallel = 1\n\n[defaults]\nrequest_timeout = \"3s\"\n");
-    for (name, user, home, _) in &list {
-        body.push_str(&format!("\n[accounts.{name}]\nuser = \"{}\"\ncodex_home = \"{}\"\n", user.name, home.display()));
-    }
-    let cfg = s.config(&body);
+    let named: Vec<_> = list.iter().map(|(name, user, home, _)| (*name, *user, home.as_path())).collect();
+    let cfg = accounts_with_agent(&s, "max_parallel = 1\n", &named, "");
     let (alice, bob) = (u.alice.uid.as_raw(), u.bob.uid.as_raw());
-    let mut cmd = agent(&s, &m);
-    cmd.arg("--config").arg(&cfg).args(["refresh", "--all", "--json"]);
-    let (r, seen) = run_watching_workers(cmd);
+    let (r, seen) = run_watching_workers(refresh_all_command(&s, &m, &cfg));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.json().iter().all(|l| l["outcome"] == "refreshed"), "{}", r.stdout);
     let pids_of = |uid| seen.iter().filter(|(_, u)| *u == uid).map(|(p, _)| *p).collect::<Vec<_>>();

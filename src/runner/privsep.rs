@@ -56,7 +56,7 @@ pub fn preflight_as(
 pub struct Workers<E> {
     pub local: E,
     pub always: bool,
-    pub pool: Pool,
+    pool: Pool,
 }
 
 impl<E> Workers<E> {
@@ -83,15 +83,15 @@ impl<E: Executor> Executor for Workers<E> {
             Err(e) => return task.failed(Failure::transient(format!("cannot run as {}: {e}", id.user))),
         };
         let until = Instant::now() + task.deadline();
-        let reuse = task.leaves_worker_reusable();
+        let reusable = task.leaves_worker_reusable();
         let req = WorkerRequest { identity: id.clone(), groups, task };
         let key = Key::of(&req);
         // A kept worker may have died while it waited (its user can signal it): if it took
         // nothing from the conversation, the task goes to a new one.
         while let Some(mut w) = self.pool.take(&key) {
             match w.converse(&req, until, sup) {
-                Talk::Silent => close_all(vec![w]),
-                talk => return self.end(w, talk, key, reuse, &req, until),
+                Talk::Silent => end_workers(vec![w]),
+                talk => return self.end(w, talk, reusable.then_some(key), &req, until),
             }
         }
         let mut w = match Live::start() {
@@ -99,7 +99,7 @@ impl<E: Executor> Executor for Workers<E> {
             Err(e) => return req.task.failed(Failure::transient(e)),
         };
         let talk = w.converse(&req, until, sup);
-        self.end(w, talk, key, reuse, &req, until)
+        self.end(w, talk, reusable.then_some(key), &req, until)
     }
 
     fn idle(&self) {
@@ -108,21 +108,21 @@ impl<E: Executor> Executor for Workers<E> {
 }
 
 impl<E> Workers<E> {
-    /// The report of a conversation with `w`, which is kept for the next task when it
-    /// answered and may be reused, and otherwise ended (killed past `until`).
-    fn end(&self, w: Live, talk: Talk, key: Key, reuse: bool, req: &WorkerRequest, until: Instant) -> TaskReport {
+    /// The report of a conversation with `w`, which is kept for the next task of `keep`'s
+    /// user when it answered, and otherwise ended (killed past `until`).
+    fn end(&self, w: Live, talk: Talk, keep: Option<Key>, req: &WorkerRequest, until: Instant) -> TaskReport {
         let fail = |why: String| req.task.failed(Failure::transient(why));
         let timed_out = || {
             fail(format!("worker did not finish within {}s and was killed; will retry", req.task.deadline().as_secs()))
         };
-        let report = match talk {
-            Talk::Done(r) if reuse => {
+        let report = match (talk, keep) {
+            (Talk::Done(r), Some(key)) => {
                 self.pool.put(key, w);
                 return *r;
             }
-            Talk::Done(r) => Some(*r),
-            Talk::Silent | Talk::Ended => None,
-            Talk::Stopped(e) => {
+            (Talk::Done(r), None) => Some(*r),
+            (Talk::Silent | Talk::Ended, _) => None,
+            (Talk::Stopped(e), _) => {
                 w.close(Duration::ZERO);
                 return match e {
                     Stopped::Deadline => timed_out(),
@@ -182,18 +182,18 @@ impl Pool {
                 let i = idle.iter().position(|(k, _, _)| k == key)?;
                 Some(idle.remove(i).1)
             });
-            close_all(stale);
+            end_workers(stale);
             let mut w = found?;
             if matches!(w.child.try_wait(), Ok(None)) {
                 return Some(w);
             }
-            close_all(vec![w]);
+            end_workers(vec![w]);
         }
     }
 
     fn put(&self, key: Key, w: Live) {
         let ((), stale) = self.changed(|idle| idle.push((key, w, Instant::now())));
-        close_all(stale);
+        end_workers(stale);
     }
 
     /// Apply `f` to the waiting workers, then take out those waiting longer than
@@ -212,13 +212,13 @@ impl Pool {
 
     /// End every waiting worker.
     pub fn close_all(&self) {
-        close_all(std::mem::take(&mut *self.lock()).into_iter().map(|(_, w, _)| w).collect());
+        end_workers(std::mem::take(&mut *self.lock()).into_iter().map(|(_, w, _)| w).collect());
     }
 }
 
 /// End waiting workers: every stdin is closed first, so they all exit at once, then each
 /// is reaped (its group killed after a second).
-fn close_all(mut workers: Vec<Live>) {
+fn end_workers(mut workers: Vec<Live>) {
     for w in &mut workers {
         drop(w.stdin.take());
     }
@@ -246,7 +246,7 @@ enum Talk {
 }
 
 /// A running worker child and its pipes.
-pub struct Live {
+struct Live {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: fdread::Lines,
