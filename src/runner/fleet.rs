@@ -6,7 +6,7 @@
 //! written by the worker as the account's user (`Job::store` with `materialize`).
 
 use crate::config::{AccountSettings, AgentSettings, FleetRole, FleetSettings, HostIdSource, Settings};
-use crate::core::authfile::sha256_hex;
+use crate::core::authfile::{hex, sha256_hex};
 use crate::core::lease::{self, Collision, LeaseDecision, LeaseRecord, Me};
 use crate::core::outcome::{Event, Failure, Outcome, Report};
 use crate::core::seed::SeedInput;
@@ -92,7 +92,7 @@ fn random_hex(bytes: usize) -> String {
     if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).is_err() {
         buf.iter_mut().for_each(|b| *b = fastrand::u8(..));
     }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&buf)
 }
 
 /// This agent's instance id (state_dir/instance-id), generated on first use; of several

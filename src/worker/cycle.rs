@@ -179,9 +179,9 @@ impl Cycle<'_> {
                 ),
             );
         }
-        // Hash before waiting: if another cycle of ours changes the file while we wait,
+        // Read before waiting: if another cycle of ours changes the file while we wait,
         // its result is ours too.
-        let before = self.home.read(AUTH_FILE).ok().flatten().map(|f| sha256_hex(&f.bytes));
+        let before = self.home.read(AUTH_FILE).ok().flatten().map(|f| f.bytes);
         let lock = match self.home.lock(CYCLE_LOCK, Some(self.job.lock_wait())) {
             Ok(l) => l,
             Err(DirError::Busy { .. }) => {
@@ -205,7 +205,7 @@ impl Cycle<'_> {
         report
     }
 
-    fn run_locked(&self, before: Option<String>, waited: bool) -> Report {
+    fn run_locked(&self, before: Option<Vec<u8>>, waited: bool) -> Report {
         if let Some(p) = self.job.pending.as_ref().filter(|_| !self.job.mode.dry_run()) {
             if let Some(done) = self.finish_pending(p) {
                 return done;
@@ -216,7 +216,7 @@ impl Cycle<'_> {
             Err(f) => return self.failed(f),
         };
         crate::sys::fault::point(crate::sys::fault::Step::AfterRead);
-        if waited && !seeded && before.as_deref() != Some(sha256_hex(&snapshot.bytes).as_str()) {
+        if waited && !seeded && before.as_deref() != Some(&snapshot.bytes[..]) {
             let mut r = Report::new(
                 self.account(),
                 Outcome::Fresh,
