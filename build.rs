@@ -3,10 +3,10 @@
 //! std asks for `-lgcc_s` on linux-gnu. Loading that library and running its constructor
 //! (`__cpu_indicator_init`, whose `cpuid` instructions trap to the hypervisor on a VM) is a
 //! fixed cost of every process start, and the one-shot CLI is started often: by the timers,
-//! by every `codex-authctl`-less script, and as each account's worker. Offering the linker a
-//! `libgcc_s.so` that is a script naming the static archive makes it take the unwinder from
-//! libgcc_eh, as a `+crt-static` build does, while glibc stays shared (so NSS modules load as
-//! usual). The effect is measured in docs/PERFORMANCE.md ("2026-12-02, noon").
+//! by scripts and as each account's worker. Offering the linker a `libgcc_s.so` that is a
+//! script naming the static archive makes it take the unwinder from libgcc_eh, as a
+//! `+crt-static` build does, while glibc stays shared (so NSS modules load as usual).
+//! The effect is measured in docs/PERFORMANCE.md ("2026-12-02, noon").
 
 use std::path::PathBuf;
 
