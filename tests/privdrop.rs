@@ -14,9 +14,17 @@ struct Users {
     bob: nix::unistd::User,
 }
 
+/// The two users, alice with her supplementary group already: the worker pool keys on a
+/// user's groups, so a test that added it while another ran would start a second worker
+/// there (as the agent should) and make that test fail on a fresh machine.
 fn users() -> Users {
-    Users { alice: ensure_user("caa-alice"), bob: ensure_user("caa-bob") }
+    let alice = ensure_user("caa-alice");
+    ensure_group_member(EXTRA_GROUP, &alice.name);
+    Users { alice, bob: ensure_user("caa-bob") }
 }
+
+/// alice's supplementary group.
+const EXTRA_GROUP: &str = "caa-extra";
 
 fn accounts(s: &Scratch, list: &[(&str, &nix::unistd::User, &Path)], extra: &str) -> PathBuf {
     accounts_with_agent(s, "", list, extra)
@@ -240,8 +248,8 @@ fn the_worker_has_its_users_groups_and_none_of_roots() {
     if !require_root("the_worker_has_its_users_groups_and_none_of_roots") {
         return;
     }
-    let alice = ensure_user("caa-alice");
-    let extra = ensure_group_member("caa-extra", "caa-alice");
+    let alice = users().alice;
+    let extra = nix::unistd::Group::from_name(EXTRA_GROUP).unwrap().unwrap().gid.as_raw();
     let out = preflight_with_stand_in(&alice, "id -G > \"$OUT/seen\"");
     let mut seen: Vec<u32> = std::fs::read_to_string(out.path().join("seen"))
         .unwrap()
