@@ -9,7 +9,10 @@
 //! Peers in the same run: seed 003's watchdog script (rebuilt into target/bench/ by
 //! packaging/bench/seed003.py from `BENCH_SEED003`, default /work/shared/seeds/003_….txt)
 //! and, with `BENCH_OLD_AGENT=<older codex-auth-agent>`, an older build of ours (its CPU
-//! per run is paired with ours run by run). `BENCH_CALLGRIND=1` also counts the
+//! per run is paired with ours run by run). `BENCH_AGENT=<codex-auth-agent>` measures that
+//! build as ours instead of the test build's binary, which is not the shipped one: under
+//! `cargo test` it is built with unwinding (the release profile's panic = "abort" is not
+//! applied) and with the dev-dependencies' features. `BENCH_CALLGRIND=1` also counts the
 //! instructions of one fresh check and one refresh of each build under valgrind
 //! (`BENCH_CALLGRIND_DIR=<dir>` keeps the profiles).
 
@@ -215,6 +218,8 @@ fn fresh_check_and_refresh_vs_codex_app_server() {
     // The older build keeps its own state dir (its status.json format may differ) and
     // its own account, on the same mock.
     let old = std::env::var_os("BENCH_OLD_AGENT").map(PathBuf::from);
+    let agent = std::env::var_os("BENCH_AGENT").map(PathBuf::from);
+    let agent = agent.as_deref();
     let old_cfg = cfg.with_file_name("config-old.toml");
     let old_home = w.scratch.codex_home("old", Some(&fresh("old")));
     let text = std::fs::read_to_string(&cfg).unwrap();
@@ -226,17 +231,17 @@ fn fresh_check_and_refresh_vs_codex_app_server() {
 
     type Variant<'a> = (&'a str, Box<dyn Fn() -> Measured + 'a>);
     let mut variants: Vec<Variant> = vec![
-        (FRESH, Box::new(|| ours(&w, None, &cfg, "self", false, "fresh"))),
-        ("ours: fresh check, root -> caa-alice (worker)", Box::new(|| ours(&w, None, &cfg, "alice", false, "fresh"))),
+        (FRESH, Box::new(|| ours(&w, agent, &cfg, "self", false, "fresh"))),
+        ("ours: fresh check, root -> caa-alice (worker)", Box::new(|| ours(&w, agent, &cfg, "alice", false, "fresh"))),
         ("codex app-server: account/read, no refresh", Box::new(|| codex_account_read(&w, false))),
-        (REFRESH, Box::new(|| ours(&w, None, &cfg, "self", true, "refreshed"))),
+        (REFRESH, Box::new(|| ours(&w, agent, &cfg, "self", true, "refreshed"))),
         (
             "ours: refresh --force, root -> caa-alice (worker)",
-            Box::new(|| ours(&w, None, &cfg, "alice", true, "refreshed")),
+            Box::new(|| ours(&w, agent, &cfg, "alice", true, "refreshed")),
         ),
         (
             "ours: refresh --force, refresh_method = app-server",
-            Box::new(|| ours(&w, None, &cfg, "app", true, "refreshed")),
+            Box::new(|| ours(&w, agent, &cfg, "app", true, "refreshed")),
         ),
         ("codex app-server: account/read {refreshToken: true}", Box::new(|| codex_account_read(&w, true))),
     ];
@@ -301,7 +306,8 @@ fn fresh_check_and_refresh_vs_codex_app_server() {
         }
     }
     if std::env::var("BENCH_CALLGRIND").is_ok_and(|v| v == "1") {
-        let mut builds = vec![("ours", w.agent(), cfg.clone(), "self")];
+        let ours = agent.map_or_else(|| w.agent(), |a| with_program(&w.agent(), a));
+        let mut builds = vec![("ours", ours, cfg.clone(), "self")];
         if let Some(old) = &old {
             builds.push(("older build", with_program(&w.agent(), old), old_cfg.clone(), "old"));
         }
