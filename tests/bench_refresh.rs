@@ -44,12 +44,15 @@ fn with_program(c: &Command, program: &Path) -> Command {
 
 /// `codex-auth-agent --config CFG refresh --account ACCOUNT --json [--force]`, measured;
 /// checks the outcome and how many token requests the run made. `bin`: another build.
+/// The agent's command as the tests set it up, running `bin` instead of the test build's
+/// binary when given.
+fn agent_command(w: &World, bin: Option<&Path>) -> Command {
+    bin.map_or_else(|| w.agent(), |b| with_program(&w.agent(), b))
+}
+
 fn ours(w: &World, bin: Option<&Path>, cfg: &Path, account: &str, force: bool, outcome: &str) -> Measured {
     let before = w.mock.token_requests();
-    let mut c = w.agent();
-    if let Some(b) = bin {
-        c = with_program(&c, b);
-    }
+    let mut c = agent_command(w, bin);
     c.arg("--config").arg(cfg).args(["refresh", "--account", account, "--json"]);
     if force {
         c.arg("--force");
@@ -306,10 +309,9 @@ fn fresh_check_and_refresh_vs_codex_app_server() {
         }
     }
     if std::env::var("BENCH_CALLGRIND").is_ok_and(|v| v == "1") {
-        let ours = agent.map_or_else(|| w.agent(), |a| with_program(&w.agent(), a));
-        let mut builds = vec![("ours", ours, cfg.clone(), "self")];
+        let mut builds = vec![("ours", agent_command(&w, agent), cfg.clone(), "self")];
         if let Some(old) = &old {
-            builds.push(("older build", with_program(&w.agent(), old), old_cfg.clone(), "old"));
+            builds.push(("older build", agent_command(&w, Some(old)), old_cfg.clone(), "old"));
         }
         for (label, base, config, account) in builds {
             for force in [false, true] {

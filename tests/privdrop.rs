@@ -12,6 +12,8 @@ use support::*;
 struct Users {
     alice: nix::unistd::User,
     bob: nix::unistd::User,
+    /// The gid of alice's supplementary group.
+    extra: u32,
 }
 
 /// The two users, alice with her supplementary group already: the worker pool keys on a
@@ -19,12 +21,9 @@ struct Users {
 /// there (as the agent should) and make that test fail on a fresh machine.
 fn users() -> Users {
     let alice = ensure_user("caa-alice");
-    ensure_group_member(EXTRA_GROUP, &alice.name);
-    Users { alice, bob: ensure_user("caa-bob") }
+    let extra = ensure_group_member("caa-extra", &alice.name);
+    Users { alice, bob: ensure_user("caa-bob"), extra }
 }
-
-/// alice's supplementary group.
-const EXTRA_GROUP: &str = "caa-extra";
 
 fn accounts(s: &Scratch, list: &[(&str, &nix::unistd::User, &Path)], extra: &str) -> PathBuf {
     accounts_with_agent(s, "", list, extra)
@@ -248,8 +247,7 @@ fn the_worker_has_its_users_groups_and_none_of_roots() {
     if !require_root("the_worker_has_its_users_groups_and_none_of_roots") {
         return;
     }
-    let alice = users().alice;
-    let extra = nix::unistd::Group::from_name(EXTRA_GROUP).unwrap().unwrap().gid.as_raw();
+    let Users { alice, extra, .. } = users();
     let out = preflight_with_stand_in(&alice, "id -G > \"$OUT/seen\"");
     let mut seen: Vec<u32> = std::fs::read_to_string(out.path().join("seen"))
         .unwrap()
